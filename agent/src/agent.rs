@@ -1,0 +1,340 @@
+//! The agent's lifecycle: open the queue, serve self telemetry, start the
+//! sources and the exporter, and handle signals (SIGTERM/SIGINT stop, SIGHUP
+//! reloads the config while the queue stays open).
+//!
+//! This is the wiring `tern run` calls; it lives in the library so that tests
+//! reach it.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use smol::stream::StreamExt;
+
+use crate::config::{Config, FullPolicy};
+use crate::queue::{self, Queue, QueueError, Stats};
+use crate::sources::{prometheus, Sink};
+use crate::telemetry::http::{self, Request, Response};
+use crate::telemetry::{self, Metrics, Shutdown};
+
+/// Any error that ends the agent, shown as one line on stderr.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// A one-line summary of what a config will do, for `tern check`.
+pub fn summary(config: &Config) -> String {
+    let targets: usize = config.scrape.iter().map(|s| s.targets.len()).sum();
+    let export = match config.export.endpoints.first() {
+        Some(e) => format!("export to {e}"),
+        None => "no export endpoint (batches stay on disk)".to_string(),
+    };
+    format!(
+        "{} scrape jobs, {targets} targets, {export}, queue in {}",
+        config.scrape.len(),
+        config.agent.state_dir.display()
+    )
+}
+
+fn queue_options(config: &Config) -> queue::Options {
+    queue::Options {
+        max_size: config.export.queue.max_size,
+        full_policy: match config.export.queue.full_policy {
+            FullPolicy::DropOldest => queue::FullPolicy::DropOldest,
+            FullPolicy::DropNewest => queue::FullPolicy::DropNewest,
+        },
+        fsync: config.export.queue.fsync,
+        ..queue::Options::default()
+    }
+}
+
+/// Prints the queue's backlog, for `tern queue`. A running agent holds the
+/// queue's lock, so then the numbers come from its HTTP endpoint.
+pub fn print_queue(config: &Config, out: &mut dyn Write) -> Result<(), Error> {
+    match Queue::inspect(&config.agent.state_dir) {
+        Ok(stats) => {
+            out.write_all(render_stats(&stats).as_bytes())?;
+            Ok(())
+        }
+        Err(QueueError::Locked { .. }) => {
+            let url = format!("http://{}/api/v1/queue", config.agent.listen);
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_secs(5)))
+                .build()
+                .into();
+            let text = agent
+                .get(&url)
+                .call()
+                .and_then(|mut r| r.body_mut().read_to_string())
+                .map_err(|e| format!("the queue is locked by a running agent, and asking it at {url} failed: {e}"))?;
+            out.write_all(text.as_bytes())?;
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The backlog as a table: one line per lane and a total.
+pub fn render_stats(stats: &Stats) -> String {
+    let now = SystemTime::now();
+    let mut out = format!(
+        "{:<32} {:>10} {:>14} {:>12}\n",
+        "LANE", "BATCHES", "BYTES", "OLDEST"
+    );
+    let age = |b: &queue::Backlog| {
+        b.oldest_age(now)
+            .map_or("-".to_string(), |a| format!("{}s", a.as_secs()))
+    };
+    for lane in &stats.lanes {
+        let b = &lane.backlog;
+        out.push_str(&format!(
+            "{:<32} {:>10} {:>14} {:>12}\n",
+            lane.lane.to_string(),
+            b.batches,
+            b.bytes,
+            age(b)
+        ));
+    }
+    let total = stats.total();
+    out.push_str(&format!(
+        "{:<32} {:>10} {:>14} {:>12}\n",
+        "total",
+        total.batches,
+        total.bytes,
+        age(&total)
+    ));
+    out
+}
+
+/// What `tern run` runs: until SIGTERM or SIGINT.
+pub fn run(config: Config) -> Result<(), Error> {
+    telemetry::init_logging(config.agent.log_level);
+    log::info!(
+        "Starting tern version={} config={}",
+        env!("CARGO_PKG_VERSION"),
+        config.path.display()
+    );
+    let metrics = Arc::new(Metrics::new());
+    metrics.set(
+        "tern_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1.0,
+    );
+    std::fs::create_dir_all(&config.agent.state_dir).map_err(|e| {
+        format!(
+            "agent.state_dir: cannot create {}: {e}",
+            config.agent.state_dir.display()
+        )
+    })?;
+    let (queue, dropped) = Queue::open(&config.agent.state_dir, &queue_options(&config))?;
+    Sink::new(queue.clone(), metrics.clone(), false).count_drops(&dropped);
+    let stats = queue.stats();
+    log::info!(
+        "Queue opened state_dir={} batches={} bytes={}",
+        config.agent.state_dir.display(),
+        stats.total().batches,
+        stats.total().bytes
+    );
+    let listener = std::net::TcpListener::bind(config.agent.listen).map_err(|e| {
+        format!(
+            "agent.listen: cannot listen on {}: {e}",
+            config.agent.listen
+        )
+    })?;
+    let listen: SocketAddr = listener.local_addr()?;
+    let listener = smol::net::TcpListener::try_from(listener)?;
+
+    let executor = Arc::new(smol::Executor::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let handler = telemetry_handler(queue.clone(), metrics.clone(), ready.clone());
+    executor
+        .spawn(http::serve(
+            executor.clone(),
+            listener,
+            handler,
+            http::Limits::default(),
+        ))
+        .detach();
+    log::info!("Serving self metrics listen={listen}");
+
+    let mut running = Running::start(&config, queue.clone(), metrics.clone())?;
+    ready.store(true, Ordering::SeqCst);
+    metrics.set("tern_ready", &[], 1.0);
+
+    let mut config = config;
+    let signals = async_signal::Signals::new([
+        async_signal::Signal::Term,
+        async_signal::Signal::Int,
+        async_signal::Signal::Hup,
+    ])?;
+    smol::block_on(executor.run(async {
+        let mut signals = signals;
+        while let Some(signal) = signals.next().await {
+            match signal {
+                Ok(async_signal::Signal::Hup) => {
+                    config = reload(&config, &mut running, &queue, &metrics);
+                }
+                Ok(s) => {
+                    log::info!("Stopping signal={s:?}");
+                    break;
+                }
+                Err(e) => log::warn!("Reading signals failed error={e}"),
+            }
+        }
+    }));
+    ready.store(false, Ordering::SeqCst);
+    running.stop();
+    queue.flush()?;
+    log::info!(
+        "Stopped; queue flushed batches={}",
+        queue.stats().total().batches
+    );
+    Ok(())
+}
+
+/// Applies a new config on SIGHUP: sources and the exporter restart with it,
+/// the queue stays open (its settings need a restart). A bad config is
+/// refused and the running one kept.
+fn reload(old: &Config, running: &mut Running, queue: &Queue, metrics: &Arc<Metrics>) -> Config {
+    let new = match Config::load(&old.path) {
+        Ok(c) => c,
+        Err(e) => {
+            log::warn!("Reload refused, keeping the running config error={e}");
+            metrics.inc("tern_config_reloads_total", &[("result", "failure")]);
+            return old.clone();
+        }
+    };
+    if new.agent != old.agent || new.export.queue != old.export.queue {
+        log::warn!("Reload: [agent] and [export.queue] changes take effect after a restart");
+    }
+    log::info!("Reloading config={}", new.path.display());
+    running.stop();
+    for job in &old.scrape {
+        for t in &job.targets {
+            metrics.remove_matching("tern_scrape_up", "instance", &t.instance);
+        }
+    }
+    log::set_max_level(new.agent.log_level);
+    match Running::start(&new, queue.clone(), metrics.clone()) {
+        Ok(r) => {
+            *running = r;
+            metrics.inc("tern_config_reloads_total", &[("result", "success")]);
+            new
+        }
+        Err(e) => {
+            log::error!("Reload failed to start, restarting the old config error={e}");
+            metrics.inc("tern_config_reloads_total", &[("result", "failure")]);
+            if let Ok(r) = Running::start(old, queue.clone(), metrics.clone()) {
+                *running = r;
+            }
+            old.clone()
+        }
+    }
+}
+
+/// The threads of one config generation: sources first, exporter second, so
+/// that stopping sources first puts everything they hold into the queue.
+struct Running {
+    sources_stop: Arc<Shutdown>,
+    sources: Vec<JoinHandle<()>>,
+    export_stop: Arc<Shutdown>,
+    exporter: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    fn start(config: &Config, queue: Queue, metrics: Arc<Metrics>) -> Result<Running, Error> {
+        let sources_stop = Arc::new(Shutdown::new());
+        let export_stop = Arc::new(Shutdown::new());
+        let sink = Sink::new(queue.clone(), metrics.clone(), config.export.debug);
+        let resource: Vec<(String, String)> = config
+            .resource
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut sources = Vec::new();
+        for job in &config.scrape {
+            sources.extend(prometheus::scrape::spawn_job(
+                job,
+                &resource,
+                sink.clone(),
+                metrics.clone(),
+                sources_stop.clone(),
+            )?);
+        }
+        let exporter = crate::export::spawn(&config.export, queue, metrics, export_stop.clone())?;
+        log::info!(
+            "Started scrape_jobs={} threads={}",
+            config.scrape.len(),
+            sources.len()
+        );
+        Ok(Running {
+            sources_stop,
+            sources,
+            export_stop,
+            exporter,
+        })
+    }
+
+    fn stop(&mut self) {
+        self.sources_stop.trigger();
+        for h in self.sources.drain(..) {
+            let _ = h.join();
+        }
+        self.export_stop.trigger();
+        if let Some(h) = self.exporter.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn telemetry_handler(queue: Queue, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> http::Handler {
+    Arc::new(move |req: Request| {
+        let queue = queue.clone();
+        let metrics = metrics.clone();
+        let ready = ready.clone();
+        Box::pin(async move {
+            if req.method != "GET" && req.method != "HEAD" {
+                return Response::text(405, "method not allowed\n");
+            }
+            match req.path.as_str() {
+                "/metrics" => {
+                    let stats = smol::unblock(move || queue.stats()).await;
+                    update_queue_gauges(&metrics, &stats);
+                    telemetry::update_process_gauges(&metrics);
+                    Response {
+                        status: 200,
+                        content_type: "text/plain; version=0.0.4; charset=utf-8",
+                        headers: Vec::new(),
+                        body: metrics.render().into_bytes(),
+                    }
+                }
+                "/-/healthy" => Response::text(200, "tern is healthy.\n"),
+                "/-/ready" if ready.load(Ordering::SeqCst) => {
+                    Response::text(200, "tern is ready.\n")
+                }
+                "/-/ready" => Response::text(503, "tern is not ready.\n"),
+                "/api/v1/queue" => {
+                    let stats = smol::unblock(move || queue.stats()).await;
+                    Response::text(200, render_stats(&stats))
+                }
+                _ => Response::text(404, "not found\n"),
+            }
+        })
+    })
+}
+
+fn update_queue_gauges(metrics: &Metrics, stats: &Stats) {
+    let now = SystemTime::now();
+    for signal in queue::Signal::ALL {
+        let b = stats.signal(signal);
+        let labels = [("signal", signal.as_str())];
+        metrics.set("tern_queue_batches", &labels, b.batches as f64);
+        metrics.set("tern_queue_bytes", &labels, b.bytes as f64);
+        metrics.set(
+            "tern_queue_oldest_age_seconds",
+            &labels,
+            b.oldest_age(now).map_or(0.0, |a| a.as_secs_f64()),
+        );
+    }
+}

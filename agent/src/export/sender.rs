@@ -1,0 +1,384 @@
+//! One OTLP/HTTP sender per gateway: ureq with rustls, one keep-alive
+//! connection, and the classification of every answer into success, retry or
+//! permanent failure.
+//!
+//! No `ureq::` type leaves this file.
+
+use std::fmt;
+use std::time::Duration;
+
+use prost::Message;
+
+use crate::config::{Compression, ExportConfig};
+use crate::otlp::proto::collector;
+use crate::queue::Signal;
+
+use super::retry::parse_retry_after;
+
+/// Largest response body read from a gateway; OTLP responses are tiny, a huge
+/// one is a misbehaving peer.
+const MAX_RESPONSE_BYTES: u64 = 64 << 10;
+
+/// Why a request to a gateway failed, classed by whose fault it was so that
+/// retry code matches on the class and never on strings.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ExportError {
+    /// The gateway answered 408, 429, 502, 503, 504 or another 5xx: try again
+    /// later, after `retry_after` when it said so.
+    Unavailable {
+        /// The HTTP status.
+        status: u16,
+        /// The gateway's Retry-After, if any.
+        retry_after: Option<Duration>,
+    },
+    /// No answer within `export.timeout`.
+    Timeout,
+    /// The connection could not be made or broke (refused, reset, DNS, TLS
+    /// handshake). Retried.
+    Network(String),
+    /// The gateway refused the batch for good (a 4xx other than 408 and 429):
+    /// sending it again cannot help, so it is dropped and counted.
+    Rejected {
+        /// The HTTP status.
+        status: u16,
+        /// The first part of the gateway's message.
+        message: String,
+    },
+}
+
+impl ExportError {
+    /// Whether sending the same batch again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, ExportError::Rejected { .. })
+    }
+
+    /// The Retry-After the gateway asked for.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ExportError::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// A short label for the `reason` of self metrics: `http_503`, `timeout`, `network`.
+    pub fn reason(&self) -> String {
+        match self {
+            ExportError::Unavailable { status, .. } | ExportError::Rejected { status, .. } => {
+                format!("http_{status}")
+            }
+            ExportError::Timeout => "timeout".into(),
+            ExportError::Network(_) => "network".into(),
+        }
+    }
+}
+
+impl fmt::Display for ExportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExportError::Unavailable { status, .. } => {
+                write!(f, "gateway unavailable: status {status}")
+            }
+            ExportError::Timeout => write!(f, "timeout"),
+            ExportError::Network(e) => write!(f, "network: {e}"),
+            ExportError::Rejected { status, message } => {
+                write!(f, "rejected: status {status}: {message}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ExportError {}
+
+/// A batch the gateway took, with what it rejected inside it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// Points, records or spans the gateway reported as rejected in its
+    /// `partial_success`.
+    pub rejected: u64,
+    /// The gateway's `partial_success.error_message`.
+    pub message: String,
+}
+
+/// A sender to one gateway.
+#[derive(Debug)]
+pub struct Sender {
+    /// The gateway's base URL, as configured.
+    endpoint: String,
+    agent: ureq::Agent,
+    compression: Compression,
+    headers: Vec<(String, String)>,
+}
+
+/// A problem with the local TLS setup (unreadable CA or key file).
+#[derive(Debug)]
+pub struct TlsSetupError(pub String);
+
+impl fmt::Display for TlsSetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tls setup: {}", self.0)
+    }
+}
+
+impl std::error::Error for TlsSetupError {}
+
+impl Sender {
+    /// A sender for `endpoint` with the `[export]` settings.
+    pub fn new(endpoint: &str, config: &ExportConfig) -> Result<Sender, TlsSetupError> {
+        let tls = tls_config(config)?;
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(config.timeout))
+            .max_idle_connections(4)
+            .max_idle_connections_per_host(1)
+            .max_redirects(0)
+            .user_agent(concat!("tern/", env!("CARGO_PKG_VERSION")))
+            .tls_config(tls)
+            .build()
+            .into();
+        Ok(Sender {
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            agent,
+            compression: config.compression,
+            headers: config
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        })
+    }
+
+    /// The gateway's base URL.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Posts one gzip-compressed OTLP request body of `signal` and classifies the answer.
+    pub fn send(&self, signal: Signal, gzip_body: &[u8]) -> Result<Accepted, ExportError> {
+        let url = format!("{}{}", self.endpoint, path_of(signal));
+        let plain;
+        let mut request = self
+            .agent
+            .post(&url)
+            .header("Content-Type", "application/x-protobuf");
+        let body: &[u8] = match self.compression {
+            Compression::Gzip => {
+                request = request.header("Content-Encoding", "gzip");
+                gzip_body
+            }
+            Compression::None => {
+                plain = gunzip(gzip_body)
+                    .map_err(|e| ExportError::Network(format!("stored batch: {e}")))?;
+                &plain
+            }
+        };
+        for (k, v) in &self.headers {
+            request = request.header(k.as_str(), v.as_str());
+        }
+        let mut response = match request.send(body) {
+            Ok(r) => r,
+            Err(ureq::Error::Timeout(_)) => return Err(ExportError::Timeout),
+            Err(e) => return Err(ExportError::Network(e.to_string())),
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let is_protobuf = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/x-protobuf"));
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_RESPONSE_BYTES)
+            .read_to_vec()
+            .unwrap_or_default();
+        match status {
+            200..=299 => Ok(if is_protobuf {
+                partial_success(signal, &body)
+            } else {
+                Accepted::default()
+            }),
+            408 | 429 | 500..=599 => Err(ExportError::Unavailable {
+                status,
+                retry_after,
+            }),
+            _ => Err(ExportError::Rejected {
+                status,
+                message: rejection_message(&body, is_protobuf),
+            }),
+        }
+    }
+}
+
+/// The OTLP/HTTP path of each signal.
+pub fn path_of(signal: Signal) -> &'static str {
+    match signal {
+        Signal::Metrics => "/v1/metrics",
+        Signal::Logs => "/v1/logs",
+        Signal::Traces => "/v1/traces",
+    }
+}
+
+fn partial_success(signal: Signal, body: &[u8]) -> Accepted {
+    let (rejected, message) = match signal {
+        Signal::Metrics => collector::metrics::v1::ExportMetricsServiceResponse::decode(body)
+            .ok()
+            .and_then(|r| r.partial_success)
+            .map(|p| {
+                (
+                    u64::try_from(p.rejected_data_points).unwrap_or(0),
+                    p.error_message,
+                )
+            }),
+        Signal::Logs => collector::logs::v1::ExportLogsServiceResponse::decode(body)
+            .ok()
+            .and_then(|r| r.partial_success)
+            .map(|p| {
+                (
+                    u64::try_from(p.rejected_log_records).unwrap_or(0),
+                    p.error_message,
+                )
+            }),
+        Signal::Traces => collector::trace::v1::ExportTraceServiceResponse::decode(body)
+            .ok()
+            .and_then(|r| r.partial_success)
+            .map(|p| {
+                (
+                    u64::try_from(p.rejected_spans).unwrap_or(0),
+                    p.error_message,
+                )
+            }),
+    }
+    .unwrap_or_default();
+    Accepted { rejected, message }
+}
+
+/// The gateway's error text: the google.rpc.Status message of a protobuf body,
+/// else the start of a text body, cut to one short line for the log.
+fn rejection_message(body: &[u8], is_protobuf: bool) -> String {
+    let text = if is_protobuf {
+        // google.rpc.Status: field 2 is the message.
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct Status {
+            #[prost(int32, tag = "1")]
+            code: i32,
+            #[prost(string, tag = "2")]
+            message: String,
+        }
+        Status::decode(body).map(|s| s.message).unwrap_or_default()
+    } else {
+        String::from_utf8_lossy(body).into_owned()
+    };
+    let line: String = text
+        .split('\n')
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(200)
+        .collect();
+    line.trim().to_string()
+}
+
+fn gunzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(data).read_to_end(&mut out)?;
+    Ok(out)
+}
+
+fn tls_config(config: &ExportConfig) -> Result<ureq::tls::TlsConfig, TlsSetupError> {
+    use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
+    let tls = &config.tls;
+    let mut builder = TlsConfig::builder().disable_verification(tls.insecure_skip_verify);
+    let mut roots: Vec<Certificate<'static>> = Vec::new();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        roots.push(Certificate::from_der(cert.as_ref()).to_owned());
+    }
+    if let Some(path) = &tls.ca_file {
+        let pem =
+            std::fs::read(path).map_err(|e| TlsSetupError(format!("{}: {e}", path.display())))?;
+        let before = roots.len();
+        for item in ureq::tls::parse_pem(&pem) {
+            if let Ok(ureq::tls::PemItem::Certificate(c)) = item {
+                roots.push(c);
+            }
+        }
+        if roots.len() == before {
+            return Err(TlsSetupError(format!(
+                "{}: no PEM certificate found",
+                path.display()
+            )));
+        }
+    }
+    builder = builder.root_certs(if roots.is_empty() {
+        RootCerts::WebPki
+    } else {
+        RootCerts::new_with_certs(&roots)
+    });
+    if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| TlsSetupError(format!("{}: {e}", p.display())))
+        };
+        let cert_pem = read(cert)?;
+        let chain: Vec<Certificate<'static>> = ureq::tls::parse_pem(&cert_pem)
+            .filter_map(|i| match i {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        if chain.is_empty() {
+            return Err(TlsSetupError(format!(
+                "{}: no PEM certificate found",
+                cert.display()
+            )));
+        }
+        let key = PrivateKey::from_pem(&read(key)?)
+            .map_err(|e| TlsSetupError(format!("{}: {e}", key.display())))?;
+        builder = builder.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
+    }
+    Ok(builder.build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_by_fault() {
+        assert!(ExportError::Unavailable {
+            status: 503,
+            retry_after: None
+        }
+        .is_retryable());
+        assert!(ExportError::Timeout.is_retryable());
+        assert!(ExportError::Network("reset".into()).is_retryable());
+        assert!(!ExportError::Rejected {
+            status: 400,
+            message: String::new()
+        }
+        .is_retryable());
+        assert_eq!(
+            ExportError::Rejected {
+                status: 400,
+                message: String::new()
+            }
+            .reason(),
+            "http_400"
+        );
+        assert!(std::mem::size_of::<ExportError>() <= 64);
+    }
+
+    #[test]
+    fn reads_google_rpc_status_messages() {
+        // Status{code: 3, message: "bad"}
+        let body = [0x08, 0x03, 0x12, 0x03, b'b', b'a', b'd'];
+        assert_eq!(rejection_message(&body, true), "bad");
+        assert_eq!(rejection_message(b"oops\nmore", false), "oops");
+    }
+}

@@ -1,0 +1,105 @@
+//! The `tern` binary: parses the command line, loads the config, wires the
+//! library's parts together and maps errors to an exit code and one line on
+//! stderr. All logic lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use argh::FromArgs;
+
+/// Exit code for configuration errors (sysexits EX_CONFIG), so that systemd's
+/// `RestartPreventExitStatus=78` does not restart a broken config in a loop.
+const EXIT_CONFIG: u8 = 78;
+
+/// tern: store-and-forward telemetry agent for small Linux devices.
+#[derive(FromArgs, Debug)]
+struct Cli {
+    /// print the version and exit
+    #[argh(switch)]
+    version: bool,
+    #[argh(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+enum Command {
+    Run(RunArgs),
+    Check(CheckArgs),
+    Queue(QueueArgs),
+}
+
+/// run the agent
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "run")]
+struct RunArgs {
+    /// the configuration file (default /etc/tern/tern.toml)
+    #[argh(option, default = "PathBuf::from(tern::config::DEFAULT_PATH)")]
+    config: PathBuf,
+}
+
+/// validate a configuration file; print errors with line:column and exit non-zero
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "check")]
+struct CheckArgs {
+    /// the configuration file (default /etc/tern/tern.toml)
+    #[argh(option, default = "PathBuf::from(tern::config::DEFAULT_PATH)")]
+    config: PathBuf,
+}
+
+/// show the disk queue (batches, bytes, oldest age) of a stopped or running agent
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "queue")]
+struct QueueArgs {
+    /// the configuration file (default /etc/tern/tern.toml)
+    #[argh(option, default = "PathBuf::from(tern::config::DEFAULT_PATH)")]
+    config: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli: Cli = argh::from_env();
+    if cli.version {
+        println!("tern {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let Some(command) = cli.command else {
+        eprintln!("tern: a command is needed: run, check or queue (see tern --help)");
+        return ExitCode::from(2);
+    };
+    let config_path = match &command {
+        Command::Run(a) => &a.config,
+        Command::Check(a) => &a.config,
+        Command::Queue(a) => &a.config,
+    };
+    let config = match tern::config::Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tern: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let result = match command {
+        Command::Run(_) => tern::agent::run(config),
+        Command::Check(_) => {
+            println!(
+                "{}: ok: {}",
+                config.path.display(),
+                tern::agent::summary(&config)
+            );
+            Ok(())
+        }
+        Command::Queue(_) => tern::agent::print_queue(&config, &mut std::io::stdout()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if io.kind() == std::io::ErrorKind::BrokenPipe {
+                    return ExitCode::SUCCESS;
+                }
+            }
+            eprintln!("tern: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! How a queue is sized and how hard it tries to be durable.
+
+use std::time::Duration;
+
+/// What [`Queue::push`](super::Queue::push) does when a batch does not fit in
+/// [`Options::max_size`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FullPolicy {
+    /// Delete the oldest batches of the whole queue, across signals and
+    /// destinations, until the new batch fits; each is reported as dropped with
+    /// [`DropReason::QueueFull`](super::DropReason::QueueFull).
+    ///
+    /// Globally oldest rather than oldest of the same signal, so that the queue
+    /// keeps one common time window for all signals: after an outage the metrics,
+    /// logs and traces that reach the gateway cover the same minutes and can be
+    /// correlated. Dropping per signal would instead freeze each signal's share
+    /// at the moment the queue filled up. A signal that floods the queue is a
+    /// source's problem, limited at the source. The default.
+    #[default]
+    DropOldest,
+    /// Refuse the new batch and keep the queue as it is; the new batch is
+    /// reported as dropped with [`DropReason::QueueFull`](super::DropReason::QueueFull).
+    /// Its checkpoint, if any, is still written: the source has dealt with the
+    /// data, by policy, and must not read it again after a restart.
+    DropNewest,
+    /// Refuse the new batch with [`QueueError::Full`](super::QueueError::Full)
+    /// (or [`QueueError::TooLarge`](super::QueueError::TooLarge)), write nothing
+    /// and drop nothing: for callers that can push back instead, such as the OTLP
+    /// receiver answering 503. Use it through
+    /// [`Queue::push_with_policy`](super::Queue::push_with_policy).
+    Reject,
+}
+
+/// How a [`Queue`](super::Queue) is sized and flushed; built by the caller from
+/// the `[export.queue]` and `[agent]` configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// The most payload bytes the queue holds, summed over all lanes. The
+    /// per-batch keys and headers (about 70 bytes a batch) are not counted, and
+    /// the storage engine's files are larger than this by its own overhead (see
+    /// "Limits" in the module docs). Defaults to 256 MiB: days of one
+    /// node_exporter, yet a small share of a 4 GB SD card.
+    pub max_size: u64,
+    /// What a push does when its batch does not fit. Defaults to
+    /// [`FullPolicy::DropOldest`].
+    pub full_policy: FullPolicy,
+    /// Whether a push returns only once its batch is on disk (fsync). Off, a
+    /// power cut or a crash loses the batches of the last `flush_interval`.
+    /// Defaults to `true`: the product's promise is to lose nothing.
+    pub fsync: bool,
+    /// How often the storage engine writes and fsyncs in the background, whatever
+    /// `fsync` says. Defaults to 1 s: with `fsync` off, the most data a crash can
+    /// lose, and with it on, how long an ack may stay undone (a lost ack means
+    /// the batch is sent again, never lost).
+    pub flush_interval: Duration,
+    /// Memory the storage engine may use to cache pages, in bytes. Defaults to
+    /// 4 MiB, not sled's 1 GiB: the queue is written at its tail and read at its
+    /// head, so only those pages are hot, and the agent's whole budget is 8 MB.
+    pub cache_capacity: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            max_size: 256 * 1024 * 1024,
+            full_policy: FullPolicy::DropOldest,
+            fsync: true,
+            flush_interval: Duration::from_secs(1),
+            cache_capacity: 4 * 1024 * 1024,
+        }
+    }
+}

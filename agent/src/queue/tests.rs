@@ -1,0 +1,890 @@
+//! Unit tests of the queue: order, durability, limits, recovery, concurrency.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::format::{self, index_key, lane_prefix, payload_key};
+use super::store::{open_db, DIR_NAME};
+use super::*;
+
+/// A directory of its own for one test, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("tern-queue-{}-{n}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Options for tests: no fsync (a clean close flushes anyway), small limit.
+fn opts(max_size: u64) -> Options {
+    Options {
+        max_size,
+        fsync: false,
+        ..Options::default()
+    }
+}
+
+fn open(dir: &TempDir, options: &Options) -> Queue {
+    let (queue, dropped) = unlocked(|| Queue::open(dir.path(), options)).unwrap();
+    assert_eq!(dropped, vec![]);
+    queue
+}
+
+/// Runs `f` until it stops failing with `Locked`, for a short while.
+///
+/// sled writes from a pool of background threads that may hold the directory's
+/// file (and so its lock) for a moment after the last `Queue` clone is dropped,
+/// so a reopen in the same process can briefly see the lock.
+fn unlocked<T>(f: impl Fn() -> Result<T, QueueError>) -> Result<T, QueueError> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match f() {
+            Err(QueueError::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn at(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+fn new_batch(payload: &[u8], items: u64) -> NewBatch<'_> {
+    NewBatch {
+        payload,
+        items,
+        created: at(1_700_000_000_000 + items),
+        checkpoint: None,
+    }
+}
+
+fn push(queue: &Queue, lane: &Lane, payload: &[u8]) -> BatchId {
+    let pushed = queue.push(lane, new_batch(payload, 1)).unwrap();
+    assert_eq!(pushed.dropped, vec![]);
+    pushed.id.unwrap()
+}
+
+/// Every payload in `lane`, oldest first.
+fn payloads(queue: &Queue, lane: &Lane) -> Vec<Vec<u8>> {
+    let peeked = queue.peek(lane, usize::MAX).unwrap();
+    assert_eq!(peeked.dropped, vec![]);
+    peeked.batches.into_iter().map(|b| b.payload).collect()
+}
+
+fn lane_backlog(stats: &Stats, lane: &Lane) -> Backlog {
+    stats
+        .lanes
+        .iter()
+        .find(|l| &l.lane == lane)
+        .map(|l| l.backlog)
+        .unwrap_or_default()
+}
+
+fn metrics() -> Lane {
+    Lane::new(Signal::Metrics, "https://gw1:4318")
+}
+
+fn logs() -> Lane {
+    Lane::new(Signal::Logs, "https://gw1:4318")
+}
+
+#[test]
+fn fifo_order_per_lane() {
+    let dir = TempDir::new("fifo");
+    let queue = open(&dir, &opts(1 << 20));
+    for i in 0..20u8 {
+        let lane = if i % 3 == 0 { logs() } else { metrics() };
+        push(&queue, &lane, &[i]);
+    }
+    let want_logs: Vec<Vec<u8>> = (0..20u8).filter(|i| i % 3 == 0).map(|i| vec![i]).collect();
+    let want_metrics: Vec<Vec<u8>> = (0..20u8).filter(|i| i % 3 != 0).map(|i| vec![i]).collect();
+    assert_eq!(payloads(&queue, &logs()), want_logs);
+    assert_eq!(payloads(&queue, &metrics()), want_metrics);
+
+    // Peeking does not remove; acking the head exposes the next one.
+    let first = queue.peek(&metrics(), 2).unwrap().batches;
+    assert_eq!(first.len(), 2);
+    assert_eq!(queue.peek(&metrics(), 1).unwrap().batches[0], first[0]);
+    assert!(queue.ack(first[0].id).unwrap());
+    assert_eq!(queue.peek(&metrics(), 1).unwrap().batches[0], first[1]);
+
+    // peek_after skips what is in flight.
+    let after = queue
+        .peek_after(&metrics(), Some(first[1].id), 2)
+        .unwrap()
+        .batches;
+    assert_eq!(
+        after.iter().map(|b| b.payload.clone()).collect::<Vec<_>>(),
+        want_metrics[2..4]
+    );
+    assert!(after[0].id.seq() > first[1].id.seq());
+
+    // A lane never pushed to is empty, not an error.
+    let traces = Lane::new(Signal::Traces, "https://gw1:4318");
+    assert_eq!(queue.peek(&traces, 10).unwrap(), Peeked::default());
+}
+
+#[test]
+fn ack_removes_and_drop_batch_reports() {
+    let dir = TempDir::new("ack");
+    let queue = open(&dir, &opts(1 << 20));
+    let a = push(&queue, &logs(), b"aaaa");
+    let b = queue
+        .push(&logs(), new_batch(b"bbbbbb", 7))
+        .unwrap()
+        .id
+        .unwrap();
+    let c = push(&queue, &logs(), b"cc");
+
+    // Out of order: the middle one first.
+    assert!(queue.ack(b).unwrap());
+    assert!(!queue.ack(b).unwrap());
+    assert_eq!(
+        payloads(&queue, &logs()),
+        vec![b"aaaa".to_vec(), b"cc".to_vec()]
+    );
+    assert_eq!(queue.stats().total().bytes, 6);
+
+    let dropped = queue.drop_batch(a, DropReason::Permanent).unwrap().unwrap();
+    assert_eq!(
+        dropped,
+        Dropped {
+            id: Some(a),
+            lane: Some(logs()),
+            items: 1,
+            bytes: 4,
+            reason: DropReason::Permanent
+        }
+    );
+    assert_eq!(queue.drop_batch(a, DropReason::Expired).unwrap(), None);
+    assert!(queue.ack(c).unwrap());
+    assert_eq!(queue.stats().total(), Backlog::default());
+    assert_eq!(payloads(&queue, &logs()), Vec::<Vec<u8>>::new());
+}
+
+#[test]
+fn survives_reopen_and_ids_keep_growing() {
+    let dir = TempDir::new("reopen");
+    let mut last = 0;
+    {
+        let queue = open(&dir, &opts(1 << 20));
+        for i in 0..5u8 {
+            last = push(&queue, &metrics(), &[i; 10]).seq();
+        }
+        for i in 0..3u8 {
+            last = push(&queue, &logs(), &[100 + i; 3]).seq();
+        }
+        let head = queue.peek(&metrics(), 2).unwrap().batches;
+        assert!(queue.ack(head[0].id).unwrap());
+        assert!(queue.ack(head[1].id).unwrap());
+    }
+    let before;
+    {
+        let queue = open(&dir, &opts(1 << 20));
+        assert_eq!(
+            payloads(&queue, &metrics()),
+            vec![vec![2; 10], vec![3; 10], vec![4; 10]]
+        );
+        assert_eq!(
+            payloads(&queue, &logs()),
+            vec![vec![100; 3], vec![101; 3], vec![102; 3]]
+        );
+        let stats = queue.stats();
+        let m = lane_backlog(&stats, &metrics());
+        assert_eq!((m.batches, m.bytes, m.items), (3, 30, 3));
+        assert_eq!(m.oldest_created, Some(at(1_700_000_000_001)));
+        assert_eq!(stats.signal(Signal::Logs).bytes, 9);
+        assert_eq!(stats.total().batches, 6);
+        let id = push(&queue, &logs(), b"new");
+        assert!(id.seq() > last, "{} after {last}", id.seq());
+        last = id.seq();
+
+        // Drain everything: the next id must still be larger after a restart.
+        for lane in [metrics(), logs()] {
+            for batch in queue.peek(&lane, usize::MAX).unwrap().batches {
+                assert!(queue.ack(batch.id).unwrap());
+            }
+        }
+        before = queue.stats();
+    }
+    let queue = open(&dir, &opts(1 << 20));
+    assert_eq!(queue.stats().total(), Backlog::default());
+    assert_eq!(before.total(), Backlog::default());
+    assert!(push(&queue, &metrics(), b"x").seq() > last);
+}
+
+#[test]
+fn checkpoint_is_written_with_its_batch() {
+    let dir = TempDir::new("checkpoint");
+    let options = Options {
+        fsync: true,
+        ..opts(100)
+    };
+    {
+        let queue = open(&dir, &options);
+        assert_eq!(queue.checkpoint("journald").unwrap(), None);
+        let checkpoint = Some(Checkpoint {
+            source: "journald",
+            value: b"cursor-1",
+        });
+        let pushed = queue.push(
+            &logs(),
+            NewBatch {
+                checkpoint,
+                ..new_batch(b"entries", 2)
+            },
+        );
+        assert!(pushed.unwrap().id.is_some());
+
+        // Refused under Reject: neither the batch nor its checkpoint.
+        let checkpoint = Some(Checkpoint {
+            source: "journald",
+            value: b"cursor-2",
+        });
+        let big = [0u8; 200];
+        let err = queue
+            .push_with_policy(
+                &logs(),
+                NewBatch {
+                    checkpoint,
+                    ..new_batch(&big, 1)
+                },
+                FullPolicy::Reject,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                QueueError::TooLarge {
+                    bytes: 200,
+                    max_size: 100
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            queue.checkpoint("journald").unwrap().as_deref(),
+            Some(&b"cursor-1"[..])
+        );
+    }
+    let queue = open(&dir, &options);
+    assert_eq!(
+        queue.checkpoint("journald").unwrap().as_deref(),
+        Some(&b"cursor-1"[..])
+    );
+    assert_eq!(payloads(&queue, &logs()), vec![b"entries".to_vec()]);
+    queue.set_checkpoint("journald", b"cursor-3").unwrap();
+    assert_eq!(
+        queue.checkpoint("journald").unwrap().as_deref(),
+        Some(&b"cursor-3"[..])
+    );
+    assert_eq!(queue.checkpoint("other").unwrap(), None);
+}
+
+#[test]
+fn drop_oldest_drops_the_globally_oldest() {
+    let dir = TempDir::new("drop-oldest");
+    let queue = open(&dir, &opts(1000));
+    let mut ids = Vec::new();
+    for i in 0..10u8 {
+        let lane = if i % 2 == 0 { metrics() } else { logs() };
+        ids.push(
+            queue
+                .push(&lane, new_batch(&[i; 100], u64::from(i)))
+                .unwrap()
+                .id
+                .unwrap(),
+        );
+    }
+    assert_eq!(queue.stats().total().bytes, 1000);
+
+    // 250 bytes need three 100-byte batches gone: the three oldest, across lanes.
+    let pushed = queue.push(&logs(), new_batch(&[99; 250], 50)).unwrap();
+    let new_id = pushed.id.unwrap();
+    let want: Vec<Dropped> = (0..3u8)
+        .map(|i| Dropped {
+            id: Some(ids[usize::from(i)]),
+            lane: Some(if i % 2 == 0 { metrics() } else { logs() }),
+            items: u64::from(i),
+            bytes: 100,
+            reason: DropReason::QueueFull,
+        })
+        .collect();
+    assert_eq!(pushed.dropped, want);
+    let stats = queue.stats();
+    assert_eq!(stats.total().bytes, 950);
+    assert_eq!(lane_backlog(&stats, &metrics()).batches, 3);
+    assert_eq!(
+        lane_backlog(&stats, &metrics()).oldest_created,
+        Some(at(1_700_000_000_004))
+    );
+    assert_eq!(lane_backlog(&stats, &logs()).batches, 5);
+    let metrics_left: Vec<u8> = payloads(&queue, &metrics()).iter().map(|p| p[0]).collect();
+    assert_eq!(metrics_left, vec![4, 6, 8]);
+    let logs_left: Vec<u8> = payloads(&queue, &logs()).iter().map(|p| p[0]).collect();
+    assert_eq!(logs_left, vec![3, 5, 7, 9, 99]);
+    assert!(!queue.ack(ids[0]).unwrap(), "a dropped batch is gone");
+
+    // A batch larger than the whole queue is refused alone.
+    let pushed = queue.push(&metrics(), new_batch(&[0; 1001], 3)).unwrap();
+    assert_eq!(pushed.id, None);
+    assert_eq!(
+        pushed.dropped,
+        vec![Dropped {
+            id: None,
+            lane: Some(metrics()),
+            items: 3,
+            bytes: 1001,
+            reason: DropReason::QueueFull
+        }]
+    );
+    assert_eq!(queue.stats().total().bytes, 950);
+
+    // Evicting a whole lane leaves it empty, and then holding the new batch.
+    let pushed = queue.push(&metrics(), new_batch(&[1; 1000], 1)).unwrap();
+    assert_eq!(pushed.dropped.len(), 8);
+    assert_eq!(pushed.dropped.last().unwrap().id, Some(new_id));
+    let stats = queue.stats();
+    assert_eq!(lane_backlog(&stats, &logs()), Backlog::default());
+    assert_eq!(lane_backlog(&stats, &metrics()).batches, 1);
+    assert_eq!(stats.total().bytes, 1000);
+    drop(queue);
+    let queue = open(&dir, &opts(1000));
+    assert_eq!(queue.stats().total().bytes, 1000);
+    assert_eq!(payloads(&queue, &metrics()), vec![vec![1; 1000]]);
+}
+
+#[test]
+fn drop_newest_and_reject_keep_the_queue() {
+    let dir = TempDir::new("drop-newest");
+    let options = Options {
+        full_policy: FullPolicy::DropNewest,
+        ..opts(300)
+    };
+    let queue = open(&dir, &options);
+    for i in 0..3u8 {
+        push(&queue, &metrics(), &[i; 100]);
+    }
+    let checkpoint = Some(Checkpoint {
+        source: "scrape",
+        value: b"7",
+    });
+    let pushed = queue
+        .push(
+            &logs(),
+            NewBatch {
+                checkpoint,
+                ..new_batch(&[9; 10], 4)
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        pushed,
+        Pushed {
+            id: None,
+            dropped: vec![Dropped {
+                id: None,
+                lane: Some(logs()),
+                items: 4,
+                bytes: 10,
+                reason: DropReason::QueueFull
+            }]
+        }
+    );
+    // The source dealt with its data (by policy): its checkpoint moves on.
+    assert_eq!(
+        queue.checkpoint("scrape").unwrap().as_deref(),
+        Some(&b"7"[..])
+    );
+    assert_eq!(queue.stats().total().bytes, 300);
+
+    let err = queue
+        .push_with_policy(&logs(), new_batch(&[9; 10], 4), FullPolicy::Reject)
+        .unwrap_err();
+    assert!(
+        matches!(err, QueueError::Full { bytes: 10, free: 0 }),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "queue full: batch of 10 bytes, 0 bytes free"
+    );
+    assert_eq!(payloads(&queue, &metrics()).len(), 3);
+    assert_eq!(payloads(&queue, &logs()).len(), 0);
+}
+
+#[test]
+fn over_long_destination_is_refused() {
+    let dir = TempDir::new("lane");
+    let queue = open(&dir, &opts(1000));
+    let lane = Lane::new(Signal::Logs, &"x".repeat(Lane::MAX_DESTINATION_LEN + 1));
+    let err = queue.push(&lane, new_batch(b"a", 1)).unwrap_err();
+    assert!(
+        matches!(err, QueueError::InvalidLane { len: 65536 }),
+        "{err}"
+    );
+}
+
+#[test]
+fn reroute_moves_a_lane_in_order() {
+    let dir = TempDir::new("reroute");
+    let queue = open(&dir, &opts(1 << 20));
+    let gw1 = Lane::new(Signal::Traces, "gw1");
+    let gw2 = Lane::new(Signal::Traces, "gw2");
+    let mut stale = None;
+    for i in 0..10u8 {
+        let id = push(&queue, if i % 2 == 0 { &gw1 } else { &gw2 }, &[i]);
+        stale.get_or_insert(id);
+    }
+    let moved = queue.reroute(&gw1, "gw2").unwrap();
+    assert_eq!((moved.batches, moved.bytes, moved.items), (5, 5, 5));
+    let all: Vec<u8> = payloads(&queue, &gw2).iter().map(|p| p[0]).collect();
+    assert_eq!(all, (0..10).collect::<Vec<u8>>());
+    assert_eq!(payloads(&queue, &gw1).len(), 0);
+    let stats = queue.stats();
+    assert_eq!(lane_backlog(&stats, &gw1), Backlog::default());
+    assert_eq!(lane_backlog(&stats, &gw2).batches, 10);
+    assert_eq!(
+        lane_backlog(&stats, &gw2).oldest_created,
+        Some(at(1_700_000_000_001))
+    );
+    assert!(
+        !queue.ack(stale.unwrap()).unwrap(),
+        "ids of moved batches are stale"
+    );
+
+    // One batch back, atomically.
+    let head = queue.peek(&gw2, 1).unwrap().batches.remove(0);
+    let new_id = queue.move_batch(head.id, "gw1").unwrap().unwrap();
+    assert_eq!(new_id.seq(), head.id.seq());
+    assert_eq!(payloads(&queue, &gw1), vec![vec![0]]);
+    assert_eq!(lane_backlog(&queue.stats(), &gw2).batches, 9);
+    assert_eq!(queue.move_batch(head.id, "gw1").unwrap(), None);
+    drop(queue);
+    let queue = open(&dir, &opts(1 << 20));
+    assert_eq!(payloads(&queue, &gw1), vec![vec![0]]);
+    assert_eq!(payloads(&queue, &gw2).len(), 9);
+}
+
+/// Writes straight into the stopped queue's sled, as damage would.
+fn tamper(dir: &TempDir, f: impl FnOnce(&sled::Db)) {
+    let path = dir.path().join(DIR_NAME);
+    let db = unlocked(|| open_db(&path, 1 << 20, None)).unwrap();
+    f(&db);
+    db.flush().unwrap();
+}
+
+#[test]
+fn corrupt_records_are_dropped_not_returned() {
+    let dir = TempDir::new("corrupt");
+    let mut ids = Vec::new();
+    {
+        let queue = open(&dir, &opts(1 << 20));
+        for i in 0..4u8 {
+            ids.push(push(&queue, &logs(), &[i; 8]).seq());
+        }
+    }
+    let prefix = lane_prefix(&logs()).unwrap();
+    tamper(&dir, |db| {
+        // Batch 0: a torn index record. Batch 2: a payload stored under the
+        // wrong key. And an index key that names no lane at all.
+        db.insert(index_key(&prefix, ids[0]), &b"\x01short"[..])
+            .unwrap();
+        db.insert(
+            payload_key(ids[2]),
+            format::encode_payload(ids[2] + 100, &[2; 8]),
+        )
+        .unwrap();
+        db.insert(&b"\x02\x09junk-key-1234"[..], &b"x"[..]).unwrap();
+    });
+    let (queue, dropped) = unlocked(|| Queue::open(dir.path(), &opts(1 << 20))).unwrap();
+    assert_eq!(dropped.len(), 2, "{dropped:?}");
+    assert!(dropped.iter().all(|d| d.reason == DropReason::Corrupt));
+    assert!(dropped.iter().any(|d| d.lane == Some(logs())));
+    assert!(dropped.iter().any(|d| d.lane.is_none()));
+    assert_eq!(queue.stats().total().batches, 3);
+
+    let peeked = queue.peek(&logs(), 10).unwrap();
+    let got: Vec<u8> = peeked.batches.iter().map(|b| b.payload[0]).collect();
+    assert_eq!(got, vec![1, 3]);
+    assert_eq!(peeked.dropped.len(), 1);
+    assert_eq!(peeked.dropped[0].reason, DropReason::Corrupt);
+    assert_eq!(peeked.dropped[0].id.map(BatchId::seq), Some(ids[2]));
+    assert_eq!(peeked.dropped[0].bytes, 8);
+    let total = queue.stats().total();
+    assert_eq!((total.batches, total.bytes), (2, 16));
+    drop(queue);
+
+    // Nothing of the damage is left for the next start.
+    let queue = open(&dir, &opts(1 << 20));
+    assert_eq!(payloads(&queue, &logs()), vec![vec![1; 8], vec![3; 8]]);
+}
+
+#[test]
+fn newer_format_is_refused_with_the_directory() {
+    let dir = TempDir::new("format");
+    drop(open(&dir, &opts(1000)));
+    tamper(&dir, |db| {
+        db.insert(format::FORMAT_KEY, &7u32.to_be_bytes()[..])
+            .unwrap();
+    });
+    let err = unlocked(|| Queue::open(dir.path(), &opts(1000))).unwrap_err();
+    assert!(
+        matches!(err, QueueError::NewerFormat { found: 7, .. }),
+        "{err}"
+    );
+    assert!(err
+        .to_string()
+        .contains(&dir.path().join("queue").display().to_string()));
+    assert!(matches!(
+        Queue::inspect(dir.path()),
+        Err(QueueError::NewerFormat { .. })
+    ));
+}
+
+#[test]
+fn second_open_is_locked_and_inspect_reads_a_stopped_queue() {
+    let dir = TempDir::new("locked");
+    assert_eq!(Queue::inspect(dir.path()).unwrap(), Stats::default());
+    let queue = open(&dir, &opts(1 << 20));
+    push(&queue, &logs(), b"abc");
+    push(&queue, &metrics(), b"de");
+    let err = Queue::open(dir.path(), &opts(1 << 20)).unwrap_err();
+    assert!(matches!(err, QueueError::Locked { .. }), "{err}");
+    assert!(matches!(
+        Queue::inspect(dir.path()),
+        Err(QueueError::Locked { .. })
+    ));
+    let mut live = queue.stats();
+    drop(queue);
+
+    let mut stopped = unlocked(|| Queue::inspect(dir.path())).unwrap();
+    live.lanes.sort_by(|a, b| a.lane.cmp(&b.lane));
+    stopped.lanes.sort_by(|a, b| a.lane.cmp(&b.lane));
+    assert_eq!(stopped, live);
+    assert_eq!(stopped.total().bytes, 5);
+}
+
+struct Flag(AtomicUsize);
+
+impl Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn listeners_wake_on_push() {
+    let dir = TempDir::new("listen");
+    let queue = open(&dir, &opts(1 << 20));
+
+    // As a future, on any executor.
+    let flag = Arc::new(Flag(AtomicUsize::new(0)));
+    let waker = Waker::from(flag.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut listener = queue.listen();
+    assert_eq!(
+        std::pin::Pin::new(&mut listener).poll(&mut cx),
+        Poll::Pending
+    );
+    push(&queue, &logs(), b"a");
+    assert_eq!(flag.0.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        std::pin::Pin::new(&mut listener).poll(&mut cx),
+        Poll::Ready(())
+    );
+
+    // On a thread of its own.
+    let listener = queue.listen();
+    let pusher = queue.clone();
+    let thread = std::thread::spawn(move || push(&pusher, &metrics(), b"b"));
+    assert!(listener.wait_timeout(Duration::from_secs(10)));
+    thread.join().unwrap();
+    assert!(!queue.listen().wait_timeout(Duration::from_millis(1)));
+}
+
+#[test]
+fn concurrent_pushes_and_acks_lose_and_double_nothing() {
+    const PUSHERS: u8 = 4;
+    const EACH: u32 = 300;
+    let dir = TempDir::new("concurrent");
+    let queue = open(&dir, &opts(1 << 30));
+    let lanes = [metrics(), logs()];
+    let pushers: Vec<_> = (0..PUSHERS)
+        .map(|p| {
+            let queue = queue.clone();
+            let lane = lanes[usize::from(p % 2)].clone();
+            std::thread::spawn(move || {
+                for i in 0..EACH {
+                    let mut payload = vec![p];
+                    payload.extend_from_slice(&i.to_be_bytes());
+                    payload.resize(64, 0);
+                    push(&queue, &lane, &payload);
+                }
+            })
+        })
+        .collect();
+
+    let consumer = {
+        let queue = queue.clone();
+        std::thread::spawn(move || {
+            let mut seen: BTreeMap<u8, Vec<u32>> = BTreeMap::new();
+            let mut ids = BTreeSet::new();
+            let total = usize::from(PUSHERS) * usize::try_from(EACH).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while ids.len() < total {
+                assert!(
+                    Instant::now() < deadline,
+                    "consumer saw {} of {total}",
+                    ids.len()
+                );
+                let listener = queue.listen();
+                let mut got = 0;
+                for lane in [metrics(), logs()] {
+                    let peeked = queue.peek(&lane, 7).unwrap();
+                    assert_eq!(peeked.dropped, vec![]);
+                    for batch in peeked.batches {
+                        got += 1;
+                        assert!(ids.insert(batch.id.seq()), "batch {} read twice", batch.id);
+                        let i = u32::from_be_bytes(batch.payload[1..5].try_into().unwrap());
+                        seen.entry(batch.payload[0]).or_default().push(i);
+                        assert!(queue.ack(batch.id).unwrap());
+                    }
+                }
+                if got == 0 {
+                    listener.wait_timeout(Duration::from_millis(100));
+                }
+            }
+            seen
+        })
+    };
+    for pusher in pushers {
+        pusher.join().unwrap();
+    }
+    let seen = consumer.join().unwrap();
+    for p in 0..PUSHERS {
+        // Everything, once, in the order each pusher pushed it.
+        assert_eq!(seen[&p], (0..EACH).collect::<Vec<_>>(), "pusher {p}");
+    }
+    assert_eq!(queue.stats().total(), Backlog::default());
+}
+
+/// The child side of `crash_keeps_every_acknowledged_push`: pushes until killed.
+#[test]
+fn crash_child() {
+    let Some(state_dir) = std::env::var_os("TERN_QUEUE_CRASH_DIR") else {
+        return;
+    };
+    let options = Options {
+        fsync: true,
+        ..Options::default()
+    };
+    let (queue, _) = unlocked(|| Queue::open(Path::new(&state_dir), &options)).unwrap();
+    let start: u64 = match queue.checkpoint("counter").unwrap() {
+        Some(value) => std::str::from_utf8(&value).unwrap().parse::<u64>().unwrap() + 1,
+        None => 0,
+    };
+    let payload = vec![0x5a; 2000];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for counter in start.. {
+        let lane = if counter % 2 == 0 { metrics() } else { logs() };
+        let mut payload = payload.clone();
+        payload[..8].copy_from_slice(&counter.to_be_bytes());
+        let value = counter.to_string();
+        let checkpoint = Some(Checkpoint {
+            source: "counter",
+            value: value.as_bytes(),
+        });
+        let pushed = queue
+            .push(
+                &lane,
+                NewBatch {
+                    checkpoint,
+                    ..new_batch(&payload, 1)
+                },
+            )
+            .unwrap();
+        assert!(pushed.id.is_some());
+        println!("pushed {counter}");
+        if Instant::now() > deadline {
+            break;
+        }
+    }
+}
+
+#[test]
+fn crash_keeps_every_acknowledged_push() {
+    let dir = TempDir::new("crash");
+    let exe = std::env::current_exe().unwrap();
+    let mut printed = BTreeSet::new();
+    for round in 0..3 {
+        let mut child = Command::new(&exe)
+            .args([
+                "queue::tests::crash_child",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("TERN_QUEUE_CRASH_DIR", dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let kill_after = fastrand::usize(5..60);
+        let mut seen_this_round = 0;
+        while seen_this_round < kill_after {
+            let line = lines.next().expect("child exited early").unwrap();
+            if let Some(counter) = line.strip_prefix("pushed ") {
+                printed.insert(counter.parse::<u64>().unwrap());
+                seen_this_round += 1;
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Lines already in the pipe were printed after their push returned too.
+        for line in lines {
+            if let Some(counter) = line.unwrap().strip_prefix("pushed ") {
+                printed.insert(counter.parse::<u64>().unwrap());
+            }
+        }
+
+        let (queue, dropped) = Queue::open(dir.path(), &Options::default()).unwrap();
+        assert_eq!(dropped, vec![], "round {round}");
+        let mut stored = BTreeSet::new();
+        for lane in [metrics(), logs()] {
+            for batch in queue.peek(&lane, usize::MAX).unwrap().batches {
+                let counter = u64::from_be_bytes(batch.payload[..8].try_into().unwrap());
+                assert!(
+                    stored.insert(counter),
+                    "round {round}: {counter} stored twice"
+                );
+            }
+        }
+        let missing: Vec<_> = printed.difference(&stored).collect();
+        assert!(
+            missing.is_empty(),
+            "round {round}: acknowledged pushes lost: {missing:?}"
+        );
+        // The checkpoint names exactly the newest stored batch: no gap, no duplicate.
+        let checkpoint = queue.checkpoint("counter").unwrap().unwrap();
+        let checkpoint: u64 = std::str::from_utf8(&checkpoint).unwrap().parse().unwrap();
+        assert_eq!(stored.last(), Some(&checkpoint), "round {round}");
+        assert_eq!(
+            stored.len(),
+            usize::try_from(checkpoint + 1).unwrap(),
+            "round {round}"
+        );
+    }
+}
+
+/// Reads this process's `(wchar, write_bytes)` from `/proc/self/io`.
+fn io_counters() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/self/io").unwrap();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap()
+    };
+    (field("wchar:"), field("write_bytes:"))
+}
+
+/// Pushes `n` incompressible batches of `size` bytes while a reader acks behind
+/// at a distance of `backlog` batches, and prints bytes written per byte pushed.
+fn measure(label: &str, fsync: bool, n: u64, size: usize, backlog: u64) {
+    let dir = TempDir::new("amplification");
+    let options = Options {
+        fsync,
+        max_size: 1 << 30,
+        ..Options::default()
+    };
+    let queue = open(&dir, &options);
+    let lane = metrics();
+    let mut payload = vec![0u8; size];
+    let (wchar0, written0) = io_counters();
+    let start = Instant::now();
+    let mut acked = 0u64;
+    for i in 0..n {
+        payload.iter_mut().for_each(|b| *b = fastrand::u8(..));
+        let _ = queue.push(&lane, new_batch(&payload, 1)).unwrap();
+        while i + 1 - acked > backlog {
+            let batch = queue.peek(&lane, 1).unwrap().batches.remove(0);
+            assert!(queue.ack(batch.id).unwrap());
+            acked += 1;
+        }
+    }
+    let elapsed = start.elapsed();
+    let on_disk = queue.disk_usage().unwrap();
+    drop(queue);
+    let (wchar1, written1) = io_counters();
+    let pushed = (n * u64::try_from(size).unwrap()) as f64;
+    println!(
+        "{label}: {:.0} pushes/s, wchar/pushed {:.2}, write_bytes/pushed {:.2}, on disk {:.1} MiB for {:.1} MiB queued",
+        n as f64 / elapsed.as_secs_f64(),
+        (wchar1 - wchar0) as f64 / pushed,
+        (written1 - written0) as f64 / pushed,
+        on_disk as f64 / 1048576.0,
+        (backlog * u64::try_from(size).unwrap()) as f64 / 1048576.0,
+    );
+}
+
+/// `cargo test -p tern --release --lib queue::tests::write_amplification -- --ignored --nocapture --test-threads=1`
+#[test]
+#[ignore = "a measurement, not a check: run it alone, by name"]
+fn write_amplification() {
+    measure(
+        "fsync off, 20 KiB, backlog 500",
+        false,
+        10_000,
+        20 * 1024,
+        500,
+    );
+    measure(
+        "fsync on,  20 KiB, backlog 500",
+        true,
+        2_000,
+        20 * 1024,
+        500,
+    );
+    measure(
+        "fsync off, 20 KiB, backlog 5000",
+        false,
+        10_000,
+        20 * 1024,
+        5000,
+    );
+    measure(
+        "fsync off, 2 KiB, backlog 500",
+        false,
+        20_000,
+        2 * 1024,
+        500,
+    );
+}

@@ -1,0 +1,6 @@
+//! The `[[scrape]]` source: scrape Prometheus exporters and turn each scrape into
+//! OTLP metrics.
+
+pub mod convert;
+pub mod parse;
+pub mod scrape;

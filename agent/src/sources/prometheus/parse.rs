@@ -1,0 +1,400 @@
+//! The exposition-format parser: turns one scrape body into metric families.
+//!
+//! The scrape loop calls [`Parser::new`] on each response body, with the
+//! [`Format`] picked from the response's Content-Type, and hands each
+//! [`Family`] the parser yields to the OTLP converter. The parser borrows the
+//! body (names and most label values are `&str` slices of it) and allocates
+//! only the per-family sample vectors, one label vector per labelled sample and
+//! the few label values or HELP texts that contain escapes. It does not decide
+//! what a family becomes in OTLP; that is the converter's job.
+//!
+//! # Formats and the rules enforced
+//!
+//! **Prometheus text format 0.0.4** (the parser of reference is Go's
+//! `expfmt.TextParser`; where Prometheus's own scraper is more lenient the
+//! difference is noted on the rule):
+//!
+//! - Lines end with `\n`, including the last one: a body cut short mid-line is
+//!   an error, not a shorter value. (Prometheus's scraper tolerates a missing
+//!   final newline; the spec and Go's parser do not, and it is the only
+//!   truncation signal the format has.) Empty lines are ignored, and blanks and
+//!   tabs may lead a line, surround label parts, and separate tokens.
+//! - `# HELP name text` and `# TYPE name type` are metadata; any other comment is
+//!   ignored, as are HELP and TYPE lines with no name or no text. A second HELP
+//!   or TYPE for a name, or a TYPE after that name's samples, is an error.
+//!   Types are `counter`, `gauge`, `histogram`, `summary` and `untyped`.
+//! - Names match `[a-zA-Z_:][a-zA-Z0-9_:]*`, label names `[a-zA-Z_][a-zA-Z0-9_]*`;
+//!   `__name__` is reserved and label names are unique within a sample. Label
+//!   values escape `\\`, `\"` and `\n`; any other backslash is kept as written
+//!   (Go's parser rejects it, Prometheus's scraper keeps it).
+//! - Values are decimal floats or `[+-]Inf`/`NaN` (any case); timestamps are
+//!   integer milliseconds. Hexadecimal floats are rejected.
+//! - Histogram `_bucket` samples need a numeric `le`, summary quantile samples
+//!   a numeric `quantile`.
+//!
+//! **OpenMetrics 1.0 text**, the whole grammar (no optional whitespace, `# EOF`
+//! last, nothing after it) and the semantic rules: one metadata line of each
+//! kind per family and only before its samples; families, metrics and metric
+//! points not interleaved; family names that cannot clash through suffixes;
+//! UNIT a suffix of the name and absent on info and stateset; per-type sample
+//! suffixes and values (counters, bucket and count values non-negative and not
+//! NaN, buckets in increasing `le` order, cumulative, ending in `+Inf`, `_count`
+//! equal to the `+Inf` bucket, `_sum` and `_count` together; quantiles in
+//! [0, 1]; info values 1; stateset values 0 or 1); timestamps that do not go
+//! backwards within a metric; exemplars only on counter totals and buckets, at
+//! most 128 characters of labels. Exemplars are checked and then dropped.
+//!
+//! By default three OpenMetrics value rules are relaxed, because Go's
+//! `client_golang` (the most common OpenMetrics exposer) breaks them whenever
+//! negative values are observed and Prometheus ingests the result: a histogram
+//! with negative buckets may have a `_sum`, that `_sum` may be negative, and
+//! summary `_sum` and quantile values may be negative. [`Parser::strict`] turns
+//! them back on, for conformance testing.
+//!
+//! Families with no samples are checked but not yielded.
+//!
+//! # Hostile input
+//!
+//! Work is linear in the body size: every byte is looked at a bounded number of
+//! times, and sets (family names, metrics of a family) are hashed with a
+//! randomly keyed hasher. [`Limits`] bound the size of lines, names, label
+//! values and label sets. Nothing on the input path can panic.
+//!
+//! # Errors
+//!
+//! An exposition with an error is erroneous as a whole (OpenMetrics says so;
+//! for 0.0.4 it is what Prometheus does): the families yielded before the
+//! error were well formed, but the caller should drop the whole scrape. After
+//! the first error the iterator ends.
+//!
+//! See: <https://prometheus.io/docs/instrumenting/exposition_formats/#text-based-format>
+//!
+//! See: <https://github.com/OpenObservability/OpenMetrics/blob/main/specification/OpenMetrics.md>
+
+mod number;
+mod openmetrics;
+mod scan;
+mod text;
+
+#[cfg(test)]
+mod tests;
+
+use std::borrow::Cow;
+use std::fmt;
+
+use scan::Cursor;
+
+/// Exposition format of a scrape body, chosen from the response Content-Type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The Prometheus text format 0.0.4 (`text/plain; version=0.0.4`), also the
+    /// fallback for any other or missing Content-Type.
+    PrometheusText,
+    /// OpenMetrics 1.0 text (`application/openmetrics-text`).
+    OpenMetrics,
+}
+
+impl Format {
+    /// Picks the format for a response Content-Type header value.
+    ///
+    /// `application/openmetrics-text`, with any parameters and in any case, is
+    /// [`Format::OpenMetrics`]; everything else is [`Format::PrometheusText`],
+    /// which is what Prometheus does as well.
+    pub fn from_content_type(ct: &str) -> Format {
+        let media_type = ct.split(';').next().unwrap_or("").trim();
+        if media_type.eq_ignore_ascii_case("application/openmetrics-text") {
+            Format::OpenMetrics
+        } else {
+            Format::PrometheusText
+        }
+    }
+}
+
+/// Type of a metric family, from its TYPE line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricType {
+    /// A monotonic total (`_total`, and `_created` in OpenMetrics).
+    Counter,
+    /// A value that goes up and down.
+    Gauge,
+    /// Cumulative buckets (`_bucket` with `le`), `_sum`, `_count` (and `_created` in OpenMetrics).
+    Histogram,
+    /// OpenMetrics only: buckets of current values (`_bucket`, `_gsum`, `_gcount`).
+    GaugeHistogram,
+    /// Quantiles (samples with a `quantile` label), `_sum`, `_count` (and `_created` in OpenMetrics).
+    Summary,
+    /// OpenMetrics only: a `_info` sample with value 1 whose labels carry the information.
+    Info,
+    /// OpenMetrics only: one sample per state, with the family name as the state label, valued 0 or 1.
+    StateSet,
+    /// No TYPE line, `untyped` (0.0.4) or `unknown` (OpenMetrics).
+    Unknown,
+}
+
+impl MetricType {
+    /// The type's name as written on an OpenMetrics TYPE line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricType::Counter => "counter",
+            MetricType::Gauge => "gauge",
+            MetricType::Histogram => "histogram",
+            MetricType::GaugeHistogram => "gaugehistogram",
+            MetricType::Summary => "summary",
+            MetricType::Info => "info",
+            MetricType::StateSet => "stateset",
+            MetricType::Unknown => "unknown",
+        }
+    }
+}
+
+/// Bounds on the work and memory one exposition may cost, so that a hostile or
+/// broken target cannot make the agent allocate without limit.
+///
+/// Lengths are in bytes as written in the body (before unescaping). Going over
+/// a limit is an error ([`ErrorKind::Limit`]) naming the line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most labels on one sample (or one exemplar).
+    ///
+    /// Real exporters stay well under 64 (kube-state-metrics' widest series
+    /// carry a few dozen); past a few hundred a series is a bug or an attack,
+    /// and each label costs memory in every batch. Defaults to 256.
+    pub max_labels: usize,
+    /// Longest line, newline excluded.
+    ///
+    /// node_exporter's longest lines are under 1 KiB; 64 KiB leaves room for
+    /// info metrics with long label values while keeping one line's worth of
+    /// labels small next to the agent's 8 MB budget. Defaults to 65536.
+    pub max_line_bytes: usize,
+    /// Longest metric or label name.
+    ///
+    /// Names are identifiers; none seen in the wild comes near 1 KiB, and every
+    /// byte of a name is repeated in each batch. Defaults to 1024.
+    pub max_name_bytes: usize,
+    /// Longest label value.
+    ///
+    /// Values such as command lines, URLs or Kubernetes annotations can run to a
+    /// few KiB; 16 KiB allows them, while bounding what one sample adds to a
+    /// batch. Defaults to 16384.
+    pub max_label_value_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_labels: 256,
+            max_line_bytes: 64 * 1024,
+            max_name_bytes: 1024,
+            max_label_value_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// One metric family: its metadata and its samples, in exposition order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Family<'a> {
+    /// Family name. For OpenMetrics, the name on the metadata lines (for
+    /// counters, without `_total`); for 0.0.4, the TYPE or HELP name, or the
+    /// sample name when there is no metadata.
+    pub name: &'a str,
+    /// Type from the TYPE line; [`MetricType::Unknown`] when there is none.
+    pub kind: MetricType,
+    /// HELP text, unescaped; `None` when absent or empty.
+    pub help: Option<Cow<'a, str>>,
+    /// OpenMetrics UNIT; `None` when absent or empty (always `None` for 0.0.4).
+    pub unit: Option<&'a str>,
+    /// The samples, in exposition order; never empty.
+    pub samples: Vec<Sample<'a>>,
+}
+
+/// One sample line: a name, labels, a value and maybe a timestamp.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample<'a> {
+    /// Full sample name as written: `foo_bucket`, `foo_sum`, `foo_count`,
+    /// `foo_total`, `foo_created`, `foo_info`, `foo_gsum`, ...
+    pub name: &'a str,
+    /// Labels in exposition order, values unescaped. Includes `le` on buckets,
+    /// `quantile` on summary quantiles and the state label on stateset samples.
+    pub labels: Vec<Label<'a>>,
+    /// The value.
+    pub value: f64,
+    /// Timestamp in milliseconds since the Unix epoch. 0.0.4 writes integer
+    /// milliseconds; OpenMetrics writes seconds, which are converted exactly and
+    /// truncated toward zero to whole milliseconds (saturating at the `i64`
+    /// range).
+    pub timestamp_ms: Option<i64>,
+}
+
+/// One label of a sample.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Label<'a> {
+    /// Label name.
+    pub name: &'a str,
+    /// Label value, unescaped.
+    pub value: Cow<'a, str>,
+}
+
+/// What kind of rule an exposition broke, for counting scrape failures by reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The body is not valid UTF-8.
+    Utf8,
+    /// A line does not follow the format's grammar (names, labels, numbers, spacing).
+    Syntax,
+    /// A line, name, label value or label set is larger than [`Limits`] allows.
+    Limit,
+    /// A HELP, TYPE or UNIT line is repeated, misplaced or invalid, or two
+    /// families' names clash.
+    Metadata,
+    /// A family, metric or metric point is interleaved with another, or
+    /// timestamps go backwards (OpenMetrics).
+    Order,
+    /// A value or label breaks the rules of its metric type (OpenMetrics,
+    /// and `le`/`quantile` in 0.0.4).
+    Semantic,
+    /// The OpenMetrics `# EOF` line is missing, or something follows it; or a
+    /// 0.0.4 body ends in the middle of a line.
+    Eof,
+}
+
+/// A parse error: the 1-based line and what was wrong with it.
+///
+/// Displays as `line 12: reason: detail`, with any quoted input cut to a few
+/// dozen characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    /// 1-based line number of the offending line.
+    pub line: usize,
+    detail: Box<ErrorDetail>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ErrorDetail {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl ParseError {
+    fn new(line: usize, kind: ErrorKind, message: String) -> ParseError {
+        ParseError {
+            line,
+            detail: Box::new(ErrorDetail { kind, message }),
+        }
+    }
+
+    /// The kind of rule that was broken.
+    pub fn kind(&self) -> ErrorKind {
+        self.detail.kind
+    }
+
+    /// The reason, without the line number.
+    pub fn message(&self) -> &str {
+        &self.detail.message
+    }
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.detail.message)
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// Parse state of one format.
+#[derive(Debug)]
+enum State<'a> {
+    Text(text::TextState<'a>),
+    OpenMetrics(openmetrics::OmState<'a>),
+    /// The body was rejected before parsing (invalid UTF-8); yielded once.
+    Failed(Option<ParseError>),
+}
+
+/// Iterates the metric families of one exposition body.
+///
+/// Yields `Ok(family)` for each family as soon as its last sample is read, and
+/// stops after the first `Err`.
+#[derive(Debug)]
+pub struct Parser<'a> {
+    cur: Cursor<'a>,
+    state: State<'a>,
+    limits: Limits,
+    strict: bool,
+    done: bool,
+    /// Reused for the labels of each sample before they get a vector of their own.
+    scratch: Vec<Label<'a>>,
+}
+
+impl<'a> Parser<'a> {
+    /// Starts parsing `body` as `format`, bounded by `limits`.
+    ///
+    /// The whole body is checked to be UTF-8 first; if it is not, the first
+    /// item is an error naming the line of the first bad byte.
+    pub fn new(body: &'a [u8], format: Format, limits: &Limits) -> Parser<'a> {
+        let (src, state) = match std::str::from_utf8(body) {
+            Ok(src) => {
+                let state = match format {
+                    Format::PrometheusText => State::Text(text::TextState::default()),
+                    Format::OpenMetrics => State::OpenMetrics(openmetrics::OmState::default()),
+                };
+                (src, state)
+            }
+            Err(e) => {
+                let valid = body.get(..e.valid_up_to()).unwrap_or(&[]);
+                let line = 1 + valid.iter().filter(|&&b| b == b'\n').count();
+                let err = ParseError::new(
+                    line,
+                    ErrorKind::Utf8,
+                    "invalid utf-8: body is not text".to_owned(),
+                );
+                ("", State::Failed(Some(err)))
+            }
+        };
+        Parser {
+            cur: Cursor::new(src),
+            state,
+            limits: *limits,
+            strict: false,
+            done: false,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Enforces every OpenMetrics 1.0 value rule, including the three the
+    /// default relaxes for `client_golang` (see the module docs): no `_sum` on a
+    /// histogram with negative buckets, no negative histogram or summary `_sum`,
+    /// no negative quantile values. No effect on 0.0.4.
+    pub fn strict(mut self) -> Parser<'a> {
+        self.strict = true;
+        self
+    }
+}
+
+impl<'a> Iterator for Parser<'a> {
+    type Item = Result<Family<'a>, ParseError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let item = match &mut self.state {
+            State::Text(st) => st.next_family(&mut self.cur, &self.limits, &mut self.scratch),
+            State::OpenMetrics(st) => {
+                st.next_family(&mut self.cur, &self.limits, self.strict, &mut self.scratch)
+            }
+            State::Failed(err) => err.take().map(Err),
+        };
+        match item {
+            Some(Ok(family)) => Some(Ok(family)),
+            Some(Err(e)) => {
+                self.done = true;
+                Some(Err(e))
+            }
+            None => {
+                self.done = true;
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,520 @@
+//! Byte-level scanning shared by both formats: the cursor, names, label sets,
+//! quoted strings and escapes.
+//!
+//! The body is valid UTF-8 (checked once by `Parser::new`) and every position
+//! the scanner cuts at sits next to an ASCII delimiter, so each cut is a char
+//! boundary; `Cursor::slice` still goes through `str::get`, which cannot panic.
+
+use std::borrow::Cow;
+
+use super::{ErrorKind, Label, Limits, ParseError};
+
+/// Character class bits, one byte per input byte value.
+const METRIC_START: u8 = 1;
+const METRIC_CONT: u8 = 2;
+const LABEL_START: u8 = 4;
+const LABEL_CONT: u8 = 8;
+
+static CLASS: [u8; 256] = classes();
+
+const fn classes() -> [u8; 256] {
+    let mut t = [0u8; 256];
+    let mut c: u8 = 0;
+    loop {
+        let alpha = c.is_ascii_alphabetic() || c == b'_';
+        let digit = c.is_ascii_digit();
+        let mut bits = 0;
+        if alpha || c == b':' {
+            bits |= METRIC_START | METRIC_CONT;
+        }
+        if digit {
+            bits |= METRIC_CONT | LABEL_CONT;
+        }
+        if alpha {
+            bits |= LABEL_START | LABEL_CONT;
+        }
+        t[c as usize] = bits;
+        if c == 255 {
+            break;
+        }
+        c += 1;
+    }
+    t
+}
+
+fn class(b: u8) -> u8 {
+    CLASS[usize::from(b)]
+}
+
+/// Finds the first of up to three bytes in `hay` from `from` on; returns its
+/// index, or `hay.len()`. Eight bytes at a time: most label values and help
+/// texts are long enough for that to pay.
+fn find_any(hay: &[u8], from: usize, needles: [u8; 3]) -> usize {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let [a, b, c] = needles.map(|n| LO * u64::from(n));
+    let mut i = from;
+    while let Some(chunk) = hay.get(i..i + 8) {
+        let Ok(bytes) = <[u8; 8]>::try_from(chunk) else {
+            break;
+        };
+        let word = u64::from_le_bytes(bytes);
+        // A byte of `x` is zero where `word` has the needle; this sets the
+        // high bit of the lowest such byte exactly (higher ones may be
+        // spurious, which does not matter).
+        let zero = |x: u64| x.wrapping_sub(LO) & !x & HI;
+        let hits = zero(word ^ a) | zero(word ^ b) | zero(word ^ c);
+        if hits != 0 {
+            return i + usize::try_from(hits.trailing_zeros() / 8).unwrap_or(0);
+        }
+        i += 8;
+    }
+    while let Some(&x) = hay.get(i) {
+        if needles.contains(&x) {
+            return i;
+        }
+        i += 1;
+    }
+    hay.len()
+}
+
+/// True when every byte of `s` may appear in a metric name (an OpenMetrics UNIT).
+pub(super) fn is_metric_name_chars(s: &str) -> bool {
+    s.bytes().all(|b| class(b) & METRIC_CONT != 0)
+}
+
+/// Quotes a piece of input for an error message, cut to a few dozen characters.
+pub(super) fn excerpt(s: &str) -> String {
+    const MAX: usize = 40;
+    let mut end = s.len().min(MAX);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = s.get(..end).unwrap_or("");
+    if end < s.len() {
+        format!("\"{}\"...", cut.escape_debug())
+    } else {
+        format!("\"{}\"", cut.escape_debug())
+    }
+}
+
+/// A position in the body, with the line it is on.
+#[derive(Debug)]
+pub(super) struct Cursor<'a> {
+    src: &'a str,
+    /// Invariant: `pos <= src.len()`.
+    pos: usize,
+    /// 1-based number of the line `pos` is on.
+    line: usize,
+    /// Byte offset where the current line starts.
+    line_start: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub(super) fn new(src: &'a str) -> Cursor<'a> {
+        Cursor {
+            src,
+            pos: 0,
+            line: 1,
+            line_start: 0,
+        }
+    }
+
+    pub(super) fn at_end(&self) -> bool {
+        self.pos >= self.src.len()
+    }
+
+    pub(super) fn peek(&self) -> Option<u8> {
+        self.src.as_bytes().get(self.pos).copied()
+    }
+
+    /// Consumes `b` if it is next.
+    pub(super) fn eat(&mut self, b: u8) -> bool {
+        if self.peek() == Some(b) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Consumes `s` if it is next.
+    pub(super) fn eat_str(&mut self, s: &str) -> bool {
+        let rest = self.src.as_bytes().get(self.pos..).unwrap_or(&[]);
+        if rest.starts_with(s.as_bytes()) {
+            self.pos += s.len();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Skips spaces and tabs; returns how many.
+    pub(super) fn skip_blanks(&mut self) -> usize {
+        let start = self.pos;
+        while matches!(self.peek(), Some(b' ' | b'\t')) {
+            self.pos += 1;
+        }
+        self.pos - start
+    }
+
+    /// The text between two positions this cursor produced.
+    fn slice(&self, start: usize, end: usize) -> &'a str {
+        let s = self.src.get(start..end);
+        debug_assert!(s.is_some(), "scanner cut at a non-char boundary");
+        s.unwrap_or("")
+    }
+
+    /// The rest of the line, without consuming it (for error messages).
+    pub(super) fn rest_of_line(&self) -> &'a str {
+        let end = find_any(self.src.as_bytes(), self.pos, [b'\n'; 3]);
+        self.slice(self.pos, end)
+    }
+
+    /// Consumes and returns the rest of the line, up to (not including) `\n`.
+    pub(super) fn take_line(&mut self) -> &'a str {
+        self.take_line_escaped().0
+    }
+
+    /// Consumes and returns the rest of the line, up to (not including) `\n`,
+    /// and whether it holds a backslash.
+    pub(super) fn take_line_escaped(&mut self) -> (&'a str, bool) {
+        let begin = self.pos;
+        let bytes = self.src.as_bytes();
+        let first = find_any(bytes, begin, [b'\n', b'\\', b'\n']);
+        let escaped = bytes.get(first) == Some(&b'\\');
+        self.pos = if escaped {
+            find_any(bytes, first, [b'\n'; 3])
+        } else {
+            first
+        };
+        (self.slice(begin, self.pos), escaped)
+    }
+
+    /// Consumes a run of bytes of class `cont` after one of class `start`;
+    /// returns the run, empty when the next byte is not a `start` byte.
+    fn take_ident(&mut self, start: u8, cont: u8) -> &'a str {
+        let begin = self.pos;
+        if self.peek().is_some_and(|b| class(b) & start != 0) {
+            self.pos += 1;
+            while self.peek().is_some_and(|b| class(b) & cont != 0) {
+                self.pos += 1;
+            }
+        }
+        self.slice(begin, self.pos)
+    }
+
+    /// Consumes a metric name, like [`Cursor::metric_name`], faster when it
+    /// starts with `prefix` (a valid metric name, such as the name of the
+    /// family being read).
+    pub(super) fn metric_name_after(
+        &mut self,
+        prefix: &str,
+        limits: &Limits,
+    ) -> Result<&'a str, ParseError> {
+        let begin = self.pos;
+        if !self.eat_str(prefix) || prefix.is_empty() {
+            self.pos = begin;
+            return self.metric_name(limits);
+        }
+        while self.peek().is_some_and(|b| class(b) & METRIC_CONT != 0) {
+            self.pos += 1;
+        }
+        self.check_name(self.slice(begin, self.pos), limits)
+    }
+
+    /// Consumes a metric name; an error when none is next or it is too long.
+    pub(super) fn metric_name(&mut self, limits: &Limits) -> Result<&'a str, ParseError> {
+        let name = self.take_ident(METRIC_START, METRIC_CONT);
+        self.check_name(name, limits)
+    }
+
+    fn check_name(&self, name: &'a str, limits: &Limits) -> Result<&'a str, ParseError> {
+        if name.is_empty() {
+            return Err(self.error(
+                ErrorKind::Syntax,
+                "invalid metric name",
+                Some(self.token_excerpt()),
+            ));
+        }
+        if name.len() > limits.max_name_bytes {
+            return Err(self.limit_error(
+                "metric name too long",
+                name.len(),
+                limits.max_name_bytes,
+            ));
+        }
+        Ok(name)
+    }
+
+    /// Consumes a label name; an error when none is next or it is too long.
+    pub(super) fn label_name(&mut self, limits: &Limits) -> Result<&'a str, ParseError> {
+        let name = self.take_ident(LABEL_START, LABEL_CONT);
+        if name.is_empty() {
+            return Err(self.error(
+                ErrorKind::Syntax,
+                "invalid label name",
+                Some(self.token_excerpt()),
+            ));
+        }
+        if name.len() > limits.max_name_bytes {
+            return Err(self.limit_error("label name too long", name.len(), limits.max_name_bytes));
+        }
+        Ok(name)
+    }
+
+    /// The next few bytes of the line, for an error message.
+    fn token_excerpt(&self) -> &'a str {
+        let rest = self.rest_of_line();
+        let end = rest
+            .bytes()
+            .position(|b| b == b' ' || b == b'\t')
+            .unwrap_or(rest.len());
+        rest.get(..end).unwrap_or(rest)
+    }
+
+    /// Consumes a token that ends before a space, a tab (when `tabs`), a
+    /// newline or the end of the body.
+    pub(super) fn token(&mut self, tabs: bool) -> &'a str {
+        let begin = self.pos;
+        while let Some(b) = self.peek() {
+            if b == b' ' || b == b'\n' || (tabs && b == b'\t') {
+                break;
+            }
+            self.pos += 1;
+        }
+        self.slice(begin, self.pos)
+    }
+
+    /// Consumes a quoted label value; the opening `"` is already consumed.
+    /// `\\`, `\"` and `\n` are unescaped; any other backslash is kept.
+    pub(super) fn quoted(&mut self, limits: &Limits) -> Result<Cow<'a, str>, ParseError> {
+        let begin = self.pos;
+        let bytes = self.src.as_bytes();
+        // Fast path: no escapes, so the value borrows the body.
+        self.pos = find_any(bytes, self.pos, [b'"', b'\\', b'\n']);
+        let value = match bytes.get(self.pos) {
+            Some(b'"') => {
+                let v = Cow::Borrowed(self.slice(begin, self.pos));
+                self.pos += 1;
+                v
+            }
+            Some(b'\\') => {
+                let mut owned = String::from(self.slice(begin, self.pos));
+                loop {
+                    let run = self.pos;
+                    self.pos = find_any(bytes, self.pos, [b'"', b'\\', b'\n']);
+                    owned.push_str(self.slice(run, self.pos));
+                    match bytes.get(self.pos) {
+                        Some(b'"') => {
+                            self.pos += 1;
+                            break;
+                        }
+                        Some(b'\\') => {
+                            self.pos += 1;
+                            match bytes.get(self.pos) {
+                                Some(b'\\') => owned.push('\\'),
+                                Some(b'"') => owned.push('"'),
+                                Some(b'n') => owned.push('\n'),
+                                // Unknown escape: keep the backslash; the next
+                                // character is then read as plain text.
+                                Some(_) => {
+                                    owned.push('\\');
+                                    continue;
+                                }
+                                None => return Err(self.unterminated()),
+                            }
+                            self.pos += 1;
+                        }
+                        _ => return Err(self.unterminated()),
+                    }
+                }
+                Cow::Owned(owned)
+            }
+            _ => return Err(self.unterminated()),
+        };
+        let written = self.pos - begin - 1;
+        if written > limits.max_label_value_bytes {
+            return Err(self.limit_error(
+                "label value too long",
+                written,
+                limits.max_label_value_bytes,
+            ));
+        }
+        Ok(value)
+    }
+
+    fn unterminated(&self) -> ParseError {
+        self.error(ErrorKind::Syntax, "unterminated label value", None)
+    }
+
+    /// Consumes a label set; the opening `{` is already consumed. Labels go to
+    /// `out` (cleared first). `lenient` is the 0.0.4 grammar: blanks around
+    /// every part and a trailing comma are allowed.
+    pub(super) fn labels(
+        &mut self,
+        out: &mut Vec<Label<'a>>,
+        lenient: bool,
+        limits: &Limits,
+    ) -> Result<(), ParseError> {
+        out.clear();
+        if lenient {
+            self.skip_blanks();
+        }
+        if self.eat(b'}') {
+            return Ok(());
+        }
+        loop {
+            let name = self.label_name(limits)?;
+            if lenient {
+                self.skip_blanks();
+            }
+            if !self.eat(b'=') {
+                return Err(self.expected("'=' after label name"));
+            }
+            if lenient {
+                self.skip_blanks();
+            }
+            if !self.eat(b'"') {
+                return Err(self.expected("'\"' to open label value"));
+            }
+            let value = self.quoted(limits)?;
+            if out.len() >= limits.max_labels {
+                return Err(self.limit_error("too many labels", out.len() + 1, limits.max_labels));
+            }
+            out.push(Label { name, value });
+            if lenient {
+                self.skip_blanks();
+            }
+            if self.eat(b'}') {
+                break;
+            }
+            if !self.eat(b',') {
+                return Err(self.expected("',' or '}' after label value"));
+            }
+            if lenient {
+                self.skip_blanks();
+                if self.eat(b'}') {
+                    break;
+                }
+            }
+        }
+        check_unique_labels(out)
+            .map_err(|name| self.error(ErrorKind::Syntax, "duplicate label name", Some(name)))
+    }
+
+    /// An error for a missing piece of syntax, quoting what is there instead.
+    pub(super) fn expected(&self, what: &str) -> ParseError {
+        let rest = self.rest_of_line();
+        let found = if rest.is_empty() {
+            if self.at_end() {
+                "end of input".to_owned()
+            } else {
+                "end of line".to_owned()
+            }
+        } else {
+            excerpt(rest)
+        };
+        ParseError::new(
+            self.line,
+            ErrorKind::Syntax,
+            format!("expected {what}: found {found}"),
+        )
+    }
+
+    /// An error on the current line: "what" or "what: \"detail\"".
+    pub(super) fn error(&self, kind: ErrorKind, what: &str, detail: Option<&str>) -> ParseError {
+        let message = match detail {
+            Some(d) => format!("{what}: {}", excerpt(d)),
+            None => what.to_owned(),
+        };
+        ParseError::new(self.line, kind, message)
+    }
+
+    pub(super) fn limit_error(&self, what: &str, got: usize, max: usize) -> ParseError {
+        ParseError::new(
+            self.line,
+            ErrorKind::Limit,
+            format!("{what}: {got} over the limit of {max}"),
+        )
+    }
+
+    /// Consumes the `\n` that ends a line and checks the line's length.
+    /// `missing` names the error when something else comes first.
+    pub(super) fn end_line(&mut self, limits: &Limits, missing: &str) -> Result<(), ParseError> {
+        match self.peek() {
+            Some(b'\n') => {}
+            Some(_) => return Err(self.expected(missing)),
+            None => {
+                return Err(self.error(
+                    ErrorKind::Eof,
+                    "unexpected end of input: line has no newline",
+                    None,
+                ));
+            }
+        }
+        self.check_line_length(limits)?;
+        self.pos += 1;
+        self.line += 1;
+        self.line_start = self.pos;
+        Ok(())
+    }
+
+    /// An error when the current line, up to `pos`, is longer than allowed.
+    pub(super) fn check_line_length(&self, limits: &Limits) -> Result<(), ParseError> {
+        let len = self.pos - self.line_start;
+        if len > limits.max_line_bytes {
+            return Err(self.limit_error("line too long", len, limits.max_line_bytes));
+        }
+        Ok(())
+    }
+}
+
+/// Unescapes HELP text. `\\` and `\n` always; `\"` too when `quote` (OpenMetrics).
+/// Any other backslash is kept as written.
+pub(super) fn unescape_help(s: &str, quote: bool) -> Cow<'_, str> {
+    if !s.contains('\\') {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        let mut rest = chars.clone();
+        match rest.next() {
+            Some('\\') => out.push('\\'),
+            Some('n') => out.push('\n'),
+            Some('"') if quote => out.push('"'),
+            _ => {
+                out.push('\\');
+                continue;
+            }
+        }
+        chars = rest;
+    }
+    Cow::Owned(out)
+}
+
+/// Checks that label names are unique; returns a repeated name.
+pub(super) fn check_unique_labels<'a>(labels: &[Label<'a>]) -> Result<(), &'a str> {
+    // Quadratic on the handful of labels real series carry; sorted beyond that,
+    // so that a hostile label set costs n log n.
+    const QUADRATIC_MAX: usize = 16;
+    if labels.len() <= QUADRATIC_MAX {
+        for (i, a) in labels.iter().enumerate() {
+            if labels.iter().skip(i + 1).any(|b| b.name == a.name) {
+                return Err(a.name);
+            }
+        }
+        return Ok(());
+    }
+    let mut names: Vec<&'a str> = labels.iter().map(|l| l.name).collect();
+    names.sort_unstable();
+    match names.windows(2).find(|w| w.first() == w.get(1)) {
+        Some(w) => Err(w.first().copied().unwrap_or("")),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,414 @@
+//! The Prometheus text format 0.0.4: lines, metadata and grouping into families.
+//!
+//! Consecutive samples of one family form one [`Family`]. A sample joins the
+//! family being built when its name fits that family's type (`_bucket`,
+//! `_sum`, `_count` for histograms; the bare name, `_sum`, `_count` for
+//! summaries; the bare name otherwise). Otherwise it starts a new family,
+//! found as Go's parser finds it: a family of exactly that name (from an
+//! earlier TYPE or HELP line), else a histogram or summary it is a suffix of,
+//! else a new untyped family named after the sample. A family that comes back
+//! after another one is yielded again, with the same type and help.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use super::number::{self, Grammar};
+use super::scan::{unescape_help, Cursor};
+use super::{ErrorKind, Family, Label, Limits, MetricType, ParseError, Sample};
+
+/// What the metadata so far says about one name.
+#[derive(Debug, Default)]
+struct Known<'a> {
+    kind: Option<MetricType>,
+    help: Option<Cow<'a, str>>,
+    help_seen: bool,
+    has_samples: bool,
+}
+
+/// What a sample is within its family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Value,
+    Bucket,
+    Quantile,
+    Sum,
+    Count,
+}
+
+/// The family being built, with the index of its name's [`Known`] entry.
+#[derive(Debug)]
+struct Current<'a> {
+    family: Family<'a>,
+    known: usize,
+}
+
+/// Parse state across the lines of one 0.0.4 body.
+#[derive(Debug, Default)]
+pub(super) struct TextState<'a> {
+    /// Family name → index into `meta`. One lookup per family start; the
+    /// family being built keeps its index.
+    index: HashMap<&'a str, usize>,
+    /// Metadata and sample presence per family name, for the whole body.
+    meta: Vec<Known<'a>>,
+    /// The family being built; it may have metadata and no samples yet.
+    current: Option<Current<'a>>,
+}
+
+impl<'a> TextState<'a> {
+    /// Reads lines until a family is complete; `None` at the end of the body.
+    pub(super) fn next_family(
+        &mut self,
+        cur: &mut Cursor<'a>,
+        limits: &Limits,
+        scratch: &mut Vec<Label<'a>>,
+    ) -> Option<Result<Family<'a>, ParseError>> {
+        loop {
+            if cur.at_end() {
+                return self.current.take().and_then(Current::finished).map(Ok);
+            }
+            match self.line(cur, limits, scratch) {
+                Ok(Some(family)) => return Some(Ok(family)),
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+
+    /// Reads one line; returns the family it completed, if any.
+    fn line(
+        &mut self,
+        cur: &mut Cursor<'a>,
+        limits: &Limits,
+        scratch: &mut Vec<Label<'a>>,
+    ) -> Result<Option<Family<'a>>, ParseError> {
+        cur.skip_blanks();
+        match cur.peek() {
+            // Blanks and then the end of the body: nothing is lost.
+            None => Ok(None),
+            Some(b'\n') => cur.end_line(limits, "end of line").map(|()| None),
+            Some(b'#') => self.comment(cur, limits),
+            Some(_) => self.sample(cur, limits, scratch),
+        }
+    }
+
+    /// Replaces the family being built; returns the old one if it has samples.
+    fn replace_current(&mut self, family: Family<'a>, known: usize) -> Option<Family<'a>> {
+        std::mem::replace(&mut self.current, Some(Current { family, known }))
+            .and_then(Current::finished)
+    }
+
+    /// The index of `name`'s entry in `meta`, made if new.
+    fn known_index(&mut self, name: &'a str) -> usize {
+        let meta = &mut self.meta;
+        *self.index.entry(name).or_insert_with(|| {
+            meta.push(Known::default());
+            meta.len() - 1
+        })
+    }
+
+    /// The index of `name`'s metadata: that of the family being built when it
+    /// has this name (no lookup), else from the index.
+    fn known_for(&mut self, name: &'a str) -> usize {
+        match &self.current {
+            Some(c) if c.family.name == name => c.known,
+            _ => self.known_index(name),
+        }
+    }
+
+    fn comment(
+        &mut self,
+        cur: &mut Cursor<'a>,
+        limits: &Limits,
+    ) -> Result<Option<Family<'a>>, ParseError> {
+        cur.eat(b'#');
+        cur.skip_blanks();
+        let keyword = cur.token(true);
+        let is_help = keyword == "HELP";
+        if !is_help && keyword != "TYPE" {
+            cur.take_line();
+            return cur.end_line(limits, "end of line").map(|()| None);
+        }
+        cur.skip_blanks();
+        // HELP or TYPE lines without a name or without text say nothing: Go's
+        // parser ignores them, and so do we.
+        if matches!(cur.peek(), None | Some(b'\n')) {
+            return cur.end_line(limits, "end of line").map(|()| None);
+        }
+        let name = match &self.current {
+            Some(c) => cur.metric_name_after(c.family.name, limits)?,
+            None => cur.metric_name(limits)?,
+        };
+        match cur.peek() {
+            None | Some(b'\n') => return cur.end_line(limits, "end of line").map(|()| None),
+            Some(b' ' | b'\t') => {}
+            Some(_) => {
+                return Err(cur.expected("a blank after the metric name"));
+            }
+        }
+        cur.skip_blanks();
+        if matches!(cur.peek(), None | Some(b'\n')) {
+            return cur.end_line(limits, "end of line").map(|()| None);
+        }
+        let done = if is_help {
+            let (text, escaped) = cur.take_line_escaped();
+            let help = if escaped {
+                unescape_help(text, false)
+            } else {
+                Cow::Borrowed(text)
+            };
+            self.help(cur, name, help)?
+        } else {
+            let word = cur.token(true);
+            let kind = match word {
+                "counter" => MetricType::Counter,
+                "gauge" => MetricType::Gauge,
+                "histogram" => MetricType::Histogram,
+                "summary" => MetricType::Summary,
+                "untyped" => MetricType::Unknown,
+                _ => {
+                    return Err(cur.error(ErrorKind::Metadata, "invalid metric type", Some(word)));
+                }
+            };
+            cur.skip_blanks();
+            if cur.peek() != Some(b'\n') && !cur.at_end() {
+                return Err(cur.expected("end of line after the metric type"));
+            }
+            self.set_type(cur, name, kind)?
+        };
+        cur.end_line(limits, "end of line")?;
+        Ok(done)
+    }
+
+    fn help(
+        &mut self,
+        cur: &Cursor<'a>,
+        name: &'a str,
+        help: Cow<'a, str>,
+    ) -> Result<Option<Family<'a>>, ParseError> {
+        let index = self.known_for(name);
+        let Some(known) = self.meta.get_mut(index) else {
+            return Ok(None);
+        };
+        if known.help_seen {
+            return Err(cur.error(ErrorKind::Metadata, "duplicate help line", Some(name)));
+        }
+        known.help_seen = true;
+        known.help = Some(help.clone());
+        let kind = known.kind.unwrap_or(MetricType::Unknown);
+        match self.current.as_mut() {
+            Some(c) if c.family.name == name => {
+                c.family.help = Some(help);
+                Ok(None)
+            }
+            _ => Ok(self.replace_current(
+                Family {
+                    name,
+                    kind,
+                    help: Some(help),
+                    unit: None,
+                    samples: Vec::new(),
+                },
+                index,
+            )),
+        }
+    }
+
+    fn set_type(
+        &mut self,
+        cur: &Cursor<'a>,
+        name: &'a str,
+        kind: MetricType,
+    ) -> Result<Option<Family<'a>>, ParseError> {
+        let index = self.known_for(name);
+        let Some(known) = self.meta.get_mut(index) else {
+            return Ok(None);
+        };
+        if known.kind.is_some() {
+            return Err(cur.error(ErrorKind::Metadata, "duplicate type line", Some(name)));
+        }
+        if known.has_samples {
+            return Err(cur.error(ErrorKind::Metadata, "type line after samples", Some(name)));
+        }
+        known.kind = Some(kind);
+        let help = known.help.clone();
+        match self.current.as_mut() {
+            Some(c) if c.family.name == name => {
+                c.family.kind = kind;
+                Ok(None)
+            }
+            _ => Ok(self.replace_current(
+                Family {
+                    name,
+                    kind,
+                    help,
+                    unit: None,
+                    samples: Vec::new(),
+                },
+                index,
+            )),
+        }
+    }
+
+    fn sample(
+        &mut self,
+        cur: &mut Cursor<'a>,
+        limits: &Limits,
+        scratch: &mut Vec<Label<'a>>,
+    ) -> Result<Option<Family<'a>>, ParseError> {
+        let name = match &self.current {
+            Some(c) => cur.metric_name_after(c.family.name, limits)?,
+            None => cur.metric_name(limits)?,
+        };
+        let blanks = cur.skip_blanks();
+        if cur.eat(b'{') {
+            cur.labels(scratch, true, limits)?;
+            cur.skip_blanks();
+        } else {
+            scratch.clear();
+            if blanks == 0 {
+                return Err(cur.expected("a blank or '{' after the metric name"));
+            }
+        }
+        let token = cur.token(true);
+        if token.is_empty() {
+            return Err(cur.expected("a value"));
+        }
+        let value = number::value(token, Grammar::Text)
+            .ok_or_else(|| cur.error(ErrorKind::Syntax, "invalid value", Some(token)))?;
+        cur.skip_blanks();
+        let timestamp_ms = match cur.peek() {
+            None | Some(b'\n') => None,
+            Some(_) => {
+                let token = cur.token(true);
+                let ts = number::text_timestamp(token).ok_or_else(|| {
+                    cur.error(ErrorKind::Syntax, "invalid timestamp", Some(token))
+                })?;
+                cur.skip_blanks();
+                if cur.peek().is_some_and(|b| b != b'\n') {
+                    return Err(cur.expected("end of line after the timestamp"));
+                }
+                Some(ts)
+            }
+        };
+        if cur.at_end() {
+            return Err(cur.error(
+                ErrorKind::Eof,
+                "unexpected end of input: last line has no newline",
+                None,
+            ));
+        }
+        if let Some(l) = scratch.iter().find(|l| l.name == "__name__") {
+            return Err(cur.error(ErrorKind::Syntax, "reserved label name", Some(l.name)));
+        }
+
+        let joined = self
+            .current
+            .as_ref()
+            .and_then(|c| role(c.family.kind, c.family.name, name));
+        let (done, role) = match joined {
+            Some(role) => (None, role),
+            None => {
+                let (family_name, kind, role) = self.resolve(name);
+                let index = self.known_index(family_name);
+                let help = self.meta.get(index).and_then(|k| k.help.clone());
+                let family = Family {
+                    name: family_name,
+                    kind,
+                    help,
+                    unit: None,
+                    samples: Vec::new(),
+                };
+                (self.replace_current(family, index), role)
+            }
+        };
+        check_role(cur, role, scratch)?;
+        let labels = take_labels(scratch);
+        if let Some(c) = self.current.as_mut() {
+            if c.family.samples.is_empty() {
+                if let Some(known) = self.meta.get_mut(c.known) {
+                    known.has_samples = true;
+                }
+            }
+            c.family.samples.push(Sample {
+                name,
+                labels,
+                value,
+                timestamp_ms,
+            });
+        }
+        cur.end_line(limits, "end of line")?;
+        Ok(done)
+    }
+
+    /// Finds the family a sample starts, as Go's parser does.
+    fn resolve(&self, name: &'a str) -> (&'a str, MetricType, Role) {
+        let known = |name: &str| self.index.get(name).and_then(|&i| self.meta.get(i));
+        if let Some(known) = known(name) {
+            let kind = known.kind.unwrap_or(MetricType::Unknown);
+            if let Some(role) = role(kind, name, name) {
+                return (name, kind, role);
+            }
+        }
+        for suffix in ["_bucket", "_sum", "_count"] {
+            let Some(base) = name.strip_suffix(suffix) else {
+                continue;
+            };
+            let Some(kind) = known(base).and_then(|k| k.kind) else {
+                continue;
+            };
+            if let Some(role) = role(kind, base, name) {
+                return (base, kind, role);
+            }
+        }
+        (name, MetricType::Unknown, Role::Value)
+    }
+}
+
+impl<'a> Current<'a> {
+    /// The family, if it has samples (one with only metadata is dropped).
+    fn finished(self) -> Option<Family<'a>> {
+        (!self.family.samples.is_empty()).then_some(self.family)
+    }
+}
+
+/// Moves the labels out of `scratch` into a vector of their own, sized exactly.
+pub(super) fn take_labels<'a>(scratch: &mut Vec<Label<'a>>) -> Vec<Label<'a>> {
+    if scratch.is_empty() {
+        return Vec::new();
+    }
+    let mut labels = Vec::with_capacity(scratch.len());
+    labels.append(scratch);
+    labels
+}
+
+/// The role of `sample` in a family `family` of type `kind`, if it belongs.
+fn role(kind: MetricType, family: &str, sample: &str) -> Option<Role> {
+    let rest = sample.strip_prefix(family)?;
+    match (kind, rest) {
+        (MetricType::Histogram, "_bucket") => Some(Role::Bucket),
+        (MetricType::Histogram | MetricType::Summary, "_sum") => Some(Role::Sum),
+        (MetricType::Histogram | MetricType::Summary, "_count") => Some(Role::Count),
+        (MetricType::Summary, "") => Some(Role::Quantile),
+        (MetricType::Histogram, _) => None,
+        (_, "") => Some(Role::Value),
+        _ => None,
+    }
+}
+
+/// Checks the labels a histogram bucket or summary quantile needs.
+fn check_role(cur: &Cursor<'_>, role: Role, labels: &[Label<'_>]) -> Result<(), ParseError> {
+    let (label, what) = match role {
+        Role::Bucket => ("le", "histogram bucket"),
+        Role::Quantile => ("quantile", "summary quantile"),
+        Role::Value | Role::Sum | Role::Count => return Ok(()),
+    };
+    let Some(l) = labels.iter().find(|l| l.name == label) else {
+        let message = format!("{what} without {label} label");
+        return Err(cur.error(ErrorKind::Semantic, &message, None));
+    };
+    if number::value(&l.value, Grammar::Text).is_none() {
+        let message = format!("invalid {label} label value");
+        return Err(cur.error(ErrorKind::Semantic, &message, Some(&l.value)));
+    }
+    Ok(())
+}

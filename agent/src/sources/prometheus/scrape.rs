@@ -1,0 +1,410 @@
+//! The scrape loop: one named thread per target (`tern-scrape-<job>-<n>`) that
+//! fetches the exposition, parses it, converts it and hands the batches to the
+//! sink.
+//!
+//! Targets of a job are spread over the interval by a hash of their URL, so a
+//! box with twenty exporters does not wake them all in the same millisecond,
+//! and every agent keeps the same phase across restarts.
+//!
+//! A scrape is all or nothing, as in Prometheus: batches are buffered
+//! (compressed) until the whole body has parsed, and a body that fails anywhere
+//! yields no samples, `up` 0 and a reason in the log and the self metrics.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::io::Read;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::config::{ScrapeConfig, ScrapeTarget};
+use crate::sources::Sink;
+use crate::telemetry::{Metrics, RateLimit, Shutdown};
+
+use super::convert::{Builder, TargetInfo};
+use super::parse::{Family, Format, Limits, Parser};
+
+/// What tern asks exporters for: OpenMetrics first, as Prometheus does.
+const ACCEPT: &str =
+    "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.4,*/*;q=0.1";
+
+/// Why a scrape failed. Display is the reason logged and shown in self metrics.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ScrapeError {
+    /// The target could not be reached or did not answer in time.
+    Http(String),
+    /// The target answered with a status other than 200.
+    Status(u16),
+    /// The body was larger than `body_size_limit`.
+    TooLarge(u64),
+    /// The body is not valid exposition text.
+    Parse(String),
+}
+
+impl ScrapeError {
+    /// A short label for the `result` of `tern_scrapes_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ScrapeError::Http(_) => "http_error",
+            ScrapeError::Status(_) => "http_status",
+            ScrapeError::TooLarge(_) => "body_too_large",
+            ScrapeError::Parse(_) => "parse_error",
+        }
+    }
+}
+
+impl std::fmt::Display for ScrapeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ScrapeError::Http(e) => write!(f, "http: {e}"),
+            ScrapeError::Status(s) => write!(f, "server returned status {s}"),
+            ScrapeError::TooLarge(limit) => {
+                write!(f, "body exceeds body_size_limit of {limit} bytes")
+            }
+            ScrapeError::Parse(e) => write!(f, "parse: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ScrapeError {}
+
+/// Starts one scrape thread per target of `job`.
+pub fn spawn_job(
+    job: &ScrapeConfig,
+    resource: &[(String, String)],
+    sink: Sink,
+    metrics: Arc<Metrics>,
+    shutdown: Arc<Shutdown>,
+) -> std::io::Result<Vec<JoinHandle<()>>> {
+    let mut handles = Vec::new();
+    for (n, target) in job.targets.iter().enumerate() {
+        let mut extra: Vec<(String, String)> = resource.to_vec();
+        extra.extend(job.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let scraper = Scraper::new(job, target, extra, sink.clone(), metrics.clone());
+        let shutdown = shutdown.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("tern-scrape-{}-{n}", job.job))
+            .spawn(move || scraper.run(&shutdown))?;
+        handles.push(handle);
+    }
+    Ok(handles)
+}
+
+/// Scrapes one target on its interval.
+pub struct Scraper {
+    job: ScrapeConfig,
+    target: ScrapeTarget,
+    info: TargetInfo,
+    agent: ureq::Agent,
+    sink: Sink,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    errors: RateLimit,
+    /// The previous successful body and its sorted series hashes, to find
+    /// series that disappear and mark them stale.
+    previous: Option<Previous>,
+}
+
+impl std::fmt::Debug for Scraper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scraper")
+            .field("url", &self.target.url)
+            .finish()
+    }
+}
+
+struct Previous {
+    body: Vec<u8>,
+    format: Format,
+    hashes: Vec<u64>,
+}
+
+impl Scraper {
+    /// A scraper for one target of `job`.
+    pub fn new(
+        job: &ScrapeConfig,
+        target: &ScrapeTarget,
+        extra: Vec<(String, String)>,
+        sink: Sink,
+        metrics: Arc<Metrics>,
+    ) -> Scraper {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(job.timeout))
+            .max_idle_connections(1)
+            .max_idle_connections_per_host(1)
+            .user_agent(concat!("tern/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        let scheme = target.url.split("://").next().unwrap_or("http").to_string();
+        Scraper {
+            info: TargetInfo {
+                job: job.job.clone(),
+                instance: target.instance.clone(),
+                scheme,
+                extra,
+            },
+            job: job.clone(),
+            target: target.clone(),
+            agent,
+            sink,
+            metrics,
+            limits: Limits::default(),
+            errors: RateLimit::new(Duration::from_secs(60)),
+            previous: None,
+        }
+    }
+
+    /// Scrapes on the interval until `shutdown` fires.
+    pub fn run(mut self, shutdown: &Shutdown) {
+        let interval = self.job.interval;
+        let offset = spread_offset(&self.target.url, interval);
+        if shutdown.sleep(offset) {
+            return;
+        }
+        let mut next = Instant::now();
+        loop {
+            self.scrape_once();
+            next += interval;
+            let now = Instant::now();
+            while next < now {
+                // Missed ticks (a slow scrape, a suspended box) are skipped, not bunched.
+                next += interval;
+            }
+            if shutdown.sleep(next - now) {
+                return;
+            }
+        }
+    }
+
+    /// Scrapes the target once and queues the result.
+    pub fn scrape_once(&mut self) {
+        let started = Instant::now();
+        let now_nanos = unix_nanos(SystemTime::now());
+        let fetched = self.fetch();
+        let target_info = match &fetched {
+            Ok((body, format)) => self.target_info(body, *format),
+            Err(_) => Vec::new(),
+        };
+        let mut builder = Builder::new(self.info.resource(&target_info), now_nanos);
+        let result = fetched.and_then(|(body, format)| {
+            let (samples, hashes) = self.convert(&body, format, &mut builder)?;
+            self.previous = Some(Previous {
+                body,
+                format,
+                hashes,
+            });
+            Ok(samples)
+        });
+        let duration = started.elapsed().as_secs_f64();
+        let (up, samples) = match &result {
+            Ok(n) => (1.0, *n),
+            Err(e) => {
+                builder.discard();
+                if let Some(suppressed) = self.errors.check() {
+                    log::warn!(
+                        "Scrape failed job={} target={} error={e} suppressed={suppressed}",
+                        self.job.job,
+                        self.target.url
+                    );
+                }
+                // Every series of the last good scrape is stale now.
+                if let Some(previous) = self.previous.take() {
+                    emit_stale(&previous, None, &mut builder);
+                }
+                (0.0, 0)
+            }
+        };
+        builder.synthetic_gauge("up", "1 if the scrape succeeded, else 0.", up);
+        builder.synthetic_gauge(
+            "scrape_duration_seconds",
+            "Duration of the scrape.",
+            duration,
+        );
+        builder.synthetic_gauge(
+            "scrape_samples_scraped",
+            "Samples the target exposed.",
+            samples as f64,
+        );
+        for (batch, points) in builder.finish() {
+            self.sink
+                .push_metrics(batch, points, &self.info.job, &self.info.instance);
+        }
+        let labels = [
+            ("job", self.job.job.as_str()),
+            ("instance", self.target.instance.as_str()),
+        ];
+        self.metrics.set("tern_scrape_up", &labels, up);
+        self.metrics
+            .set("tern_scrape_duration_seconds", &labels, duration);
+        self.metrics
+            .set("tern_scrape_samples", &labels, samples as f64);
+        let result_label = result.as_ref().map_or_else(|e| e.reason(), |_| "ok");
+        self.metrics.inc(
+            "tern_scrapes_total",
+            &[labels[0], labels[1], ("result", result_label)],
+        );
+    }
+
+    fn fetch(&self) -> Result<(Vec<u8>, Format), ScrapeError> {
+        let timeout = format!("{}", self.job.timeout.as_secs_f64());
+        let mut response = self
+            .agent
+            .get(&self.target.url)
+            .header("Accept", ACCEPT)
+            .header("X-Prometheus-Scrape-Timeout-Seconds", timeout.as_str())
+            .call()
+            .map_err(|e| ScrapeError::Http(e.to_string()))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            return Err(ScrapeError::Status(status));
+        }
+        let format = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map_or(Format::PrometheusText, Format::from_content_type);
+        let limit = self.job.body_size_limit;
+        let mut body = Vec::with_capacity(
+            self.previous
+                .as_ref()
+                .map_or(64 << 10, |p| p.body.len() + 4096),
+        );
+        // Read one byte past the limit to tell "exactly at the limit" from "over it".
+        let read = response
+            .body_mut()
+            .as_reader()
+            .take(limit.saturating_add(1))
+            .read_to_end(&mut body);
+        if let Err(e) = read {
+            return Err(ScrapeError::Http(e.to_string()));
+        }
+        if u64::try_from(body.len()).unwrap_or(u64::MAX) > limit {
+            return Err(ScrapeError::TooLarge(limit));
+        }
+        Ok((body, format))
+    }
+
+    /// Parses and converts a body; returns the sample count and the sorted series hashes.
+    fn convert(
+        &self,
+        body: &[u8],
+        format: Format,
+        builder: &mut Builder,
+    ) -> Result<(usize, Vec<u64>), ScrapeError> {
+        let mut hashes =
+            Vec::with_capacity(self.previous.as_ref().map_or(1024, |p| p.hashes.len()));
+        for family in Parser::new(body, format, &self.limits) {
+            let family = family.map_err(|e| ScrapeError::Parse(e.to_string()))?;
+            for sample in &family.samples {
+                hashes.push(series_hash(sample));
+            }
+            builder.family(&family, false);
+        }
+        let samples = hashes.len();
+        hashes.sort_unstable();
+        hashes.dedup();
+        if let Some(previous) = &self.previous {
+            let gone: Vec<u64> = previous
+                .hashes
+                .iter()
+                .copied()
+                .filter(|h| hashes.binary_search(h).is_err())
+                .collect();
+            if !gone.is_empty() {
+                emit_stale(previous, Some(&gone), builder);
+            }
+        }
+        Ok((samples, hashes))
+    }
+
+    /// The labels of the `target_info` metric, if the body has one. Only
+    /// OpenTelemetry-instrumented apps expose it, so the cheap substring check
+    /// spares everyone else a second parse.
+    fn target_info(&self, body: &[u8], format: Format) -> Vec<(String, String)> {
+        if !contains(body, b"target_info") {
+            return Vec::new();
+        }
+        for family in Parser::new(body, format, &self.limits).flatten() {
+            if family.name == "target_info" {
+                if let Some(sample) = family.samples.first() {
+                    return sample
+                        .labels
+                        .iter()
+                        .filter(|l| l.name != "job" && l.name != "instance")
+                        .map(|l| (l.name.to_string(), l.value.to_string()))
+                        .collect();
+                }
+            }
+        }
+        Vec::new()
+    }
+}
+
+/// Emits stale points for the series of `previous` whose hash is in `gone`
+/// (every series when `gone` is None).
+fn emit_stale(previous: &Previous, gone: Option<&[u64]>, builder: &mut Builder) {
+    let limits = Limits::default();
+    for family in Parser::new(&previous.body, previous.format, &limits).flatten() {
+        let samples: Vec<_> = family
+            .samples
+            .into_iter()
+            .filter(|s| gone.map_or(true, |g| g.binary_search(&series_hash(s)).is_ok()))
+            .collect();
+        if !samples.is_empty() {
+            let stale = Family { samples, ..family };
+            builder.family(&stale, true);
+        }
+    }
+}
+
+/// A hash identifying a series: sample name and labels.
+fn series_hash(sample: &super::parse::Sample<'_>) -> u64 {
+    let mut h = DefaultHasher::new();
+    sample.name.hash(&mut h);
+    for l in &sample.labels {
+        l.name.hash(&mut h);
+        l.value.as_ref().hash(&mut h);
+    }
+    h.finish()
+}
+
+/// The target's fixed offset within the interval.
+fn spread_offset(url: &str, interval: Duration) -> Duration {
+    let mut h = DefaultHasher::new();
+    url.hash(&mut h);
+    let millis = u64::try_from(interval.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    Duration::from_millis(h.finish() % millis)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    memchr::memmem::find(haystack, needle).is_some()
+}
+
+fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_are_stable_and_within_the_interval() {
+        let i = Duration::from_secs(15);
+        let a = spread_offset("http://127.0.0.1:9100/metrics", i);
+        assert_eq!(a, spread_offset("http://127.0.0.1:9100/metrics", i));
+        assert!(a < i);
+        let offsets: std::collections::BTreeSet<_> = (0..20)
+            .map(|n| spread_offset(&format!("http://h{n}:9100/metrics"), i))
+            .collect();
+        assert!(
+            offsets.len() > 15,
+            "targets should not share a phase: {offsets:?}"
+        );
+    }
+}

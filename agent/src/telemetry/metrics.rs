@@ -1,0 +1,299 @@
+//! tern's self metrics, rendered in the Prometheus text format on `/metrics`.
+//!
+//! Names follow `tern_<noun>_<unit>[_total]` with plural base units. Everything is
+//! counted per batch or per scrape, never per sample, so one mutex is cheap enough.
+//! Every drop is counted in `tern_dropped_batches_total` with a reason from a
+//! fixed set; a retry is not a drop.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+
+/// Whether a series only goes up, or is set to a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// Every metric tern exposes: name, kind and help. Keeping them in one table
+/// makes the set reviewable and keeps HELP and TYPE right.
+const DESCRIPTORS: &[(&str, Kind, &str)] = &[
+    (
+        "tern_build_info",
+        Kind::Gauge,
+        "Always 1; labels say which tern runs.",
+    ),
+    (
+        "tern_ready",
+        Kind::Gauge,
+        "1 once the queue is open and the sources run.",
+    ),
+    (
+        "tern_queue_batches",
+        Kind::Gauge,
+        "Batches waiting in the disk queue.",
+    ),
+    (
+        "tern_queue_bytes",
+        Kind::Gauge,
+        "Bytes of batches waiting in the disk queue (compressed).",
+    ),
+    (
+        "tern_queue_oldest_age_seconds",
+        Kind::Gauge,
+        "Age of the oldest batch in the disk queue.",
+    ),
+    (
+        "tern_queue_pushed_batches_total",
+        Kind::Counter,
+        "Batches accepted into the disk queue.",
+    ),
+    (
+        "tern_queue_pushed_points_total",
+        Kind::Counter,
+        "Points or records accepted into the disk queue.",
+    ),
+    (
+        "tern_queue_pushed_bytes_total",
+        Kind::Counter,
+        "Compressed bytes accepted into the disk queue.",
+    ),
+    (
+        "tern_dropped_batches_total",
+        Kind::Counter,
+        "Batches dropped, by reason: queue_full, permanent_error, max_elapsed_time, corrupt.",
+    ),
+    (
+        "tern_dropped_points_total",
+        Kind::Counter,
+        "Points or records dropped, by reason.",
+    ),
+    (
+        "tern_export_sent_batches_total",
+        Kind::Counter,
+        "Batches a gateway acknowledged with 2xx.",
+    ),
+    (
+        "tern_export_sent_points_total",
+        Kind::Counter,
+        "Points or records a gateway acknowledged with 2xx.",
+    ),
+    (
+        "tern_export_sent_bytes_total",
+        Kind::Counter,
+        "Request body bytes a gateway acknowledged.",
+    ),
+    (
+        "tern_export_failed_requests_total",
+        Kind::Counter,
+        "Requests to a gateway that failed, by reason.",
+    ),
+    (
+        "tern_export_retried_batches_total",
+        Kind::Counter,
+        "Times a batch was scheduled again after a retryable failure.",
+    ),
+    (
+        "tern_export_rejected_points_total",
+        Kind::Counter,
+        "Points or records a gateway rejected in an OTLP partial_success.",
+    ),
+    (
+        "tern_export_request_duration_seconds_total",
+        Kind::Counter,
+        "Time spent in requests to a gateway.",
+    ),
+    (
+        "tern_scrape_up",
+        Kind::Gauge,
+        "1 if the last scrape of the target succeeded, else 0.",
+    ),
+    (
+        "tern_scrape_duration_seconds",
+        Kind::Gauge,
+        "Duration of the last scrape of the target.",
+    ),
+    (
+        "tern_scrape_samples",
+        Kind::Gauge,
+        "Samples in the last scrape of the target.",
+    ),
+    (
+        "tern_scrapes_total",
+        Kind::Counter,
+        "Scrapes of the target, by result.",
+    ),
+    (
+        "tern_config_reloads_total",
+        Kind::Counter,
+        "Config reloads, by result.",
+    ),
+    (
+        "process_resident_memory_bytes",
+        Kind::Gauge,
+        "Resident memory size in bytes.",
+    ),
+    (
+        "process_cpu_seconds_total",
+        Kind::Counter,
+        "User and system CPU time spent in seconds.",
+    ),
+];
+
+/// One series: the metric name and its rendered label set, `{a="b",c="d"}`.
+type SeriesKey = (&'static str, String);
+
+/// The self-metrics registry. Shared by reference (`Arc<Metrics>`) among all parts.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    series: Mutex<BTreeMap<SeriesKey, f64>>,
+}
+
+impl Metrics {
+    /// An empty registry.
+    pub fn new() -> Metrics {
+        Metrics::default()
+    }
+
+    /// Adds `v` to a counter.
+    pub fn add(&self, name: &'static str, labels: &[(&str, &str)], v: f64) {
+        debug_assert!(
+            kind_of(name) == Some(Kind::Counter),
+            "{name} is not a counter"
+        );
+        let key = (name, render_labels(labels));
+        *self.lock().entry(key).or_insert(0.0) += v;
+    }
+
+    /// Adds one to a counter.
+    pub fn inc(&self, name: &'static str, labels: &[(&str, &str)]) {
+        self.add(name, labels, 1.0);
+    }
+
+    /// Sets a gauge.
+    pub fn set(&self, name: &'static str, labels: &[(&str, &str)], v: f64) {
+        debug_assert!(kind_of(name).is_some(), "{name} has no descriptor");
+        self.lock().insert((name, render_labels(labels)), v);
+    }
+
+    /// Removes every series of `name` whose labels include `label=value`; used
+    /// when a target or gateway goes away so its gauges do not linger.
+    pub fn remove_matching(&self, name: &'static str, label: &str, value: &str) {
+        let needle = render_labels(&[(label, value)]);
+        let needle = needle.trim_start_matches('{').trim_end_matches('}');
+        self.lock()
+            .retain(|(n, l), _| *n != name || !l.contains(needle));
+    }
+
+    /// The current value of one series, for tests and the CLI.
+    pub fn get(&self, name: &'static str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.lock().get(&(name, render_labels(labels))).copied()
+    }
+
+    /// Renders every series in the Prometheus text format 0.0.4.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let series = self.lock();
+        for (name, kind, help) in DESCRIPTORS {
+            let mut first = true;
+            let of_name = series
+                .range((*name, String::new())..)
+                .take_while(|((n, _), _)| n == name);
+            for ((_, labels), v) in of_name {
+                if first {
+                    let t = if *kind == Kind::Counter {
+                        "counter"
+                    } else {
+                        "gauge"
+                    };
+                    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {t}");
+                    first = false;
+                }
+                let _ = writeln!(out, "{name}{labels} {}", format_value(*v));
+            }
+        }
+        out
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<SeriesKey, f64>> {
+        // A panic while holding the lock leaves plain numbers behind: still usable.
+        match self.series.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+fn kind_of(name: &str) -> Option<Kind> {
+    DESCRIPTORS.iter().find(|d| d.0 == name).map(|d| d.1)
+}
+
+fn render_labels(labels: &[(&str, &str)]) -> String {
+    if labels.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("{");
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(k);
+        s.push_str("=\"");
+        for c in v.chars() {
+            match c {
+                '\\' => s.push_str("\\\\"),
+                '"' => s.push_str("\\\""),
+                '\n' => s.push_str("\\n"),
+                c => s.push(c),
+            }
+        }
+        s.push('"');
+    }
+    s.push('}');
+    s
+}
+
+fn format_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else {
+        format!("{v}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_help_type_and_escaped_labels() {
+        let m = Metrics::new();
+        m.inc("tern_scrapes_total", &[("job", "node"), ("result", "ok")]);
+        m.add(
+            "tern_scrapes_total",
+            &[("job", "node"), ("result", "ok")],
+            2.0,
+        );
+        m.set("tern_scrape_up", &[("instance", "a\"b")], 1.0);
+        let text = m.render();
+        assert!(text.contains("# TYPE tern_scrapes_total counter\ntern_scrapes_total{job=\"node\",result=\"ok\"} 3\n"), "{text}");
+        assert!(
+            text.contains("tern_scrape_up{instance=\"a\\\"b\"} 1\n"),
+            "{text}"
+        );
+        assert!(!text.contains("tern_queue_bytes"), "{text}");
+    }
+
+    #[test]
+    fn remove_matching_drops_only_that_target() {
+        let m = Metrics::new();
+        m.set("tern_scrape_up", &[("instance", "a:1")], 1.0);
+        m.set("tern_scrape_up", &[("instance", "b:1")], 1.0);
+        m.remove_matching("tern_scrape_up", "instance", "a:1");
+        assert_eq!(m.get("tern_scrape_up", &[("instance", "a:1")]), None);
+        assert_eq!(m.get("tern_scrape_up", &[("instance", "b:1")]), Some(1.0));
+    }
+}

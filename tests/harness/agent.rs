@@ -1,0 +1,229 @@
+//! The `Agent` harness: runs the built `tern` binary with a config in its own
+//! temp directory, waits for `/-/ready`, and kills it on drop. On a failed
+//! test it prints the config and tern's stderr.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{http_get, wait_for, TempDir};
+
+/// The tern binary under test.
+pub fn tern_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tern"))
+}
+
+/// A running tern.
+pub struct Agent {
+    pub dir: TempDir,
+    pub config: String,
+    child: Option<Child>,
+    /// The self-telemetry address, read from tern's log.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Agent {
+    /// Writes `config` (with `state_dir` and `listen` filled in when the
+    /// placeholders `{state_dir}` appear) and starts tern, waiting until ready.
+    pub fn start(config: &str) -> Agent {
+        let dir = TempDir::new("agent");
+        Agent::start_in(dir, config)
+    }
+
+    /// Starts tern with `config` in an existing directory (to restart on the
+    /// same state).
+    pub fn start_in(dir: TempDir, config: &str) -> Agent {
+        let config = config.replace(
+            "{state_dir}",
+            &dir.path().join("state").display().to_string(),
+        );
+        let mut agent = Agent {
+            dir,
+            config,
+            child: None,
+            listen: None,
+        };
+        agent.spawn();
+        agent
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("tern.toml")
+    }
+
+    fn stderr_path(&self) -> PathBuf {
+        self.dir.path().join("stderr.log")
+    }
+
+    fn spawn(&mut self) {
+        std::fs::write(self.config_path(), &self.config).unwrap();
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.stderr_path())
+            .unwrap();
+        let log_start = self.stderr().len();
+        let child = Command::new(tern_bin())
+            .args(["run", "--config"])
+            .arg(self.config_path())
+            .env_remove("TERN_LOG")
+            .env_remove("STATE_DIRECTORY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn tern");
+        self.child = Some(child);
+        let listen = wait_for(
+            Duration::from_secs(20),
+            || self.listen_from_log(log_start),
+            || self.diagnostics(),
+        );
+        self.listen = Some(listen);
+        wait_for(
+            Duration::from_secs(20),
+            || {
+                http_get(listen, "/-/ready")
+                    .filter(|(s, _)| *s == 200)
+                    .map(|_| ())
+            },
+            || self.diagnostics(),
+        );
+    }
+
+    /// The "Serving self metrics listen=..." address logged after byte `from`.
+    fn listen_from_log(&self, from: usize) -> Option<SocketAddr> {
+        self.stderr()
+            .get(from..)?
+            .lines()
+            .rev()
+            .find_map(|l| l.split("Serving self metrics listen=").nth(1))
+            .and_then(|a| a.trim().parse().ok())
+    }
+
+    /// tern's stderr so far.
+    pub fn stderr(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(self.stderr_path()) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// The config, the stderr and the exit status, for failure messages.
+    pub fn diagnostics(&self) -> String {
+        format!(
+            "--- config ({}) ---\n{}\n--- tern stderr ---\n{}",
+            self.config_path().display(),
+            self.config,
+            self.stderr()
+        )
+    }
+
+    /// The self-metrics text.
+    pub fn metrics(&self) -> String {
+        let listen = self.listen.expect("agent is running");
+        http_get(listen, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+
+    /// The value of one self-metrics series, by its exact rendered name and labels.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        metric_value(&self.metrics(), series)
+    }
+
+    /// Sends a signal (by name, as `kill -s` takes it) to tern.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = Command::new("kill")
+            .args(["-s", name, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Kills tern with SIGKILL and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops tern with SIGTERM and returns its exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        self.signal("TERM");
+        let mut child = self.child.take()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("tern did not stop on SIGTERM\n{}", self.diagnostics());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts tern again on the same directory and config.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Rewrites the config file (placeholders filled) without restarting.
+    pub fn rewrite_config(&mut self, config: &str) {
+        self.config = config.replace(
+            "{state_dir}",
+            &self.dir.path().join("state").display().to_string(),
+        );
+        std::fs::write(self.config_path(), &self.config).unwrap();
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// The config file.
+    pub fn config_file(&self) -> PathBuf {
+        self.config_path()
+    }
+
+    /// Gives the directory back, killing tern (to restart on the same state).
+    pub fn into_dir(mut self) -> TempDir {
+        self.kill();
+        let dir = std::mem::replace(&mut self.dir, TempDir::detached());
+        dir
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("{}", self.diagnostics());
+        }
+    }
+}
+
+/// The value of `series` (name with labels, exactly as rendered) in a metrics text.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Whether a path exists, for readability in tests.
+#[allow(dead_code)]
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}

@@ -1,0 +1,309 @@
+//! A test OTLP/HTTP gateway: decodes what tern sends with the same prost types a
+//! collector uses, records it, and answers from a script (200, 429 with
+//! Retry-After, 503, 400, slow answers, connection resets).
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use prost::Message;
+use tern::otlp::proto::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+
+/// How the gateway answers one request.
+#[derive(Debug, Clone)]
+#[allow(dead_code)] // Each test uses a few of these.
+pub enum Reply {
+    /// 200 with an empty ExportMetricsServiceResponse.
+    Ok,
+    /// 200 with a partial_success rejecting this many points.
+    Partial(i64),
+    /// This status, with an optional Retry-After in seconds.
+    Status(u16, Option<u64>),
+    /// Wait this long, then answer 200 (a slow gateway).
+    Slow(Duration),
+    /// Close the connection without answering (a reset).
+    Reset,
+}
+
+/// One request the gateway received and decoded.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub request: ExportMetricsServiceRequest,
+    /// What the gateway answered; only 200s count as delivered.
+    pub answered: u16,
+}
+
+#[derive(Default)]
+struct State {
+    script: VecDeque<Reply>,
+    default: Option<Reply>,
+    received: Vec<Received>,
+}
+
+/// A running test gateway on 127.0.0.1.
+pub struct FakeGateway {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FakeGateway {
+    /// Starts a gateway on a free port that answers 200.
+    pub fn start() -> FakeGateway {
+        FakeGateway::start_on("127.0.0.1:0".parse().unwrap(), Arc::default())
+    }
+
+    fn start_on(addr: SocketAddr, state: Arc<Mutex<State>>) -> FakeGateway {
+        let (addr, stop, thread) = listen(addr, state.clone());
+        FakeGateway {
+            addr,
+            state,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The base URL for tern's `export.endpoints`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Answers the next requests with these replies, then with the default.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.state.lock().unwrap().script.extend(replies);
+    }
+
+    /// Answers every request not scripted with `reply`.
+    #[allow(dead_code)] // For tests that need a lasting fault.
+    pub fn set_default(&self, reply: Reply) {
+        self.state.lock().unwrap().default = Some(reply);
+    }
+
+    /// Everything received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().received.clone()
+    }
+
+    /// Requests answered 200, in arrival order.
+    pub fn delivered(&self) -> Vec<ExportMetricsServiceRequest> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.answered == 200)
+            .map(|r| r.request)
+            .collect()
+    }
+
+    /// Stops listening: connections are refused until [`FakeGateway::restart`].
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+
+    /// Listens again on the same address, keeping what was received.
+    pub fn restart(&mut self) {
+        // std sets SO_REUSEADDR, so the old port is free again at once.
+        let (_, stop, thread) = listen(self.addr, self.state.clone());
+        self.stop = stop;
+        self.thread = Some(thread);
+    }
+}
+
+impl Drop for FakeGateway {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Binds `addr` and serves it on a thread until the returned flag is set.
+fn listen(
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+) -> (SocketAddr, Arc<AtomicBool>, JoinHandle<()>) {
+    let listener = TcpListener::bind(addr).expect("bind the fake gateway");
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let st = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("fake-gateway".into())
+        .spawn(move || accept_loop(listener, state, st))
+        .unwrap();
+    (addr, stop, thread)
+}
+
+fn accept_loop(listener: TcpListener, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>) {
+    let mut connections = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let (s, st) = (state.clone(), stop.clone());
+                connections.push(std::thread::spawn(move || serve(stream, s, st)));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    drop(listener);
+    for c in connections {
+        let _ = c.join();
+    }
+}
+
+/// Serves one keep-alive connection until the peer closes or the gateway stops.
+fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>) {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    stream.set_nonblocking(false).unwrap();
+    let mut buf = Vec::new();
+    loop {
+        // Read a head.
+        let (head_len, path, headers, length) = loop {
+            if stop.load(Ordering::SeqCst) {
+                return;
+            }
+            let mut hs = [httparse::EMPTY_HEADER; 32];
+            let mut req = httparse::Request::new(&mut hs);
+            if let Ok(httparse::Status::Complete(n)) = req.parse(&buf) {
+                let headers: Vec<(String, String)> = req
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_ascii_lowercase(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect();
+                let length = headers
+                    .iter()
+                    .find(|(k, _)| k == "content-length")
+                    .map_or(0, |(_, v)| v.parse::<usize>().unwrap());
+                break (n, req.path.unwrap().to_string(), headers, length);
+            }
+            if !read_more(&mut stream, &mut buf) {
+                return;
+            }
+        };
+        while buf.len() < head_len + length {
+            if stop.load(Ordering::SeqCst) || !read_more(&mut stream, &mut buf) {
+                return;
+            }
+        }
+        let body: Vec<u8> = buf.drain(..head_len + length).skip(head_len).collect();
+        let gzip = headers
+            .iter()
+            .any(|(k, v)| k == "content-encoding" && v == "gzip");
+        let raw = if gzip {
+            let mut out = Vec::new();
+            flate2::read::GzDecoder::new(body.as_slice())
+                .read_to_end(&mut out)
+                .expect("valid gzip from tern");
+            out
+        } else {
+            body
+        };
+        let request = ExportMetricsServiceRequest::decode(raw.as_slice())
+            .expect("valid OTLP protobuf from tern");
+        let reply = {
+            let mut s = state.lock().unwrap();
+            s.script
+                .pop_front()
+                .or_else(|| s.default.clone())
+                .unwrap_or(Reply::Ok)
+        };
+        let (status, extra, body) = match &reply {
+            Reply::Ok | Reply::Slow(_) => (
+                200,
+                String::new(),
+                ExportMetricsServiceResponse::default().encode_to_vec(),
+            ),
+            Reply::Partial(n) => {
+                let r = ExportMetricsServiceResponse {
+                    partial_success: Some(
+                        tern::otlp::proto::collector::metrics::v1::ExportMetricsPartialSuccess {
+                            rejected_data_points: *n,
+                            error_message: "some points were bad".into(),
+                        },
+                    ),
+                };
+                (200, String::new(), r.encode_to_vec())
+            }
+            Reply::Status(code, retry_after) => (
+                *code,
+                retry_after.map_or(String::new(), |s| format!("Retry-After: {s}\r\n")),
+                b"scripted failure".to_vec(),
+            ),
+            Reply::Reset => (0, String::new(), Vec::new()),
+        };
+        if let Reply::Slow(d) = reply {
+            std::thread::sleep(d);
+        }
+        // Record before answering, marking only answered 200s as delivered.
+        state.lock().unwrap().received.push(Received {
+            path,
+            headers,
+            request,
+            answered: if matches!(reply, Reply::Slow(_)) {
+                0
+            } else {
+                status
+            },
+        });
+        if status == 0 {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+        let ct = if status == 200 {
+            "application/x-protobuf"
+        } else {
+            "text/plain"
+        };
+        let head = format!(
+            "HTTP/1.1 {status} X\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n{extra}\r\n",
+            body.len()
+        );
+        if stream
+            .write_all(head.as_bytes())
+            .and_then(|_| stream.write_all(&body))
+            .is_err()
+        {
+            return;
+        }
+        if let Reply::Slow(_) = reply {
+            // The client has given up by now; a late 200 must not count.
+            return;
+        }
+    }
+}
+
+fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 65536];
+    match stream.read(&mut chunk) {
+        Ok(0) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
+        }
+        Err(e)
+            if e.kind() == std::io::ErrorKind::WouldBlock
+                || e.kind() == std::io::ErrorKind::TimedOut =>
+        {
+            true
+        }
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,125 @@
+//! A real node_exporter, scraped every second and forwarded to the test gateway.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tern::otlp::proto::metrics::v1::{metric, AggregationTemporality};
+
+use crate::harness::exporter::NodeExporter;
+use crate::harness::{attr, config, flatten, http_get, wait_for, Agent, FakeGateway};
+
+#[test]
+fn node_exporter_families_arrive_with_type_unit_and_attributes() {
+    let node = NodeExporter::start();
+    let gateway = FakeGateway::start();
+    let agent = Agent::start(&config("node", node.addr, "1s", &gateway.url()));
+
+    // What node_exporter exposes, by family name and type, read from its own text.
+    let (_, text) = http_get(node.addr, "/metrics").unwrap();
+    let mut families: BTreeMap<String, String> = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split_whitespace();
+            families.insert(
+                parts.next().unwrap().to_string(),
+                parts.next().unwrap().to_string(),
+            );
+        }
+    }
+    assert!(
+        families.len() > 100,
+        "node_exporter should expose many families: {}",
+        families.len()
+    );
+
+    let metrics = wait_for(
+        Duration::from_secs(20),
+        || {
+            let m = flatten(&gateway.delivered());
+            let names: std::collections::BTreeSet<_> =
+                m.iter().map(|(_, m)| m.name.clone()).collect();
+            (names.contains("node_cpu_seconds_total") && names.contains("up")).then_some(m)
+        },
+        || agent.diagnostics(),
+    );
+    let by_name: BTreeMap<&str, _> = metrics
+        .iter()
+        .map(|(r, m)| (m.name.as_str(), (r, m)))
+        .collect();
+
+    let mut missing = Vec::new();
+    for (name, kind) in &families {
+        let Some((resource, m)) = by_name.get(name.as_str()) else {
+            missing.push(name.clone());
+            continue;
+        };
+        assert_eq!(attr(resource, "service.name"), Some("node"), "{name}");
+        assert_eq!(
+            attr(resource, "service.instance.id"),
+            Some(node.addr.to_string().as_str()),
+            "{name}"
+        );
+        match (kind.as_str(), &m.data) {
+            ("counter", Some(metric::Data::Sum(s))) => {
+                assert!(s.is_monotonic, "{name}");
+                assert_eq!(
+                    s.aggregation_temporality,
+                    AggregationTemporality::Cumulative as i32,
+                    "{name}"
+                );
+            }
+            ("gauge" | "untyped", Some(metric::Data::Gauge(_))) => {}
+            ("histogram", Some(metric::Data::Histogram(h))) => {
+                let p = &h.data_points[0];
+                assert_eq!(p.bucket_counts.len(), p.explicit_bounds.len() + 1, "{name}");
+            }
+            ("summary", Some(metric::Data::Summary(_))) => {}
+            (k, d) => panic!("{name}: exposed as {k}, arrived as {d:?}"),
+        }
+        assert!(!m.description.is_empty(), "{name} lost its HELP");
+    }
+    // A family can appear between two scrapes (node_exporter adds some lazily);
+    // what matters is that nothing systematic is missing.
+    assert!(
+        missing.len() <= 3,
+        "families that never arrived: {missing:?}"
+    );
+
+    // Attributes: every CPU time series carries cpu and mode, and not job/instance.
+    let (_, cpu) = by_name["node_cpu_seconds_total"];
+    let Some(metric::Data::Sum(s)) = &cpu.data else {
+        panic!()
+    };
+    for p in &s.data_points {
+        assert!(
+            attr(&p.attributes, "cpu").is_some() && attr(&p.attributes, "mode").is_some(),
+            "{p:?}"
+        );
+        assert!(attr(&p.attributes, "job").is_none() && attr(&p.attributes, "instance").is_none());
+    }
+    // Synthetic series, as Prometheus has them.
+    let up = crate::harness::values(by_name["up"].1);
+    assert_eq!(up, vec![1.0]);
+    assert!(by_name.contains_key("scrape_duration_seconds"));
+    assert!(by_name.contains_key("scrape_samples_scraped"));
+
+    // Self metrics report the target and the deliveries.
+    let labels = format!("{{job=\"node\",instance=\"{}\"}}", node.addr);
+    assert_eq!(agent.metric(&format!("tern_scrape_up{labels}")), Some(1.0));
+    let sent = agent.metric(&format!(
+        "tern_export_sent_batches_total{{endpoint=\"{}\",signal=\"metrics\"}}",
+        gateway.url()
+    ));
+    assert!(sent.unwrap_or(0.0) >= 1.0, "{}", agent.metrics());
+    // Wire format: gzip protobuf to /v1/metrics.
+    let r = &gateway.received()[0];
+    assert_eq!(r.path, "/v1/metrics");
+    assert!(r
+        .headers
+        .iter()
+        .any(|(k, v)| k == "content-encoding" && v == "gzip"));
+    assert!(r
+        .headers
+        .iter()
+        .any(|(k, v)| k == "content-type" && v == "application/x-protobuf"));
+}

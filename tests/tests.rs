@@ -1,0 +1,21 @@
+//! System tests: the built `tern` binary against real components (a real
+//! node_exporter, a test gateway that decodes OTLP with prost) over loopback.
+//! One module per area; helpers in `harness/`.
+
+// Tests may unwrap: a panic is a failed test with its message.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation,
+    missing_docs,
+    unreachable_pub
+)]
+
+mod harness;
+
+mod bad_input;
+mod cli;
+mod faults;
+mod lifecycle;
+mod outage;
+mod scrape;
