@@ -402,10 +402,12 @@ impl Config {
             Duration::from_secs(10),
         )?;
         let tls_raw = export.tls.unwrap_or_default();
+        // An empty path means unset, so the README can show every key.
+        let set = |p: Option<String>| p.filter(|p| !p.is_empty()).map(PathBuf::from);
         let tls = TlsConfig {
-            ca_file: tls_raw.ca_file.map(PathBuf::from),
-            cert_file: tls_raw.cert_file.map(PathBuf::from),
-            key_file: tls_raw.key_file.map(PathBuf::from),
+            ca_file: set(tls_raw.ca_file),
+            cert_file: set(tls_raw.cert_file),
+            key_file: set(tls_raw.key_file),
             server_name: tls_raw.server_name,
             insecure_skip_verify: tls_raw.insecure_skip_verify.unwrap_or(false),
         };
@@ -614,9 +616,9 @@ fn parse_target(t: &str, scheme: &str, metrics_path: &str) -> Result<ScrapeTarge
         }
         (format!("{scheme}://{t}{metrics_path}"), t.to_string())
     };
-    let port_ok = hostport.rsplit_once(':').is_some_and(|(host, port)| {
-        !host.is_empty() && port.parse::<u16>().is_ok()
-    });
+    let port_ok = hostport
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
     if !port_ok {
         return Err(format!(
             "expected host:port, like \"127.0.0.1:9100\", not {t:?}"
@@ -780,6 +782,31 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_parses() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```toml\n").expect("README has a toml example") + 8;
+        let len = readme[start..].find("```").expect("closed");
+        let c = parse(&readme[start..start + len]).unwrap();
+        assert_eq!(c.agent.state_dir, PathBuf::from("/var/lib/tern"));
+        assert_eq!(c.scrape[0].targets[0].url, "http://127.0.0.1:9100/metrics");
+        assert_eq!(c.scrape[0].body_size_limit, 16 << 20);
+        assert_eq!(
+            c.scrape[0].labels.get("site").map(String::as_str),
+            Some("plant-7")
+        );
+        assert_eq!(
+            c.resource.get("deployment.environment").map(String::as_str),
+            Some("prod")
+        );
+        assert_eq!(
+            c.export.headers.get("X-Scope-OrgID").map(String::as_str),
+            Some("edge")
+        );
+        assert_eq!(c.export.tls, TlsConfig::default());
+        assert_eq!(c.export.queue.max_size, 256 << 20);
+    }
+
+    #[test]
     fn defaults_from_an_empty_file() {
         let c = parse("[agent]\nstate_dir = \"/tmp/x\"\n").unwrap();
         assert_eq!(c.agent.listen.to_string(), "127.0.0.1:12345");
@@ -844,7 +871,7 @@ mod tests {
     #[test]
     fn bad_target_is_located() {
         let e = parse("[[scrape]]\njob = \"n\"\ntargets = [\"a:1\", \"nope\"]\n").unwrap_err();
-        assert_eq!(e.position, Some((3, 18)));
+        assert_eq!(e.position, Some((3, 19)));
         assert_eq!(e.key, "scrape[0].targets[1]");
     }
 
