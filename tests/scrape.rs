@@ -123,3 +123,153 @@ fn node_exporter_families_arrive_with_type_unit_and_attributes() {
         .iter()
         .any(|(k, v)| k == "content-type" && v == "application/x-protobuf"));
 }
+
+use crate::harness::exporter::ScriptedExporter;
+use crate::harness::tls::TlsProxy;
+use crate::harness::values;
+use tern::otlp::proto::metrics::v1::DataPointFlags;
+
+#[test]
+fn https_targets_and_gateways_with_a_private_ca() {
+    let exporter =
+        ScriptedExporter::start(|n| (200, "text/plain", format!("over_tls {n}\n").into_bytes()));
+    let gateway = FakeGateway::start();
+    let (scrape_tls, export_tls) = (
+        TlsProxy::start(exporter.addr),
+        TlsProxy::start(gateway.addr),
+    );
+    let dir = crate::harness::TempDir::new("tls");
+    let ca = dir.path().join("ca.pem");
+    let ca2 = dir.path().join("ca2.pem");
+    std::fs::write(&ca, &scrape_tls.ca_pem).unwrap();
+    std::fs::write(&ca2, &export_tls.ca_pem).unwrap();
+    let cfg = format!(
+        r#"[agent]
+state_dir = "{{state_dir}}"
+listen = "127.0.0.1:0"
+
+[[scrape]]
+job = "tls"
+targets = ["https://localhost:{}/metrics"]
+interval = "500ms"
+tls = {{ ca_file = "{}" }}
+
+[[scrape]]
+job = "untrusted"
+targets = ["localhost:{}"]
+scheme = "https"
+interval = "500ms"
+
+[export]
+endpoints = ["https://localhost:{}"]
+tls = {{ ca_file = "{}" }}
+"#,
+        scrape_tls.addr.port(),
+        ca.display(),
+        scrape_tls.addr.port(),
+        export_tls.addr.port(),
+        ca2.display()
+    );
+    let agent = Agent::start_in(dir, &cfg);
+    wait_for(
+        Duration::from_secs(20),
+        || {
+            flatten(&gateway.delivered())
+                .iter()
+                .any(|(_, m)| m.name == "over_tls")
+                .then_some(())
+        },
+        || agent.diagnostics(),
+    );
+    // Without the CA, the certificate is refused: the scrape fails, it does not skip verification.
+    let untrusted = format!(
+        "tern_scrapes_total{{job=\"untrusted\",instance=\"localhost:{}\",result=\"http_error\"}}",
+        scrape_tls.addr.port()
+    );
+    wait_for(
+        Duration::from_secs(10),
+        || agent.metric(&untrusted),
+        || agent.metrics(),
+    );
+    assert!(
+        agent.stderr().contains("job=untrusted"),
+        "{}",
+        agent.stderr()
+    );
+}
+
+#[test]
+fn gzip_bodies_are_accepted_and_vanished_series_get_a_stale_point() {
+    use std::io::Write;
+    // Scrapes 0-2 expose two series; from scrape 3 on `b` is gone; scrape 6 fails.
+    let exporter = ScriptedExporter::start(|n| {
+        let text = if n < 3 {
+            "# TYPE g gauge\ng{s=\"a\"} 1\ng{s=\"b\"} 2\n"
+        } else {
+            "# TYPE g gauge\ng{s=\"a\"} 1\n"
+        };
+        if n == 6 {
+            return (500, "text/plain", Vec::new());
+        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(text.as_bytes()).unwrap();
+        (
+            200,
+            "text/plain; version=0.0.4\r\nContent-Encoding: gzip",
+            gz.finish().unwrap(),
+        )
+    });
+    let gateway = FakeGateway::start();
+    let agent = Agent::start(&config("stale", exporter.addr, "300ms", &gateway.url()));
+    let points = || -> Vec<(String, u32, Vec<f64>)> {
+        let mut out = Vec::new();
+        for (_, m) in flatten(&gateway.delivered())
+            .iter()
+            .filter(|(_, m)| m.name == "g")
+        {
+            let Some(metric::Data::Gauge(g)) = &m.data else {
+                panic!("{m:?}")
+            };
+            for p in &g.data_points {
+                out.push((
+                    attr(&p.attributes, "s").unwrap().to_string(),
+                    p.flags,
+                    values(&tern::otlp::proto::metrics::v1::Metric {
+                        data: Some(metric::Data::Gauge(tern::otlp::proto::metrics::v1::Gauge {
+                            data_points: vec![p.clone()],
+                        })),
+                        ..Default::default()
+                    }),
+                ));
+            }
+        }
+        out
+    };
+    let got = wait_for(
+        Duration::from_secs(20),
+        || {
+            let p = points();
+            (p.iter().filter(|(s, f, _)| s == "a" && *f != 0).count() >= 1).then_some(p)
+        },
+        || format!("{:?}\n{}", points(), agent.diagnostics()),
+    );
+    let stale = DataPointFlags::NoRecordedValueMask as u32;
+    let b_stale: Vec<_> = got
+        .iter()
+        .filter(|(s, f, _)| s == "b" && *f == stale)
+        .collect();
+    assert_eq!(
+        b_stale.len(),
+        1,
+        "series b vanished once and is marked stale once: {got:?}"
+    );
+    let a_stale: Vec<_> = got
+        .iter()
+        .filter(|(s, f, _)| s == "a" && *f == stale)
+        .collect();
+    assert_eq!(a_stale.len(), 1, "the failed scrape marks a stale: {got:?}");
+    assert!(got
+        .iter()
+        .filter(|(_, f, _)| *f == 0)
+        .all(|(_, _, v)| v == &vec![1.0] || v == &vec![2.0]));
+}

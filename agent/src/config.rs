@@ -68,6 +68,8 @@ pub struct ScrapeConfig {
     pub body_size_limit: u64,
     /// Extra attributes for the resources of this job's targets.
     pub labels: BTreeMap<String, String>,
+    /// TLS settings for https targets (`[scrape.tls]`, same keys as `[export.tls]`).
+    pub tls: TlsConfig,
 }
 
 /// One scrape target.
@@ -111,7 +113,7 @@ pub enum Compression {
     None,
 }
 
-/// The `[export.tls]` section.
+/// The `[export.tls]` and `[scrape.tls]` sections.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TlsConfig {
     /// PEM file of CA certificates trusted in addition to the system roots.
@@ -356,6 +358,7 @@ impl Config {
                     })?;
                 targets.push(parsed);
             }
+            let tls = cx.tls(job.tls, &key("tls"))?;
             scrape.push(ScrapeConfig {
                 job: job.job.into_inner(),
                 targets,
@@ -363,6 +366,7 @@ impl Config {
                 timeout,
                 body_size_limit,
                 labels: job.labels,
+                tls,
             });
         }
 
@@ -401,27 +405,7 @@ impl Config {
             "export.timeout",
             Duration::from_secs(10),
         )?;
-        let tls_raw = export.tls.unwrap_or_default();
-        // An empty path means unset, so the README can show every key.
-        let set = |p: Option<String>| p.filter(|p| !p.is_empty()).map(PathBuf::from);
-        let tls = TlsConfig {
-            ca_file: set(tls_raw.ca_file),
-            cert_file: set(tls_raw.cert_file),
-            key_file: set(tls_raw.key_file),
-            server_name: tls_raw.server_name,
-            insecure_skip_verify: tls_raw.insecure_skip_verify.unwrap_or(false),
-        };
-        if tls.server_name.is_some() {
-            // ureq takes the TLS name from the URL; overriding it needs a custom
-            // rustls verifier, which is not written yet. Refuse rather than ignore.
-            return Err(cx.err_key(
-                "export.tls.server_name",
-                "not supported yet: put the certificate's name in the endpoint URL",
-            ));
-        }
-        if tls.cert_file.is_some() != tls.key_file.is_some() {
-            return Err(cx.err_key("export.tls", "cert_file and key_file go together"));
-        }
+        let tls = cx.tls(export.tls, "export.tls")?;
         let r = export.retry.unwrap_or_default();
         let retry = RetryConfig {
             initial_interval: cx.duration(
@@ -545,6 +529,31 @@ impl Cx<'_> {
             key: key.to_string(),
             reason: reason.into(),
         }
+    }
+
+    fn tls(&self, raw: Option<RawTls>, key: &str) -> Result<TlsConfig, ConfigError> {
+        let raw = raw.unwrap_or_default();
+        // An empty path means unset, so the README can show every key.
+        let set = |p: Option<String>| p.filter(|p| !p.is_empty()).map(PathBuf::from);
+        let tls = TlsConfig {
+            ca_file: set(raw.ca_file),
+            cert_file: set(raw.cert_file),
+            key_file: set(raw.key_file),
+            server_name: raw.server_name,
+            insecure_skip_verify: raw.insecure_skip_verify.unwrap_or(false),
+        };
+        if tls.server_name.is_some() {
+            // ureq takes the TLS name from the URL; overriding it needs a custom
+            // rustls verifier, which is not written yet. Refuse rather than ignore.
+            return Err(self.err_key(
+                &format!("{key}.server_name"),
+                "not supported yet: put the certificate's name in the URL",
+            ));
+        }
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return Err(self.err_key(key, "cert_file and key_file go together"));
+        }
+        Ok(tls)
     }
 
     fn duration(
@@ -728,6 +737,7 @@ struct RawScrape {
     body_size_limit: Option<Spanned<String>>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    tls: Option<RawTls>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use prost::Message;
 
-use crate::config::{Compression, ExportConfig};
+use crate::config::{Compression, ExportConfig, TlsConfig};
 use crate::otlp::proto::collector;
 use crate::queue::Signal;
 
@@ -105,9 +105,105 @@ pub struct Accepted {
 pub struct Sender {
     /// The gateway's base URL, as configured.
     endpoint: String,
-    agent: ureq::Agent,
+    client: Client,
     compression: Compression,
     headers: Vec<(String, String)>,
+}
+
+/// An HTTP client with tern's TLS settings (system roots plus `ca_file`,
+/// client certificates) and one keep-alive connection per host. Scrapes use it
+/// too, so that ureq stays inside this file.
+#[derive(Debug, Clone)]
+pub struct Client {
+    agent: ureq::Agent,
+}
+
+/// A body fetched with [`Client::get`].
+#[derive(Debug)]
+pub struct Fetched {
+    /// The HTTP status.
+    pub status: u16,
+    /// The Content-Type header, if any.
+    pub content_type: Option<String>,
+    /// The body, decompressed when the server sent gzip.
+    pub body: Vec<u8>,
+}
+
+/// Why [`Client::get`] failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// The server could not be reached, or the exchange failed or timed out.
+    Http(String),
+    /// The body, after decompression, is larger than the limit given.
+    TooLarge(u64),
+}
+
+impl fmt::Display for FetchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FetchError::Http(e) => write!(f, "http: {e}"),
+            FetchError::TooLarge(limit) => write!(f, "body exceeds the limit of {limit} bytes"),
+        }
+    }
+}
+
+impl std::error::Error for FetchError {}
+
+impl Client {
+    /// A client whose requests take at most `timeout` each.
+    pub fn new(tls: &TlsConfig, timeout: Duration) -> Result<Client, TlsSetupError> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(timeout))
+            .max_idle_connections(4)
+            .max_idle_connections_per_host(1)
+            .max_redirects(0)
+            .user_agent(concat!("tern/", env!("CARGO_PKG_VERSION")))
+            .tls_config(tls_config(tls)?)
+            .build()
+            .into();
+        Ok(Client { agent })
+    }
+
+    /// GETs `url`, reading at most `limit` bytes of (decompressed) body.
+    pub fn get(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        limit: u64,
+    ) -> Result<Fetched, FetchError> {
+        use std::io::Read;
+        let mut request = self.agent.get(url);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let mut response = request
+            .call()
+            .map_err(|e| FetchError::Http(e.to_string()))?;
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut body = Vec::new();
+        // Read one byte past the limit to tell "at the limit" from "over it".
+        response
+            .body_mut()
+            .as_reader()
+            .take(limit.saturating_add(1))
+            .read_to_end(&mut body)
+            .map_err(|e| FetchError::Http(e.to_string()))?;
+        if u64::try_from(body.len()).unwrap_or(u64::MAX) > limit {
+            return Err(FetchError::TooLarge(limit));
+        }
+        Ok(Fetched {
+            status,
+            content_type,
+            body,
+        })
+    }
 }
 
 /// A problem with the local TLS setup (unreadable CA or key file).
@@ -125,20 +221,9 @@ impl std::error::Error for TlsSetupError {}
 impl Sender {
     /// A sender for `endpoint` with the `[export]` settings.
     pub fn new(endpoint: &str, config: &ExportConfig) -> Result<Sender, TlsSetupError> {
-        let tls = tls_config(config)?;
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(config.timeout))
-            .max_idle_connections(4)
-            .max_idle_connections_per_host(1)
-            .max_redirects(0)
-            .user_agent(concat!("tern/", env!("CARGO_PKG_VERSION")))
-            .tls_config(tls)
-            .build()
-            .into();
         Ok(Sender {
             endpoint: endpoint.trim_end_matches('/').to_string(),
-            agent,
+            client: Client::new(&config.tls, config.timeout)?,
             compression: config.compression,
             headers: config
                 .headers
@@ -158,6 +243,7 @@ impl Sender {
         let url = format!("{}{}", self.endpoint, path_of(signal));
         let plain;
         let mut request = self
+            .client
             .agent
             .post(&url)
             .header("Content-Type", "application/x-protobuf");
@@ -291,10 +377,10 @@ fn gunzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
-fn tls_config(config: &ExportConfig) -> Result<ureq::tls::TlsConfig, TlsSetupError> {
-    use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
-    let tls = &config.tls;
-    let mut builder = TlsConfig::builder().disable_verification(tls.insecure_skip_verify);
+fn tls_config(tls: &TlsConfig) -> Result<ureq::tls::TlsConfig, TlsSetupError> {
+    use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts};
+    let mut builder =
+        ureq::tls::TlsConfig::builder().disable_verification(tls.insecure_skip_verify);
     let mut roots: Vec<Certificate<'static>> = Vec::new();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {

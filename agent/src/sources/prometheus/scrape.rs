@@ -12,12 +12,12 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::io::Read;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{ScrapeConfig, ScrapeTarget};
+use crate::export::sender::{Client, FetchError};
 use crate::sources::Sink;
 use crate::telemetry::{Metrics, RateLimit, Shutdown};
 
@@ -77,11 +77,24 @@ pub fn spawn_job(
     metrics: Arc<Metrics>,
     shutdown: Arc<Shutdown>,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
+    let client = Client::new(&job.tls, job.timeout).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("scrape job {}: {e}", job.job),
+        )
+    })?;
     let mut handles = Vec::new();
     for (n, target) in job.targets.iter().enumerate() {
         let mut extra: Vec<(String, String)> = resource.to_vec();
         extra.extend(job.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let scraper = Scraper::new(job, target, extra, sink.clone(), metrics.clone());
+        let scraper = Scraper::new(
+            job,
+            target,
+            client.clone(),
+            extra,
+            sink.clone(),
+            metrics.clone(),
+        );
         let shutdown = shutdown.clone();
         let handle = std::thread::Builder::new()
             .name(format!("tern-scrape-{}-{n}", job.job))
@@ -96,7 +109,7 @@ pub struct Scraper {
     job: ScrapeConfig,
     target: ScrapeTarget,
     info: TargetInfo,
-    agent: ureq::Agent,
+    client: Client,
     sink: Sink,
     metrics: Arc<Metrics>,
     limits: Limits,
@@ -121,22 +134,15 @@ struct Previous {
 }
 
 impl Scraper {
-    /// A scraper for one target of `job`.
+    /// A scraper for one target of `job`, with the job's HTTP client.
     pub fn new(
         job: &ScrapeConfig,
         target: &ScrapeTarget,
+        client: Client,
         extra: Vec<(String, String)>,
         sink: Sink,
         metrics: Arc<Metrics>,
     ) -> Scraper {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(job.timeout))
-            .max_idle_connections(1)
-            .max_idle_connections_per_host(1)
-            .user_agent(concat!("tern/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
         let scheme = target.url.split("://").next().unwrap_or("http").to_string();
         Scraper {
             info: TargetInfo {
@@ -147,7 +153,7 @@ impl Scraper {
             },
             job: job.clone(),
             target: target.clone(),
-            agent,
+            client,
             sink,
             metrics,
             limits: Limits::default(),
@@ -249,41 +255,25 @@ impl Scraper {
 
     fn fetch(&self) -> Result<(Vec<u8>, Format), ScrapeError> {
         let timeout = format!("{}", self.job.timeout.as_secs_f64());
-        let mut response = self
-            .agent
-            .get(&self.target.url)
-            .header("Accept", ACCEPT)
-            .header("X-Prometheus-Scrape-Timeout-Seconds", timeout.as_str())
-            .call()
-            .map_err(|e| ScrapeError::Http(e.to_string()))?;
-        let status = response.status().as_u16();
-        if status != 200 {
-            return Err(ScrapeError::Status(status));
+        let headers = [
+            ("Accept", ACCEPT),
+            ("X-Prometheus-Scrape-Timeout-Seconds", timeout.as_str()),
+        ];
+        let fetched = self
+            .client
+            .get(&self.target.url, &headers, self.job.body_size_limit)
+            .map_err(|e| match e {
+                FetchError::TooLarge(limit) => ScrapeError::TooLarge(limit),
+                e => ScrapeError::Http(e.to_string()),
+            })?;
+        if fetched.status != 200 {
+            return Err(ScrapeError::Status(fetched.status));
         }
-        let format = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
+        let format = fetched
+            .content_type
+            .as_deref()
             .map_or(Format::PrometheusText, Format::from_content_type);
-        let limit = self.job.body_size_limit;
-        let mut body = Vec::with_capacity(
-            self.previous
-                .as_ref()
-                .map_or(64 << 10, |p| p.body.len() + 4096),
-        );
-        // Read one byte past the limit to tell "exactly at the limit" from "over it".
-        let read = response
-            .body_mut()
-            .as_reader()
-            .take(limit.saturating_add(1))
-            .read_to_end(&mut body);
-        if let Err(e) = read {
-            return Err(ScrapeError::Http(e.to_string()));
-        }
-        if u64::try_from(body.len()).unwrap_or(u64::MAX) > limit {
-            return Err(ScrapeError::TooLarge(limit));
-        }
-        Ok((body, format))
+        Ok((fetched.body, format))
     }
 
     /// Parses and converts a body; returns the sample count and the sorted series hashes.
