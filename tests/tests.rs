@@ -17,5 +17,6 @@ mod bad_input;
 mod cli;
 mod faults;
 mod lifecycle;
+mod notify;
 mod outage;
 mod scrape;

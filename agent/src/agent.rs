@@ -18,6 +18,7 @@ use crate::config::{Config, FullPolicy};
 use crate::queue::{self, Queue, QueueError, Stats};
 use crate::sources::{prometheus, Sink};
 use crate::telemetry::http::{self, Request, Response};
+use crate::telemetry::notify;
 use crate::telemetry::{self, Metrics, Shutdown};
 
 /// Any error that ends the agent, shown as one line on stderr.
@@ -161,6 +162,10 @@ pub fn run(config: Config) -> Result<(), Error> {
     let mut running = Running::start(&config, queue.clone(), metrics.clone())?;
     ready.store(true, Ordering::SeqCst);
     metrics.set("tern_ready", &[], 1.0);
+    notify::ready(&summary(&config));
+    // On the main loop's executor, so that a blocked main loop stops the pings.
+    executor.spawn(notify::Watchdog::from_env().run()).detach();
+    executor.spawn(notify::test_stall()).detach();
 
     let mut config = config;
     let signals = async_signal::Signals::new([
@@ -177,6 +182,7 @@ pub fn run(config: Config) -> Result<(), Error> {
                 }
                 Ok(s) => {
                     log::info!("Stopping signal={s:?}");
+                    notify::stopping();
                     break;
                 }
                 Err(e) => log::warn!("Reading signals failed error={e}"),

@@ -20,6 +20,7 @@
 
 pub mod http;
 pub mod metrics;
+pub mod notify;
 
 use std::io::Write;
 use std::sync::Mutex;
