@@ -76,6 +76,11 @@ pub enum QueueError {
         /// Length of the destination key in bytes.
         len: usize,
     },
+    /// A checkpoint's source name is longer than 65535 bytes.
+    InvalidCheckpoint {
+        /// Length of the source name in bytes.
+        len: usize,
+    },
 }
 
 impl QueueError {
@@ -134,6 +139,11 @@ impl fmt::Display for QueueError {
                 f,
                 "queue lane: destination key of {len} bytes, at most {} allowed",
                 super::Lane::MAX_DESTINATION_LEN
+            ),
+            QueueError::InvalidCheckpoint { len } => write!(
+                f,
+                "queue checkpoint: source name of {len} bytes, at most {} allowed",
+                super::format::MAX_SOURCE_LEN
             ),
         }
     }

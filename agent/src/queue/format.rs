@@ -1,4 +1,5 @@
-//! The on-disk encoding of keys and values: the layout described in the module docs.
+//! The on-disk encoding of keys, values and segment records: the layout described
+//! in the module docs.
 //!
 //! Everything here is pure byte shuffling, so that the rest of the queue never
 //! indexes a slice read back from disk. Decoders return `None` on anything they
@@ -16,19 +17,24 @@ pub(super) const FORMAT_KEY: &[u8] = b"\x00format";
 pub(super) const NEXT_SEQ_KEY: &[u8] = b"\x00next_seq";
 
 /// First byte of a source checkpoint key.
-const CHECKPOINT: u8 = 0x01;
+pub(super) const CHECKPOINT: u8 = 0x01;
 /// First byte of a lane index key.
 pub(super) const INDEX: u8 = 0x02;
-/// First byte of a payload key.
-pub(super) const PAYLOAD: u8 = 0x03;
+/// The byte after [`INDEX`]: the end of the index key range.
+pub(super) const INDEX_END: u8 = INDEX + 1;
 
-/// The version byte that opens every index and payload value.
+/// The version byte that opens every index record.
 const RECORD_VERSION: u8 = 1;
+/// Length of an encoded [`IndexRecord`] without a checkpoint.
+const INDEX_RECORD_LEN: usize = 1 + 8 * 5;
 
-/// Length of an encoded [`IndexRecord`].
-const INDEX_RECORD_LEN: usize = 1 + 8 + 8 + 8;
-/// Length of the header in front of a payload.
-const PAYLOAD_HEADER_LEN: usize = 1 + 8;
+/// The longest checkpoint source name, in bytes (stored with a 16-bit length).
+pub(super) const MAX_SOURCE_LEN: usize = u16::MAX as usize;
+
+/// Opens every record in a segment file: "tern queue payload, version 1".
+const SEGMENT_MAGIC: [u8; 4] = *b"TQP1";
+/// Length of the header in front of each payload in a segment file.
+pub(super) const SEGMENT_HEADER_LEN: usize = 4 + 8 + 8 + 4;
 
 /// Creation times after this (year 3000, in ms since the epoch) are taken as garbage.
 pub(super) const MAX_CREATED_MS: u64 = 32_503_680_000_000;
@@ -39,6 +45,29 @@ pub(super) fn checkpoint_key(source: &str) -> Vec<u8> {
     key.push(CHECKPOINT);
     key.extend_from_slice(source.as_bytes());
     key
+}
+
+/// The source a checkpoint key names.
+pub(super) fn checkpoint_source(key: &[u8]) -> Option<&str> {
+    match key.split_first() {
+        Some((&CHECKPOINT, source)) => std::str::from_utf8(source).ok(),
+        _ => None,
+    }
+}
+
+/// A checkpoint key's value: `[seq: u64 BE][checkpoint]`. `seq` orders it
+/// against the checkpoints that index records carry.
+pub(super) fn encode_checkpoint_value(seq: u64, checkpoint: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + checkpoint.len());
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(checkpoint);
+    out
+}
+
+/// Splits a checkpoint key's value into its sequence number and checkpoint.
+pub(super) fn decode_checkpoint_value(value: &[u8]) -> Option<(u64, &[u8])> {
+    let (seq, checkpoint) = split_array::<8>(value)?;
+    Some((u64::from_be_bytes(seq), checkpoint))
 }
 
 /// The common prefix of all index keys of `lane`, or `None` if its destination is
@@ -87,15 +116,11 @@ pub(super) fn decode_lane_prefix(prefix: &[u8]) -> Option<Lane> {
     Some(Lane::new(signal, dest))
 }
 
-/// The key of batch `seq`'s payload.
-pub(super) fn payload_key(seq: u64) -> [u8; 9] {
-    let mut key = [PAYLOAD; 9];
-    key[1..].copy_from_slice(&seq.to_be_bytes());
-    key
-}
+/// A source checkpoint as stored: the source's name and its opaque value.
+pub(super) type StoredCheckpoint<'a> = (&'a str, &'a [u8]);
 
-/// What the index keeps about a batch, so that counters can be rebuilt without
-/// reading payloads.
+/// What the index keeps about a batch: enough to count it without reading its
+/// payload, and where the payload is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct IndexRecord {
     /// When the batch was made, in milliseconds since the Unix epoch.
@@ -104,57 +129,139 @@ pub(super) struct IndexRecord {
     pub(super) items: u64,
     /// Length of the payload in bytes.
     pub(super) len: u64,
+    /// The segment file holding the payload (its name, as a number).
+    pub(super) segment: u64,
+    /// Where the payload's segment header starts in that file.
+    pub(super) offset: u64,
 }
 
 impl IndexRecord {
-    /// `[version: u8][created_ms: u64 BE][items: u64 BE][len: u64 BE]`.
-    pub(super) fn encode(&self) -> [u8; INDEX_RECORD_LEN] {
-        let mut out = [0; INDEX_RECORD_LEN];
-        out[0] = RECORD_VERSION;
-        out[1..9].copy_from_slice(&self.created_ms.to_be_bytes());
-        out[9..17].copy_from_slice(&self.items.to_be_bytes());
-        out[17..25].copy_from_slice(&self.len.to_be_bytes());
+    /// `[version: u8][created_ms][items][len][segment][offset]`, each `u64`
+    /// big-endian, then, if the batch came with one, the source checkpoint:
+    /// `[source length: u16 BE][source][checkpoint]`.
+    ///
+    /// # Panics
+    ///
+    /// If the source name is longer than [`MAX_SOURCE_LEN`]; callers check.
+    pub(super) fn encode(&self, checkpoint: Option<StoredCheckpoint<'_>>) -> Vec<u8> {
+        let tail = checkpoint.map_or(0, |(source, value)| 2 + source.len() + value.len());
+        let mut out = Vec::with_capacity(INDEX_RECORD_LEN + tail);
+        out.push(RECORD_VERSION);
+        for field in [
+            self.created_ms,
+            self.items,
+            self.len,
+            self.segment,
+            self.offset,
+        ] {
+            out.extend_from_slice(&field.to_be_bytes());
+        }
+        if let Some((source, value)) = checkpoint {
+            #[allow(clippy::expect_used)] // A broken invariant, not bad input.
+            let len = u16::try_from(source.len())
+                .expect("invariant: source names are checked against MAX_SOURCE_LEN");
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(source.as_bytes());
+            out.extend_from_slice(value);
+        }
         out
     }
 
-    /// Decodes and checks an index value: exact length, known version, sane time.
-    pub(super) fn decode(value: &[u8]) -> Option<IndexRecord> {
+    /// Decodes and checks an index value (known version, complete fields, sane
+    /// time), with the checkpoint it carries, if any.
+    pub(super) fn decode_with_checkpoint(
+        value: &[u8],
+    ) -> Option<(IndexRecord, Option<StoredCheckpoint<'_>>)> {
         let (version, rest) = value.split_first()?;
-        if *version != RECORD_VERSION || rest.len() != INDEX_RECORD_LEN - 1 {
+        if *version != RECORD_VERSION {
             return None;
         }
         let (created, rest) = split_array::<8>(rest)?;
         let (items, rest) = split_array::<8>(rest)?;
-        let (len, _) = split_array::<8>(rest)?;
+        let (len, rest) = split_array::<8>(rest)?;
+        let (segment, rest) = split_array::<8>(rest)?;
+        let (offset, rest) = split_array::<8>(rest)?;
         let record = IndexRecord {
             created_ms: u64::from_be_bytes(created),
             items: u64::from_be_bytes(items),
             len: u64::from_be_bytes(len),
+            segment: u64::from_be_bytes(segment),
+            offset: u64::from_be_bytes(offset),
         };
-        (record.created_ms <= MAX_CREATED_MS).then_some(record)
+        if record.created_ms > MAX_CREATED_MS {
+            return None;
+        }
+        if rest.is_empty() {
+            return Some((record, None));
+        }
+        let (source_len, rest) = split_array::<2>(rest)?;
+        let source_len = usize::from(u16::from_be_bytes(source_len));
+        if rest.len() < source_len {
+            return None;
+        }
+        let (source, checkpoint) = rest.split_at(source_len);
+        let source = std::str::from_utf8(source).ok()?;
+        Some((record, Some((source, checkpoint))))
+    }
+
+    /// Decodes and checks an index value, leaving out its checkpoint.
+    pub(super) fn decode(value: &[u8]) -> Option<IndexRecord> {
+        Self::decode_with_checkpoint(value).map(|(record, _)| record)
+    }
+
+    /// Where this batch's record ends in its segment file, if that fits in a `u64`.
+    pub(super) fn end(&self) -> Option<u64> {
+        let header = u64::try_from(SEGMENT_HEADER_LEN).ok()?;
+        self.offset.checked_add(header)?.checked_add(self.len)
     }
 }
 
-/// `[version: u8][seq: u64 BE][payload]`: the sequence number is repeated so that
-/// a value found under the wrong key is recognised as stale.
-pub(super) fn encode_payload(seq: u64, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(PAYLOAD_HEADER_LEN + payload.len());
-    out.push(RECORD_VERSION);
-    out.extend_from_slice(&seq.to_be_bytes());
-    out.extend_from_slice(payload);
+/// The header written in front of a payload in a segment file:
+/// `[magic "TQP1"][seq: u64 BE][len: u64 BE][crc32 of payload: u32 BE]`.
+///
+/// The sequence number and length tie the record to its index entry; the CRC
+/// catches data that never reached the disk (power cut with `fsync` off).
+pub(super) fn segment_header(seq: u64, payload: &[u8]) -> [u8; SEGMENT_HEADER_LEN] {
+    let mut crc = flate2::Crc::new();
+    crc.update(payload);
+    let len = u64::try_from(payload.len()).unwrap_or(u64::MAX);
+    let mut out = [0; SEGMENT_HEADER_LEN];
+    out[..4].copy_from_slice(&SEGMENT_MAGIC);
+    out[4..12].copy_from_slice(&seq.to_be_bytes());
+    out[12..20].copy_from_slice(&len.to_be_bytes());
+    out[20..].copy_from_slice(&crc.sum().to_be_bytes());
     out
 }
 
-/// The payload in a stored value, if its header matches `seq` and the index's length.
-pub(super) fn decode_payload(value: &[u8], seq: u64, len: u64) -> Option<&[u8]> {
-    let (version, rest) = value.split_first()?;
-    if *version != RECORD_VERSION {
+/// The payload in a segment record read back from disk (header and payload), if
+/// the header names `seq` and `len` and the CRC matches.
+pub(super) fn check_segment_record(record: &[u8], seq: u64, len: u64) -> Option<&[u8]> {
+    let (magic, rest) = split_array::<4>(record)?;
+    let (stored_seq, rest) = split_array::<8>(rest)?;
+    let (stored_len, rest) = split_array::<8>(rest)?;
+    let (stored_crc, payload) = split_array::<4>(rest)?;
+    let mut crc = flate2::Crc::new();
+    crc.update(payload);
+    let valid = magic == SEGMENT_MAGIC
+        && u64::from_be_bytes(stored_seq) == seq
+        && u64::from_be_bytes(stored_len) == len
+        && u64::try_from(payload.len()).is_ok_and(|n| n == len)
+        && u32::from_be_bytes(stored_crc) == crc.sum();
+    valid.then_some(payload)
+}
+
+/// The file name of segment `id`: 16 hex digits, so names sort by age.
+pub(super) fn segment_file_name(id: u64) -> String {
+    format!("{id:016x}.seg")
+}
+
+/// The segment id a file name stands for, if it is a segment's name.
+pub(super) fn parse_segment_file_name(name: &str) -> Option<u64> {
+    let hex = name.strip_suffix(".seg")?;
+    if hex.len() != 16 {
         return None;
     }
-    let (stored_seq, payload) = split_array::<8>(rest)?;
-    let matches = u64::from_be_bytes(stored_seq) == seq
-        && u64::try_from(payload.len()).is_ok_and(|n| n == len);
-    matches.then_some(payload)
+    u64::from_str_radix(hex, 16).ok()
 }
 
 /// Decodes a `u64` big-endian value (the next sequence number).
@@ -193,28 +300,71 @@ mod tests {
         assert_eq!((decode_lane_prefix(prefix), seq), (Some(b), 42));
         let long = "x".repeat(Lane::MAX_DESTINATION_LEN + 1);
         assert_eq!(lane_prefix(&Lane::new(Signal::Traces, &long)), None);
+        assert_eq!(decode_lane_prefix(b"\x02\x09\x00\x00"), None);
+        assert_eq!(decode_lane_prefix(b"\x02\x01\x00\x05ab"), None);
     }
 
     #[test]
-    fn records_round_trip_and_reject_garbage() {
+    fn index_records_round_trip_and_reject_garbage() {
         let rec = IndexRecord {
             created_ms: 1_700_000_000_000,
             items: 7,
             len: 3,
+            segment: 9,
+            offset: 4096,
         };
-        assert_eq!(IndexRecord::decode(&rec.encode()), Some(rec));
-        assert_eq!(IndexRecord::decode(&rec.encode()[..24]), None);
+        let plain = rec.encode(None);
+        assert_eq!(
+            IndexRecord::decode_with_checkpoint(&plain),
+            Some((rec, None))
+        );
+        assert_eq!(IndexRecord::decode(&plain[..40]), None);
         assert_eq!(IndexRecord::decode(b""), None);
-        let mut bad = rec.encode();
+        let mut bad = plain.clone();
         bad[0] = 9;
         assert_eq!(IndexRecord::decode(&bad), None);
+        assert_eq!(rec.end(), Some(4096 + 24 + 3));
 
-        let value = encode_payload(5, b"abc");
-        assert_eq!(decode_payload(&value, 5, 3), Some(&b"abc"[..]));
-        assert_eq!(decode_payload(&value, 6, 3), None);
-        assert_eq!(decode_payload(&value, 5, 4), None);
-        assert_eq!(decode_payload(&value[..4], 5, 3), None);
-        assert_eq!(decode_lane_prefix(b"\x02\x09\x00\x00"), None);
-        assert_eq!(decode_lane_prefix(b"\x02\x01\x00\x05ab"), None);
+        let with = rec.encode(Some(("journald", b"s=abc;i=42")));
+        let checkpoint = Some(("journald", &b"s=abc;i=42"[..]));
+        assert_eq!(
+            IndexRecord::decode_with_checkpoint(&with),
+            Some((rec, checkpoint))
+        );
+        assert_eq!(IndexRecord::decode(&with[..42]), None);
+        assert_eq!(IndexRecord::decode(&with[..45]), None);
+        let empty = rec.encode(Some(("", b"")));
+        let checkpoint = Some(("", &b""[..]));
+        assert_eq!(
+            IndexRecord::decode_with_checkpoint(&empty),
+            Some((rec, checkpoint))
+        );
+
+        let value = encode_checkpoint_value(7, b"cursor");
+        assert_eq!(decode_checkpoint_value(&value), Some((7, &b"cursor"[..])));
+        assert_eq!(decode_checkpoint_value(b"short"), None);
+        assert_eq!(
+            checkpoint_source(&checkpoint_key("journald")),
+            Some("journald")
+        );
+        assert_eq!(checkpoint_source(b"\x02x"), None);
+    }
+
+    #[test]
+    fn segment_records_are_checked() {
+        let mut record = segment_header(5, b"abc").to_vec();
+        record.extend_from_slice(b"abc");
+        assert_eq!(check_segment_record(&record, 5, 3), Some(&b"abc"[..]));
+        assert_eq!(check_segment_record(&record, 6, 3), None);
+        assert_eq!(check_segment_record(&record[..25], 5, 3), None);
+        let mut flipped = record.clone();
+        flipped[25] ^= 1;
+        assert_eq!(check_segment_record(&flipped, 5, 3), None);
+        assert_eq!(check_segment_record(&[0; 27], 5, 3), None);
+        assert_eq!(
+            parse_segment_file_name(&segment_file_name(0xabc)),
+            Some(0xabc)
+        );
+        assert_eq!(parse_segment_file_name("conf"), None);
     }
 }

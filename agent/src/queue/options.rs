@@ -35,23 +35,25 @@ pub enum FullPolicy {
 /// the `[export.queue]` and `[agent]` configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Options {
-    /// The most payload bytes the queue holds, summed over all lanes. The
-    /// per-batch keys and headers (about 70 bytes a batch) are not counted, and
-    /// the storage engine's files are larger than this by its own overhead (see
-    /// "Limits" in the module docs). Defaults to 256 MiB: days of one
+    /// The most payload bytes the queue holds, summed over all lanes. Not
+    /// counted: about 100 bytes of index and headers per batch, up to two
+    /// partly drained 1 MiB segment files per lane, and the index's own files
+    /// (see "Limits" in the module docs). Defaults to 256 MiB: days of one
     /// node_exporter, yet a small share of a 4 GB SD card.
     pub max_size: u64,
     /// What a push does when its batch does not fit. Defaults to
     /// [`FullPolicy::DropOldest`].
     pub full_policy: FullPolicy,
     /// Whether a push returns only once its batch is on disk (fsync). Off, a
-    /// power cut or a crash loses the batches of the last `flush_interval`.
-    /// Defaults to `true`: the product's promise is to lose nothing.
+    /// power cut loses about the batches of the last `flush_interval`; a crash
+    /// of the agent alone loses nothing the kernel already has. Defaults to
+    /// `true`: the product's promise is to lose nothing.
     pub fsync: bool,
-    /// How often the storage engine writes and fsyncs in the background, whatever
-    /// `fsync` says. Defaults to 1 s: with `fsync` off, the most data a crash can
-    /// lose, and with it on, how long an ack may stay undone (a lost ack means
-    /// the batch is sent again, never lost).
+    /// How often the index is written and fsynced in the background, and how
+    /// often pushes sync their segment file when `fsync` is off. Defaults to
+    /// 1 s: with `fsync` off, about what a power cut can lose, and with it on,
+    /// how long an ack may stay undone (a lost ack means the batch is sent
+    /// again, never lost).
     pub flush_interval: Duration,
     /// Memory the storage engine may use to cache pages, in bytes. Defaults to
     /// 4 MiB, not sled's 1 GiB: the queue is written at its tail and read at its

@@ -30,9 +30,9 @@ impl Backlog {
 
     /// Adds `other` to this backlog, keeping the older of the two oldest batches.
     pub fn add(&mut self, other: &Backlog) {
-        self.batches += other.batches;
-        self.bytes += other.bytes;
-        self.items += other.items;
+        self.batches = self.batches.saturating_add(other.batches);
+        self.bytes = self.bytes.saturating_add(other.bytes);
+        self.items = self.items.saturating_add(other.items);
         self.oldest_created = match (self.oldest_created, other.oldest_created) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

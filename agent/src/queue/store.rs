@@ -1,6 +1,7 @@
-//! The [`Queue`]: sled, the in-memory counters, and every operation on them.
+//! The [`Queue`]: sled, the segment files, the in-memory counters, and every
+//! operation on them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::path::Path;
@@ -14,21 +15,20 @@ use event_listener::{Event, EventListener, Listener};
 use super::batch::{Batch, Checkpoint, DropReason, Dropped, NewBatch, Peeked, Pushed};
 use super::error::QueueError;
 use super::format::{
-    self, checkpoint_key, decode_lane_prefix, decode_payload, encode_payload, index_key,
-    lane_prefix, payload_key, split_index_key, IndexRecord, FORMAT_KEY, FORMAT_VERSION, INDEX,
-    NEXT_SEQ_KEY, PAYLOAD,
+    self, checkpoint_key, decode_lane_prefix, index_key, lane_prefix, split_index_key, IndexRecord,
+    CHECKPOINT, FORMAT_KEY, FORMAT_VERSION, INDEX, INDEX_END, MAX_SOURCE_LEN, NEXT_SEQ_KEY,
 };
 use super::lane::{BatchId, Lane};
 use super::options::{FullPolicy, Options};
+use super::segments::{self, Segments};
 use super::stats::{Backlog, LaneStats, Stats};
 
 /// The queue's directory under the agent's `state_dir`.
 pub(super) const DIR_NAME: &str = "queue";
-
-/// sled's log segment size. sled refuses to reopen a directory with another
-/// value, so this is part of the on-disk format. See "Limits" in the module docs
-/// for the measurement behind it.
-const SEGMENT_SIZE: usize = 512 * 1024;
+/// sled's directory (the index, checkpoints, counters) inside the queue's.
+const INDEX_DIR: &str = "index";
+/// The segment files' directory inside the queue's.
+pub(super) const DATA_DIR: &str = "data";
 
 /// How many batches one sled write moves during [`Queue::reroute`]: bounds the
 /// memory of one write while keeping each step atomic.
@@ -49,28 +49,35 @@ pub struct Queue {
 
 struct Inner {
     db: sled::Db,
+    /// `<state_dir>/queue`, named in errors.
     path: Box<Path>,
+    /// `<state_dir>/queue/data`, the segment files.
+    data: Box<Path>,
     options: Options,
     state: Mutex<State>,
     /// Notified after every push that stored a batch, and after reroutes.
     pushed: Event,
 }
 
-/// What the queue keeps in memory: counters per lane, rebuilt by one scan of
-/// the index on open.
+/// What the queue keeps in memory, rebuilt by one scan of the index on open.
 ///
-/// Invariant: every change to it follows a successful sled write made while
-/// holding its mutex, so it always describes what sled holds.
-#[derive(Default)]
+/// Invariant: every change to it follows a successful write made while
+/// holding its mutex, so it describes what is on disk.
 struct State {
     /// Invariant: `lanes[i]` is the lane with `by_lane[&lanes[i].lane] == i`;
     /// entries are never removed, so `BatchId::lane` stays valid.
     lanes: Vec<LaneState>,
     by_lane: HashMap<Lane, usize>,
-    /// The sequence number of the next pushed batch.
+    /// The sequence number of the next batch (or checkpoint-only write).
     next_seq: u64,
+    /// The value under `NEXT_SEQ_KEY`, to write it only when it changes.
+    next_seq_stored: u64,
     /// Payload bytes over all lanes.
     bytes: u64,
+    /// The newest checkpoint of each source.
+    checkpoints: HashMap<String, Latest>,
+    /// The payload files.
+    segments: Segments,
 }
 
 struct LaneState {
@@ -90,19 +97,24 @@ struct Head {
     record: IndexRecord,
 }
 
-/// Batches chosen by `FullPolicy::DropOldest`, and the heads their lanes will have.
-#[derive(Default)]
-struct Eviction {
-    victims: Vec<(usize, Head)>,
-    heads: Vec<(usize, Option<Head>)>,
+/// A source's newest checkpoint, and where it is stored.
+struct Latest {
+    /// The sequence number of the batch that carried it, or the one taken for
+    /// a checkpoint written alone.
+    seq: u64,
+    value: Vec<u8>,
+    /// Whether the source's checkpoint key holds it; if not, only the index
+    /// record of batch `seq` does.
+    in_key: bool,
 }
 
 impl Queue {
     /// Opens (or creates) the queue in `<state_dir>/queue` and recovers it.
     ///
     /// Recovery rebuilds the counters with one scan of the index (small records,
-    /// not the payloads), deletes index records that do not decode and returns
-    /// them as [`DropReason::Corrupt`] drops, for the caller to count.
+    /// not the payloads), deletes index records that do not decode or point
+    /// outside their segment file, and returns them as [`DropReason::Corrupt`]
+    /// drops for the caller to count. Segment files no record names are deleted.
     ///
     /// # Errors
     ///
@@ -111,41 +123,44 @@ impl Queue {
     /// [`QueueError::Storage`] if it cannot be created or read.
     pub fn open(state_dir: &Path, options: &Options) -> Result<(Queue, Vec<Dropped>), QueueError> {
         let path: Box<Path> = state_dir.join(DIR_NAME).into();
+        let data: Box<Path> = path.join(DATA_DIR).into();
         let db = open_db(&path, options.cache_capacity, Some(options.flush_interval))?;
         let sled_err = |e| QueueError::from_sled(&path, e);
+        let data_err = |source| QueueError::Storage {
+            path: data.clone(),
+            source,
+        };
         if !check_format(&db, &path)? {
             db.insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes()[..])
                 .map_err(sled_err)?;
         }
-        let scan = Scan::run(&db, &path, true)?;
-        let stored_next = match db.get(NEXT_SEQ_KEY).map_err(sled_err)? {
-            Some(value) => format::decode_u64(&value).ok_or_else(|| QueueError::Corrupt {
-                path: path.clone(),
-                detail: "next sequence number",
-            })?,
-            None => 0,
-        };
-        let mut state = scan.state;
-        state.next_seq = state.next_seq.max(stored_next);
-        let mut dropped = Vec::with_capacity(scan.corrupt.len());
-        if !scan.corrupt.is_empty() {
-            let mut writes = sled::Batch::default();
-            for (key, drop) in scan.corrupt {
-                if let Some((_, seq)) = split_index_key(&key) {
-                    writes.remove(&payload_key(seq)[..]);
-                }
-                writes.remove(key);
-                dropped.push(drop);
-            }
-            db.apply_batch(writes).map_err(sled_err)?;
+        std::fs::create_dir_all(&data).map_err(data_err)?;
+        let files = Segments::list(&data).map_err(data_err)?;
+        let Scan { mut state, corrupt } = Scan::run(&db, &path, &files, true)?;
+
+        let mut dropped = Vec::with_capacity(corrupt.len());
+        for (key, drop) in corrupt {
+            db.remove(key).map_err(sled_err)?;
+            dropped.push(drop);
+        }
+        if !dropped.is_empty() {
             log::error!(
                 "Dropped undecodable batches from the disk queue path={} batches={}",
                 path.display(),
                 dropped.len()
             );
         }
+        if state.next_seq > state.next_seq_stored {
+            db.insert(NEXT_SEQ_KEY, &state.next_seq.to_be_bytes()[..])
+                .map_err(sled_err)?;
+            state.next_seq_stored = state.next_seq;
+        }
         db.flush().map_err(sled_err)?;
-        let total = state.backlog();
+        // Only now that the index is on disk: the segments it does not name.
+        state.segments.mark_unreferenced_dead();
+        segments::delete(&data, &state.segments.take_dead()).map_err(data_err)?;
+
+        let total = state.stats().total();
         log::info!(
             "Opened the disk queue path={} batches={} bytes={}",
             path.display(),
@@ -155,6 +170,7 @@ impl Queue {
         let inner = Inner {
             db,
             path,
+            data,
             options: options.clone(),
             state: Mutex::new(state),
             pushed: Event::new(),
@@ -170,9 +186,9 @@ impl Queue {
     /// Reads the backlog of the queue in `<state_dir>/queue` without changing
     /// its batches: for `tern queue` on a stopped agent.
     ///
-    /// A directory that does not exist reads as an empty queue. Undecodable
-    /// records are skipped (the agent drops them on its next start). The storage
-    /// engine may still complete its own crash recovery in the directory.
+    /// A directory that does not exist reads as an empty queue. Damaged records
+    /// are skipped (the agent drops them on its next start). The storage engine
+    /// may still complete its own crash recovery in the directory.
     ///
     /// # Errors
     ///
@@ -180,26 +196,31 @@ impl Queue {
     /// over HTTP instead. Otherwise as [`Queue::open`].
     pub fn inspect(state_dir: &Path) -> Result<Stats, QueueError> {
         let path: Box<Path> = state_dir.join(DIR_NAME).into();
-        if !path.exists() {
+        if !path.join(INDEX_DIR).exists() {
             return Ok(Stats::default());
         }
         let db = open_db(&path, INSPECT_CACHE, None)?;
         check_format(&db, &path)?;
-        let scan = Scan::run(&db, &path, false)?;
+        let data = path.join(DATA_DIR);
+        let files = Segments::list(&data).map_err(|source| QueueError::Storage {
+            path: data.into(),
+            source,
+        })?;
+        let scan = Scan::run(&db, &path, &files, false)?;
         Ok(scan.state.stats())
     }
 
     /// Stores a batch in `lane` under the configured [`Options::full_policy`].
     ///
-    /// With [`Options::fsync`] on, returns once the batch (and its checkpoint)
-    /// is on disk. Either both the batch and its checkpoint are stored, or
-    /// neither.
+    /// With [`Options::fsync`] on, returns once the batch and its checkpoint are
+    /// on disk. Either both the batch and its checkpoint are stored, or
+    /// neither: they are one sled record.
     ///
     /// # Errors
     ///
-    /// [`QueueError::InvalidLane`] for an over-long destination,
-    /// [`QueueError::Storage`] if the write or the flush fails (after a failed
-    /// flush the batch may still be stored).
+    /// [`QueueError::InvalidLane`] or [`QueueError::InvalidCheckpoint`] for
+    /// over-long names, [`QueueError::Storage`] if a write fails (after a
+    /// failed flush the batch may still be stored).
     pub fn push(&self, lane: &Lane, batch: NewBatch<'_>) -> Result<Pushed, QueueError> {
         self.push_with_policy(lane, batch, self.inner.options.full_policy)
     }
@@ -219,17 +240,20 @@ impl Queue {
     ) -> Result<Pushed, QueueError> {
         let inner = &*self.inner;
         let len = len_u64(batch.payload);
-        let record = IndexRecord {
-            created_ms: millis(batch.created),
-            items: batch.items,
-            len,
-        };
+        let checkpoint = batch
+            .checkpoint
+            .map(|Checkpoint { source, value }| (source, value));
+        if let Some((source, _)) = checkpoint {
+            if source.len() > MAX_SOURCE_LEN {
+                return Err(QueueError::InvalidCheckpoint { len: source.len() });
+            }
+        }
         let max_size = inner.options.max_size;
 
         let mut state = inner.lock();
         let lane_idx = state.lane_index(lane)?;
         let free = max_size.saturating_sub(state.bytes);
-        let mut eviction = Eviction::default();
+        let mut victims = Vec::new();
         let store = if len <= free {
             true
         } else {
@@ -246,58 +270,54 @@ impl Queue {
                 // not fit: refuse it alone.
                 FullPolicy::DropOldest if len > max_size => false,
                 FullPolicy::DropOldest => {
-                    eviction = state.plan_eviction(inner, len - free)?;
+                    victims = state.plan_eviction(inner, len - free)?;
                     true
                 }
             }
         };
 
-        let mut writes = sled::Batch::default();
-        if let Some(Checkpoint { source, value }) = batch.checkpoint {
-            writes.insert(checkpoint_key(source), value);
-        }
-        for (victim_lane, head) in &eviction.victims {
-            writes.remove(index_key(&state.lane(*victim_lane).prefix, head.seq));
-            writes.remove(&payload_key(head.seq)[..]);
-        }
+        let mut dropped = Vec::new();
         let seq = state.next_seq;
         if store {
-            writes.insert(
-                index_key(&state.lane(lane_idx).prefix, seq),
-                &record.encode()[..],
-            );
-            writes.insert(&payload_key(seq)[..], encode_payload(seq, batch.payload));
-            writes.insert(NEXT_SEQ_KEY, &(seq + 1).to_be_bytes()[..]);
-        }
-        let wrote = store || batch.checkpoint.is_some();
-        if wrote {
-            inner
-                .db
-                .apply_batch(writes)
-                .map_err(|e| inner.sled_err(e))?;
-        }
-
-        let mut dropped = Vec::with_capacity(eviction.victims.len() + usize::from(!store));
-        for (victim_lane, head) in eviction.victims {
-            state.forget(victim_lane, head.record);
-            dropped.push(Dropped {
-                id: Some(BatchId {
-                    lane: lane_id(victim_lane),
-                    seq: head.seq,
-                }),
-                lane: Some(state.lane(victim_lane).lane.clone()),
-                items: head.record.items,
-                bytes: head.record.len,
-                reason: DropReason::QueueFull,
-            });
-        }
-        for (idx, head) in eviction.heads {
-            state.lane_mut(idx).head = head;
-        }
-        if store {
+            // The payload first: the index record written next is what makes
+            // the batch exist, so it must never point at bytes not yet written.
+            let (fsync, interval) = (inner.options.fsync, inner.options.flush_interval);
+            let appended = state
+                .segments
+                .append(&inner.data, lane_idx, seq, batch.payload, fsync, interval)
+                .map_err(|source| inner.data_err(source))?;
+            let record = IndexRecord {
+                created_ms: millis(batch.created),
+                items: batch.items,
+                len,
+                segment: appended.segment,
+                offset: appended.offset,
+            };
+            let key = index_key(&state.lane(lane_idx).prefix, seq);
+            // One key holds the batch and its checkpoint: sled writes a key
+            // atomically, without the forced writes of its multi-key batches.
+            if let Err(err) = inner.db.insert(key, record.encode(checkpoint)) {
+                state.segments.abandon(lane_idx);
+                return Err(inner.sled_err(err));
+            }
             state.next_seq = seq + 1;
             state.remember(lane_idx, seq, record);
+            state.segments.reference(record.segment);
+            if let Some((source, value)) = checkpoint {
+                state.note_checkpoint(source, seq, value, false);
+            }
+            // Evicting after the new batch is stored: a failure here leaves the
+            // queue over its size until the next push, and never loses more
+            // than the policy chose.
+            if let Err(err) = inner.evict(&mut state, &victims, &mut dropped) {
+                log::error!("Could not make room in the disk queue error={err}");
+            }
         } else {
+            if let Some((source, value)) = checkpoint {
+                // The source has dealt with its data, by policy: it must not
+                // read it again after a restart.
+                inner.store_checkpoint(&mut state, source, value)?;
+            }
             dropped.push(Dropped {
                 id: None,
                 lane: Some(lane.clone()),
@@ -306,14 +326,17 @@ impl Queue {
                 reason: DropReason::QueueFull,
             });
         }
+        let dead = state.segments.take_dead();
         drop(state);
 
-        if wrote && inner.options.fsync {
+        let flushed = (store || checkpoint.is_some()) && inner.options.fsync;
+        if flushed {
             inner.flush()?;
         }
         if store {
             inner.pushed.notify(usize::MAX);
         }
+        inner.delete_segments(dead, flushed);
         let id = store.then_some(BatchId {
             lane: lane_id(lane_idx),
             seq,
@@ -334,8 +357,8 @@ impl Queue {
     /// is greater than `after`'s (of any lane): lets a sender keep several
     /// batches in flight without reading the same ones again.
     ///
-    /// A batch whose stored payload does not match its index record is deleted
-    /// and returned in [`Peeked::dropped`].
+    /// A batch whose stored payload is missing or fails its checks (sequence
+    /// number, length, CRC) is deleted and returned in [`Peeked::dropped`].
     ///
     /// # Errors
     ///
@@ -360,7 +383,7 @@ impl Queue {
         };
         let start = index_key(&prefix, after.map_or(0, |id| id.seq.saturating_add(1)));
         // Read without the state lock, so that pushes go on meanwhile; what looks
-        // wrong is checked again under the lock by `Inner::repair`.
+        // wrong is looked at again under the lock by `Inner::repair`.
         for item in inner.db.range(start..) {
             let (key, value) = item.map_err(|e| inner.sled_err(e))?;
             if !key.starts_with(&prefix) {
@@ -424,9 +447,10 @@ impl Queue {
 
     /// Moves every batch of `from` to the lane of the same signal bound for
     /// `to_destination`, keeping their sequence numbers, so both lanes' batches
-    /// stay in push order. For the exporter when a gateway leaves.
+    /// stay in push order. For the exporter when a gateway leaves. Only index
+    /// records move; payloads stay where they are.
     ///
-    /// Each step of [`REROUTE_CHUNK`] batches is atomic; a crash in between
+    /// Each step of 1024 batches is atomic; a crash in between
     /// leaves some batches in each lane, none lost or doubled. Ids handed out
     /// for the moved batches go stale: stop the lane's sender first. Returns
     /// what was moved.
@@ -506,13 +530,13 @@ impl Queue {
             lane: lane_id(to_idx),
             seq: id.seq,
         };
-        if to_idx == from_idx {
-            return Ok(Some(new_id));
-        }
         let key = index_key(&state.lane(from_idx).prefix, id.seq);
         let Some(value) = inner.db.get(&key).map_err(|e| inner.sled_err(e))? else {
             return Ok(None);
         };
+        if to_idx == from_idx {
+            return Ok(Some(new_id));
+        }
         let record = IndexRecord::decode(&value).ok_or_else(|| inner.corrupt("index record"))?;
         let mut writes = sled::Batch::default();
         writes.remove(key);
@@ -538,24 +562,26 @@ impl Queue {
     /// reroute), in any lane.
     ///
     /// The listener is registered when this returns, so the race-free way to
-    /// wait for work is: call `listen`, then [`Queue::peek`], and await the
+    /// wait for work is: call `listen`, then [`Queue::peek`], and wait on the
     /// listener only if the peek found nothing.
     pub fn listen(&self) -> PushListener {
         PushListener(self.inner.pushed.listen())
     }
 
-    /// The checkpoint last stored for `source`, if any.
+    /// The newest checkpoint stored for `source`, if any: the one written with
+    /// the newest batch that carried one, or by [`Queue::set_checkpoint`].
+    /// From memory.
     ///
     /// # Errors
     ///
-    /// [`QueueError::Storage`] if reading fails.
+    /// None today; kept so that a store that reads from disk can report one.
     pub fn checkpoint(&self, source: &str) -> Result<Option<Vec<u8>>, QueueError> {
-        let inner = &*self.inner;
-        let value = inner
-            .db
-            .get(checkpoint_key(source))
-            .map_err(|e| inner.sled_err(e))?;
-        Ok(value.map(|v| v.to_vec()))
+        Ok(self
+            .inner
+            .lock()
+            .checkpoints
+            .get(source)
+            .map(|latest| latest.value.clone()))
     }
 
     /// Stores a checkpoint without a batch: for a source whose input produced
@@ -564,13 +590,14 @@ impl Queue {
     ///
     /// # Errors
     ///
+    /// [`QueueError::InvalidCheckpoint`] for an over-long source name,
     /// [`QueueError::Storage`] if the write or the flush fails.
     pub fn set_checkpoint(&self, source: &str, value: &[u8]) -> Result<(), QueueError> {
+        if source.len() > MAX_SOURCE_LEN {
+            return Err(QueueError::InvalidCheckpoint { len: source.len() });
+        }
         let inner = &*self.inner;
-        inner
-            .db
-            .insert(checkpoint_key(source), value)
-            .map_err(|e| inner.sled_err(e))?;
+        inner.store_checkpoint(&mut inner.lock(), source, value)?;
         if inner.options.fsync {
             inner.flush()?;
         }
@@ -583,19 +610,22 @@ impl Queue {
     ///
     /// [`QueueError::Storage`] if the write or the fsync fails.
     pub fn flush(&self) -> Result<(), QueueError> {
-        self.inner.flush()
+        self.inner.flush_all()
     }
 
-    /// Bytes the storage engine's files take on disk, for the self metrics.
+    /// Bytes the queue's files take on disk (index and segments), for the self
+    /// metrics.
     ///
     /// # Errors
     ///
-    /// [`QueueError::Storage`] if the files cannot be measured.
+    /// [`QueueError::Storage`] if the index files cannot be measured.
     pub fn disk_usage(&self) -> Result<u64, QueueError> {
-        self.inner
+        let index = self
+            .inner
             .db
             .size_on_disk()
-            .map_err(|e| self.inner.sled_err(e))
+            .map_err(|e| self.inner.sled_err(e))?;
+        Ok(index.saturating_add(self.inner.lock().segments.disk_bytes()))
     }
 
     /// The queue's directory (`<state_dir>/queue`).
@@ -640,7 +670,7 @@ impl Future for PushListener {
 enum Repair {
     /// It was acked or dropped meanwhile.
     Gone,
-    /// It was being written meanwhile and reads well now.
+    /// It reads well now (it was being written or moved meanwhile).
     Valid(Batch),
     /// It is damaged, and was deleted.
     Dropped(Dropped),
@@ -649,12 +679,19 @@ enum Repair {
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the state half-updated
-        // before a sled write (it changes only after one), so carry on.
+        // before a write (it changes only after one), so carry on.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn sled_err(&self, err: sled::Error) -> QueueError {
         QueueError::from_sled(&self.path, err)
+    }
+
+    fn data_err(&self, source: std::io::Error) -> QueueError {
+        QueueError::Storage {
+            path: self.data.clone(),
+            source,
+        }
     }
 
     fn corrupt(&self, detail: &'static str) -> QueueError {
@@ -664,11 +701,106 @@ impl Inner {
         }
     }
 
+    /// Flushes the index (sled's log).
     fn flush(&self) -> Result<(), QueueError> {
         self.db.flush().map(drop).map_err(|e| self.sled_err(e))
     }
 
-    /// Reads batch `seq`'s payload; `None` if it is missing or does not match.
+    /// Syncs the segments being appended to, then flushes the index.
+    fn flush_all(&self) -> Result<(), QueueError> {
+        let synced = self.lock().segments.sync_active();
+        synced.map_err(|source| self.data_err(source))?;
+        self.flush()
+    }
+
+    /// Deletes segments no index record names any more, once their records'
+    /// removal is on disk (`flushed`, or flushing here), so that a crash never
+    /// leaves a record naming a deleted file. On failure the files stay until
+    /// the next start, which deletes every segment the index does not name.
+    fn delete_segments(&self, dead: Vec<u64>, flushed: bool) {
+        if dead.is_empty() {
+            return;
+        }
+        let result = if flushed { Ok(()) } else { self.flush() };
+        let result = result.and_then(|()| {
+            segments::delete(&self.data, &dead).map_err(|source| self.data_err(source))
+        });
+        if let Err(err) = result {
+            log::warn!("Could not delete drained queue segments error={err}");
+        }
+    }
+
+    /// Writes a checkpoint that no batch carries, under a sequence number of
+    /// its own so that it orders after every batch pushed before it.
+    fn store_checkpoint(
+        &self,
+        state: &mut State,
+        source: &str,
+        value: &[u8],
+    ) -> Result<(), QueueError> {
+        let seq = state.next_seq;
+        let stored = format::encode_checkpoint_value(seq, value);
+        self.db
+            .insert(checkpoint_key(source), stored)
+            .map_err(|e| self.sled_err(e))?;
+        state.next_seq = seq + 1;
+        state.note_checkpoint(source, seq, value, true);
+        Ok(())
+    }
+
+    /// Keeps what the index record of batch `seq` alone holds before it is
+    /// deleted: a source's newest checkpoint, moved to the source's key, and
+    /// the newest sequence number, so that ids keep growing after a restart.
+    /// Written before the delete, so a crash in between leaves both copies.
+    fn before_remove(&self, state: &mut State, seq: u64) -> Result<(), QueueError> {
+        if seq.saturating_add(1) >= state.next_seq && state.next_seq > state.next_seq_stored {
+            let next = state.next_seq;
+            self.db
+                .insert(NEXT_SEQ_KEY, &next.to_be_bytes()[..])
+                .map_err(|e| self.sled_err(e))?;
+            state.next_seq_stored = next;
+        }
+        for (source, latest) in &mut state.checkpoints {
+            if !latest.in_key && latest.seq == seq {
+                let stored = format::encode_checkpoint_value(seq, &latest.value);
+                self.db
+                    .insert(checkpoint_key(source), stored)
+                    .map_err(|e| self.sled_err(e))?;
+                latest.in_key = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the batches chosen by [`State::plan_eviction`], reporting each.
+    fn evict(
+        &self,
+        state: &mut State,
+        victims: &[(usize, Head)],
+        dropped: &mut Vec<Dropped>,
+    ) -> Result<(), QueueError> {
+        for &(idx, head) in victims {
+            self.before_remove(state, head.seq)?;
+            let key = index_key(&state.lane(idx).prefix, head.seq);
+            self.db.remove(key).map_err(|e| self.sled_err(e))?;
+            state.forget(idx, head.record);
+            state.segments.release(head.record.segment);
+            dropped.push(Dropped {
+                id: Some(BatchId {
+                    lane: lane_id(idx),
+                    seq: head.seq,
+                }),
+                lane: Some(state.lane(idx).lane.clone()),
+                items: head.record.items,
+                bytes: head.record.len,
+                reason: DropReason::QueueFull,
+            });
+            self.refresh_head(state, idx, head.seq)?;
+        }
+        Ok(())
+    }
+
+    /// Reads batch `seq`'s payload; `None` if it is missing or fails its checks.
     fn read_batch(
         &self,
         lane: &Lane,
@@ -676,22 +808,17 @@ impl Inner {
         seq: u64,
         record: IndexRecord,
     ) -> Result<Option<Batch>, QueueError> {
-        let value = self
-            .db
-            .get(payload_key(seq))
-            .map_err(|e| self.sled_err(e))?;
-        let payload = value
-            .as_deref()
-            .and_then(|v| decode_payload(v, seq, record.len));
+        let payload =
+            segments::read_payload(&self.data, seq, &record).map_err(|e| self.data_err(e))?;
         Ok(payload.map(|payload| Batch {
             id: BatchId {
                 lane: lane_id(lane_idx),
                 seq,
             },
             lane: lane.clone(),
-            payload: payload.to_vec(),
+            payload,
             items: record.items,
-            created: UNIX_EPOCH + Duration::from_millis(record.created_ms),
+            created: created(record),
         }))
     }
 
@@ -709,14 +836,16 @@ impl Inner {
                 return Ok(Repair::Valid(batch));
             }
         }
-        let mut writes = sled::Batch::default();
-        writes.remove(key);
-        writes.remove(&payload_key(seq)[..]);
-        self.db.apply_batch(writes).map_err(|e| self.sled_err(e))?;
+        self.before_remove(&mut state, seq)?;
+        self.db.remove(key).map_err(|e| self.sled_err(e))?;
         if let Some(record) = record {
             state.forget(lane_idx, record);
+            state.segments.release(record.segment);
         }
         self.refresh_head(&mut state, lane_idx, seq)?;
+        let dead = state.segments.take_dead();
+        drop(state);
+        self.delete_segments(dead, false);
         log::error!("Dropped an undecodable batch from the disk queue lane={lane} seq={seq}");
         Ok(Repair::Dropped(Dropped {
             id: Some(BatchId {
@@ -737,17 +866,28 @@ impl Inner {
             return Ok(None);
         };
         let key = index_key(&state.lane(lane_idx).prefix, id.seq);
-        let Some(value) = self.db.get(&key).map_err(|e| self.sled_err(e))? else {
-            return Ok(None);
+        // The head's record is in memory, and acks mostly take the head; for
+        // other batches, one look tells whether the id is stale.
+        let head = state.lane(lane_idx).head.filter(|head| head.seq == id.seq);
+        let record = match head {
+            Some(head) => head.record,
+            None => match self.db.get(&key).map_err(|e| self.sled_err(e))? {
+                Some(value) => {
+                    IndexRecord::decode(&value).ok_or_else(|| self.corrupt("index record"))?
+                }
+                None => return Ok(None),
+            },
         };
-        let record = IndexRecord::decode(&value).ok_or_else(|| self.corrupt("index record"))?;
-        let mut writes = sled::Batch::default();
-        writes.remove(key);
-        writes.remove(&payload_key(id.seq)[..]);
-        self.db.apply_batch(writes).map_err(|e| self.sled_err(e))?;
+        self.before_remove(&mut state, id.seq)?;
+        self.db.remove(key).map_err(|e| self.sled_err(e))?;
         state.forget(lane_idx, record);
+        state.segments.release(record.segment);
         self.refresh_head(&mut state, lane_idx, id.seq)?;
-        Ok(Some((state.lane(lane_idx).lane.clone(), record)))
+        let lane = state.lane(lane_idx).lane.clone();
+        let dead = state.segments.take_dead();
+        drop(state);
+        self.delete_segments(dead, false);
+        Ok(Some((lane, record)))
     }
 
     /// After batch `removed` left lane `idx`, finds the lane's new oldest batch
@@ -755,8 +895,8 @@ impl Inner {
     fn refresh_head(&self, state: &mut State, idx: usize, removed: u64) -> Result<(), QueueError> {
         let lane = state.lane_mut(idx);
         if lane.head.map_or(true, |head| head.seq == removed) {
-            // On a read error the head is cleared rather than left pointing at
-            // the removed batch, which `plan_eviction` would count twice.
+            // On a read error the head is cleared rather than left naming the
+            // removed batch, which `plan_eviction` would count twice.
             lane.head = None;
             lane.head = next_head(self, &lane.prefix, removed.saturating_add(1))?;
         }
@@ -766,13 +906,28 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Err(err) = self.flush() {
+        if let Err(err) = self.flush_all() {
             log::error!("Could not flush the disk queue on close error={err}");
+            return;
         }
+        let dead = self.lock().segments.take_dead();
+        self.delete_segments(dead, true);
     }
 }
 
 impl State {
+    fn new(segments: Segments) -> State {
+        State {
+            lanes: Vec::new(),
+            by_lane: HashMap::new(),
+            next_seq: 0,
+            next_seq_stored: 0,
+            bytes: 0,
+            checkpoints: HashMap::new(),
+            segments,
+        }
+    }
+
     fn lane(&self, idx: usize) -> &LaneState {
         // Invariant: indexes come from `by_lane` or from a `BatchId` checked by
         // `lane_of`, and lanes are never removed.
@@ -839,10 +994,26 @@ impl State {
         lane.items = lane.items.saturating_sub(record.items);
     }
 
+    /// Records `value` as `source`'s checkpoint if it is newer than the one known.
+    fn note_checkpoint(&mut self, source: &str, seq: u64, value: &[u8], in_key: bool) {
+        let latest = Latest {
+            seq,
+            value: value.to_vec(),
+            in_key,
+        };
+        match self.checkpoints.get_mut(source) {
+            Some(known) if known.seq > seq => {}
+            Some(known) => *known = latest,
+            None => {
+                self.checkpoints.insert(source.to_owned(), latest);
+            }
+        }
+    }
+
     /// Chooses the globally oldest batches whose payloads add up to `need` bytes.
-    fn plan_eviction(&self, inner: &Inner, need: u64) -> Result<Eviction, QueueError> {
+    fn plan_eviction(&self, inner: &Inner, need: u64) -> Result<Vec<(usize, Head)>, QueueError> {
         let mut heads: Vec<Option<Head>> = self.lanes.iter().map(|lane| lane.head).collect();
-        let mut eviction = Eviction::default();
+        let mut victims = Vec::new();
         let mut freed = 0u64;
         while freed < need {
             let oldest = heads
@@ -852,17 +1023,12 @@ impl State {
                 .min_by_key(|(_, head)| head.seq);
             let Some((idx, head)) = oldest else { break };
             freed = freed.saturating_add(head.record.len);
-            eviction.victims.push((idx, head));
+            victims.push((idx, head));
             let next = next_head(inner, &self.lane(idx).prefix, head.seq.saturating_add(1))?;
             // Invariant: `heads` has one entry per lane and `idx` came from it.
             heads[idx] = next;
         }
-        for &(idx, _) in &eviction.victims {
-            if !eviction.heads.iter().any(|&(seen, _)| seen == idx) {
-                eviction.heads.push((idx, heads[idx]));
-            }
-        }
-        Ok(eviction)
+        Ok(victims)
     }
 
     fn stats(&self) -> Stats {
@@ -875,10 +1041,6 @@ impl State {
             })
             .collect();
         Stats { lanes }
-    }
-
-    fn backlog(&self) -> Backlog {
-        self.stats().total()
     }
 }
 
@@ -907,41 +1069,86 @@ impl Head {
 /// The result of reading the whole index once.
 struct Scan {
     state: State,
-    /// Undecodable index keys, with the drop to report for each.
+    /// Index keys of damaged records, with the drop to report for each.
     corrupt: Vec<(sled::IVec, Dropped)>,
 }
 
 impl Scan {
-    /// Rebuilds the counters from the index. With `collect_corrupt`, gathers
-    /// undecodable records for deletion; without, skips them.
-    fn run(db: &sled::Db, path: &Path, collect_corrupt: bool) -> Result<Scan, QueueError> {
+    /// Rebuilds the in-memory state from the index and the segment `files`
+    /// found on disk. A record is valid if it decodes and lies inside one of
+    /// `files`. With `collect_corrupt`, gathers the others for deletion;
+    /// without, skips them.
+    fn run(
+        db: &sled::Db,
+        path: &Path,
+        files: &BTreeMap<u64, u64>,
+        collect_corrupt: bool,
+    ) -> Result<Scan, QueueError> {
+        let sled_err = |e| QueueError::from_sled(path, e);
         let mut scan = Scan {
-            state: State::default(),
+            state: State::new(Segments::new(files)),
             corrupt: Vec::new(),
         };
+        let state = &mut scan.state;
+        if let Some(value) = db.get(NEXT_SEQ_KEY).map_err(sled_err)? {
+            match format::decode_u64(&value) {
+                Some(next) => {
+                    state.next_seq = next;
+                    state.next_seq_stored = next;
+                }
+                // The records below still give a lower bound; open rewrites it.
+                None => log::warn!(
+                    "Skipped an undecodable next sequence number path={}",
+                    path.display()
+                ),
+            }
+        }
+        for item in db.range(&[CHECKPOINT][..]..&[INDEX][..]) {
+            let (key, value) = item.map_err(sled_err)?;
+            let source = format::checkpoint_source(&key);
+            match source.zip(format::decode_checkpoint_value(&value)) {
+                Some((source, (seq, checkpoint))) => {
+                    state.note_checkpoint(source, seq, checkpoint, true);
+                    state.next_seq = state.next_seq.max(seq.saturating_add(1));
+                }
+                None => log::warn!(
+                    "Skipped an undecodable source checkpoint path={}",
+                    path.display()
+                ),
+            }
+        }
+
         let mut skipped = 0u64;
         // The lane of the previous key: keys come sorted, so lanes come in runs.
         let mut current: Option<usize> = None;
-        for item in db.range(&[INDEX][..]..&[PAYLOAD][..]) {
-            let (key, value) = item.map_err(|e| QueueError::from_sled(path, e))?;
+        for item in db.range(&[INDEX][..]..&[INDEX_END][..]) {
+            let (key, value) = item.map_err(sled_err)?;
             let split = split_index_key(&key);
-            let decoded = split.zip(IndexRecord::decode(&value));
-            let lane_idx = match (decoded, current) {
-                (Some(((prefix, _), _)), Some(idx)) if scan.state.lane(idx).prefix == prefix => {
+            if let Some((_, seq)) = split {
+                // Even a damaged record's number stays used.
+                state.next_seq = state.next_seq.max(seq.saturating_add(1));
+            }
+            let decoded = IndexRecord::decode_with_checkpoint(&value)
+                .filter(|(record, _)| state.segments.contains(record));
+            let lane_idx = match (split, &decoded, current) {
+                (Some((prefix, _)), Some(_), Some(idx)) if state.lane(idx).prefix == prefix => {
                     Some(idx)
                 }
-                (Some(((prefix, _), _)), _) => {
-                    decode_lane_prefix(prefix).map(|lane| match scan.state.by_lane.get(&lane) {
+                (Some((prefix, _)), Some(_), _) => {
+                    decode_lane_prefix(prefix).map(|lane| match state.by_lane.get(&lane) {
                         Some(&idx) => idx,
-                        None => scan.state.add_lane(lane, prefix.to_vec()),
+                        None => state.add_lane(lane, prefix.to_vec()),
                     })
                 }
-                (None, _) => None,
+                _ => None,
             };
-            match (decoded, lane_idx) {
-                (Some(((_, seq), record)), Some(idx)) => {
-                    scan.state.remember(idx, seq, record);
-                    scan.state.next_seq = scan.state.next_seq.max(seq.saturating_add(1));
+            match (split, decoded, lane_idx) {
+                (Some((_, seq)), Some((record, checkpoint)), Some(idx)) => {
+                    state.remember(idx, seq, record);
+                    state.segments.reference(record.segment);
+                    if let Some((source, value)) = checkpoint {
+                        state.note_checkpoint(source, seq, value, false);
+                    }
                     current = Some(idx);
                 }
                 _ if collect_corrupt => {
@@ -968,32 +1175,29 @@ impl Scan {
     }
 }
 
-/// Opens sled with our settings; see "Limits" in the module docs for each.
+/// Opens the sled index of the queue in `path`, with our settings; see "Limits"
+/// in the module docs for each.
 pub(super) fn open_db(
     path: &Path,
     cache_capacity: u64,
     flush_interval: Option<Duration>,
 ) -> Result<sled::Db, QueueError> {
-    std::fs::create_dir_all(path).map_err(|source| QueueError::Storage {
+    let index = path.join(INDEX_DIR);
+    std::fs::create_dir_all(&index).map_err(|source| QueueError::Storage {
         path: path.into(),
         source,
     })?;
     let flush_every_ms =
         flush_interval.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
     sled::Config::new()
-        .path(path)
+        .path(index)
         .cache_capacity(cache_capacity)
         .flush_every_ms(flush_every_ms)
         // sled 0.34.7 stores the mode but never reads it; set for clarity.
         .mode(sled::Mode::LowSpace)
-        // Payloads come gzip-compressed from the encoder; zstd would only cost CPU.
+        // The index holds small binary records; zstd (a C library, not even
+        // compiled in) would gain nothing.
         .use_compression(false)
-        .segment_size(
-            std::env::var("SEG")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(SEGMENT_SIZE),
-        )
         .open()
         .map_err(|e| QueueError::from_sled(path, e))
 }

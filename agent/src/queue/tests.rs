@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::format::{self, index_key, lane_prefix, payload_key};
+use super::format::{self, index_key, lane_prefix, IndexRecord, SEGMENT_HEADER_LEN};
 use super::store::{open_db, DIR_NAME};
 use super::*;
 
@@ -112,6 +112,14 @@ fn metrics() -> Lane {
 
 fn logs() -> Lane {
     Lane::new(Signal::Logs, "https://gw1:4318")
+}
+
+#[test]
+fn queue_is_shared_across_threads() {
+    fn send_sync<T: Send + Sync + Clone>() {}
+    send_sync::<Queue>();
+    fn send<T: Send>() {}
+    send::<PushListener>();
 }
 
 #[test]
@@ -305,6 +313,74 @@ fn checkpoint_is_written_with_its_batch() {
         Some(&b"cursor-3"[..])
     );
     assert_eq!(queue.checkpoint("other").unwrap(), None);
+}
+
+fn with_checkpoint<'a>(payload: &'a [u8], value: &'a [u8]) -> NewBatch<'a> {
+    let checkpoint = Some(Checkpoint {
+        source: "journald",
+        value,
+    });
+    NewBatch {
+        checkpoint,
+        ..new_batch(payload, 1)
+    }
+}
+
+fn journald(queue: &Queue) -> Option<Vec<u8>> {
+    queue.checkpoint("journald").unwrap()
+}
+
+#[test]
+fn checkpoint_outlives_its_batch() {
+    let dir = TempDir::new("checkpoint-life");
+    let options = opts(1000);
+    {
+        let queue = open(&dir, &options);
+        let b1 = queue
+            .push(&logs(), with_checkpoint(b"one", b"c1"))
+            .unwrap()
+            .id
+            .unwrap();
+        let b2 = queue
+            .push(&logs(), with_checkpoint(b"two", b"c2"))
+            .unwrap()
+            .id
+            .unwrap();
+        assert!(queue.ack(b1).unwrap());
+        assert_eq!(journald(&queue).as_deref(), Some(&b"c2"[..]));
+        // Acking the batch that carries the newest checkpoint keeps it.
+        assert!(queue.ack(b2).unwrap());
+        assert_eq!(journald(&queue).as_deref(), Some(&b"c2"[..]));
+    }
+    {
+        let queue = open(&dir, &options);
+        assert_eq!(journald(&queue).as_deref(), Some(&b"c2"[..]));
+        queue.set_checkpoint("journald", b"c3").unwrap();
+    }
+    {
+        let queue = open(&dir, &options);
+        assert_eq!(journald(&queue).as_deref(), Some(&b"c3"[..]));
+        let b4 = queue
+            .push(&logs(), with_checkpoint(b"four", b"c4"))
+            .unwrap()
+            .id
+            .unwrap();
+        assert_eq!(journald(&queue).as_deref(), Some(&b"c4"[..]));
+        // Evicted under DropOldest: the checkpoint stays too.
+        let pushed = queue.push(&metrics(), new_batch(&[0; 1000], 1)).unwrap();
+        assert_eq!(pushed.dropped.len(), 1);
+        assert_eq!(pushed.dropped[0].id, Some(b4));
+        assert_eq!(journald(&queue).as_deref(), Some(&b"c4"[..]));
+    }
+    let queue = open(&dir, &options);
+    assert_eq!(journald(&queue).as_deref(), Some(&b"c4"[..]));
+    assert_eq!(payloads(&queue, &metrics()), vec![vec![0; 1000]]);
+    let long = "s".repeat(70_000);
+    let err = queue.set_checkpoint(&long, b"x").unwrap_err();
+    assert!(
+        matches!(err, QueueError::InvalidCheckpoint { len: 70_000 }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -509,24 +585,35 @@ fn corrupt_records_are_dropped_not_returned() {
         for i in 0..4u8 {
             ids.push(push(&queue, &logs(), &[i; 8]).seq());
         }
+        push(&queue, &metrics(), b"in a segment of its own");
     }
-    let prefix = lane_prefix(&logs()).unwrap();
+    let data = dir.path().join(DIR_NAME).join("data");
+    let logs_prefix = lane_prefix(&logs()).unwrap();
+    let metrics_prefix = lane_prefix(&metrics()).unwrap();
     tamper(&dir, |db| {
-        // Batch 0: a torn index record. Batch 2: a payload stored under the
-        // wrong key. And an index key that names no lane at all.
-        db.insert(index_key(&prefix, ids[0]), &b"\x01short"[..])
+        // Batch 0: a torn index record.
+        db.insert(index_key(&logs_prefix, ids[0]), &b"\x01short"[..])
             .unwrap();
-        db.insert(
-            payload_key(ids[2]),
-            format::encode_payload(ids[2] + 100, &[2; 8]),
-        )
-        .unwrap();
+        // Batch 2: one payload bit flipped on disk.
+        let value = db.get(index_key(&logs_prefix, ids[2])).unwrap().unwrap();
+        let record = IndexRecord::decode(&value).unwrap();
+        let file = data.join(format::segment_file_name(record.segment));
+        let mut bytes = std::fs::read(&file).unwrap();
+        let at = usize::try_from(record.offset).unwrap() + SEGMENT_HEADER_LEN;
+        bytes[at] ^= 0x10;
+        std::fs::write(&file, bytes).unwrap();
+        // The metrics batch: its segment file is gone.
+        let (_, value) = db.scan_prefix(&metrics_prefix).next().unwrap().unwrap();
+        let record = IndexRecord::decode(&value).unwrap();
+        std::fs::remove_file(data.join(format::segment_file_name(record.segment))).unwrap();
+        // An index key that names no lane at all.
         db.insert(&b"\x02\x09junk-key-1234"[..], &b"x"[..]).unwrap();
     });
     let (queue, dropped) = unlocked(|| Queue::open(dir.path(), &opts(1 << 20))).unwrap();
-    assert_eq!(dropped.len(), 2, "{dropped:?}");
+    assert_eq!(dropped.len(), 3, "{dropped:?}");
     assert!(dropped.iter().all(|d| d.reason == DropReason::Corrupt));
     assert!(dropped.iter().any(|d| d.lane == Some(logs())));
+    assert!(dropped.iter().any(|d| d.lane == Some(metrics())));
     assert!(dropped.iter().any(|d| d.lane.is_none()));
     assert_eq!(queue.stats().total().batches, 3);
 
@@ -544,6 +631,47 @@ fn corrupt_records_are_dropped_not_returned() {
     // Nothing of the damage is left for the next start.
     let queue = open(&dir, &opts(1 << 20));
     assert_eq!(payloads(&queue, &logs()), vec![vec![1; 8], vec![3; 8]]);
+    assert_eq!(payloads(&queue, &metrics()), Vec::<Vec<u8>>::new());
+}
+
+/// The segment files in the queue's data directory.
+fn segment_files(dir: &TempDir) -> Vec<String> {
+    let data = dir.path().join(DIR_NAME).join("data");
+    let mut names: Vec<String> = std::fs::read_dir(data)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn drained_segments_are_deleted() {
+    let dir = TempDir::new("segments");
+    let queue = open(&dir, &opts(1 << 30));
+    let payload = vec![7u8; 100 * 1024];
+    for _ in 0..30 {
+        push(&queue, &logs(), &payload);
+    }
+    let files = segment_files(&dir);
+    assert!(files.len() >= 3, "{files:?}");
+    let full = queue.disk_usage().unwrap();
+    for batch in queue.peek(&logs(), usize::MAX).unwrap().batches {
+        assert!(queue.ack(batch.id).unwrap());
+    }
+    // Only the segment still being appended to remains.
+    assert_eq!(segment_files(&dir).len(), 1, "{:?}", segment_files(&dir));
+    assert!(queue.disk_usage().unwrap() < full / 2);
+    drop(queue);
+
+    // On open: files no record names are deleted, other files are left alone.
+    let data = dir.path().join(DIR_NAME).join("data");
+    std::fs::write(data.join(format::segment_file_name(0xffff)), b"orphan").unwrap();
+    std::fs::write(data.join("notes.txt"), b"not ours").unwrap();
+    let queue = open(&dir, &opts(1 << 30));
+    assert_eq!(segment_files(&dir), vec!["notes.txt".to_string()]);
+    push(&queue, &logs(), b"after");
+    assert_eq!(payloads(&queue, &logs()), vec![b"after".to_vec()]);
 }
 
 #[test]
@@ -695,6 +823,89 @@ fn concurrent_pushes_and_acks_lose_and_double_nothing() {
     assert_eq!(queue.stats().total(), Backlog::default());
 }
 
+#[test]
+fn concurrent_eviction_reports_every_batch_exactly_once() {
+    const PUSHERS: usize = 3;
+    const EACH: usize = 200;
+    let dir = TempDir::new("evict-concurrent");
+    // Room for 20 batches of 100 bytes: pushers outrun the reader and evict.
+    let queue = open(&dir, &opts(2000));
+    let done = Arc::new(AtomicUsize::new(0));
+    let pushers: Vec<_> = (0..PUSHERS)
+        .map(|p| {
+            let queue = queue.clone();
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let lane = if p == 0 { logs() } else { metrics() };
+                let (mut pushed, mut dropped) = (Vec::new(), Vec::new());
+                for _ in 0..EACH {
+                    let result = queue.push(&lane, new_batch(&[1; 100], 1)).unwrap();
+                    pushed.push(result.id.unwrap().seq());
+                    dropped.extend(result.dropped.iter().map(|d| d.id.unwrap().seq()));
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+                (pushed, dropped)
+            })
+        })
+        .collect();
+    let reader = {
+        let queue = queue.clone();
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let (mut acked, mut lost_race) = (Vec::new(), Vec::new());
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                assert!(Instant::now() < deadline, "pushers did not finish");
+                let finished = done.load(Ordering::SeqCst) == PUSHERS;
+                let mut got = 0;
+                for lane in [logs(), metrics()] {
+                    for batch in queue.peek(&lane, 3).unwrap().batches {
+                        got += 1;
+                        if queue.ack(batch.id).unwrap() {
+                            acked.push(batch.id.seq());
+                        } else {
+                            lost_race.push(batch.id.seq());
+                        }
+                    }
+                }
+                if finished && got == 0 {
+                    return (acked, lost_race);
+                }
+            }
+        })
+    };
+    let mut pushed = BTreeSet::new();
+    let mut dropped = Vec::new();
+    for pusher in pushers {
+        let (p, d) = pusher.join().unwrap();
+        pushed.extend(p);
+        dropped.extend(d);
+    }
+    let (acked, lost_race) = reader.join().unwrap();
+    assert_eq!(pushed.len(), PUSHERS * EACH);
+    let dropped_set: BTreeSet<u64> = dropped.iter().copied().collect();
+    assert_eq!(
+        dropped_set.len(),
+        dropped.len(),
+        "a batch reported dropped twice"
+    );
+    let acked_set: BTreeSet<u64> = acked.iter().copied().collect();
+    assert_eq!(acked_set.len(), acked.len(), "a batch acked twice");
+    assert!(
+        acked_set.is_disjoint(&dropped_set),
+        "a batch both acked and dropped"
+    );
+    // A batch read just before it was evicted: its ack finds it gone.
+    assert!(lost_race.iter().all(|seq| dropped_set.contains(seq)));
+    let accounted: BTreeSet<u64> = acked_set.union(&dropped_set).copied().collect();
+    assert_eq!(
+        accounted, pushed,
+        "every batch is either delivered or reported dropped"
+    );
+    assert!(!dropped.is_empty());
+    assert_eq!(queue.stats().total(), Backlog::default());
+}
+
 /// The child side of `crash_keeps_every_acknowledged_push`: pushes until killed.
 #[test]
 fn crash_child() {
@@ -710,7 +921,8 @@ fn crash_child() {
         Some(value) => std::str::from_utf8(&value).unwrap().parse::<u64>().unwrap() + 1,
         None => 0,
     };
-    let payload = vec![0x5a; 2000];
+    // 20 KiB: a new segment file every 50 pushes, so kills land in rotations too.
+    let payload = vec![0x5a; 20_000];
     let deadline = Instant::now() + Duration::from_secs(60);
     for counter in start.. {
         let lane = if counter % 2 == 0 { metrics() } else { logs() };
@@ -743,7 +955,7 @@ fn crash_keeps_every_acknowledged_push() {
     let dir = TempDir::new("crash");
     let exe = std::env::current_exe().unwrap();
     let mut printed = BTreeSet::new();
-    for round in 0..3 {
+    for round in 0..4 {
         let mut child = Command::new(&exe)
             .args([
                 "queue::tests::crash_child",
@@ -757,7 +969,7 @@ fn crash_keeps_every_acknowledged_push() {
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let kill_after = fastrand::usize(5..60);
+        let kill_after = fastrand::usize(1..120);
         let mut seen_this_round = 0;
         while seen_this_round < kill_after {
             let line = lines.next().expect("child exited early").unwrap();
@@ -816,9 +1028,28 @@ fn io_counters() -> (u64, u64) {
     (field("wchar:"), field("write_bytes:"))
 }
 
-/// Pushes `n` incompressible batches of `size` bytes while a reader acks behind
-/// at a distance of `backlog` batches, and prints bytes written per byte pushed.
-fn measure(label: &str, fsync: bool, n: u64, size: usize, backlog: u64) {
+/// One write-amplification scenario: `n` incompressible batches of `size` bytes,
+/// acked by a reader that stays `backlog` batches behind.
+struct Scenario {
+    fsync: bool,
+    n: u64,
+    size: usize,
+    backlog: u64,
+    /// Whether every batch carries a journal-cursor-sized checkpoint.
+    checkpoint: bool,
+}
+
+/// Runs `scenario` and prints pushes per second and bytes written per byte pushed:
+/// `wchar` counts what the process asked to write, `write_bytes` what reached
+/// the block layer (whole pages).
+fn measure(scenario: &Scenario) {
+    let Scenario {
+        fsync,
+        n,
+        size,
+        backlog,
+        checkpoint,
+    } = *scenario;
     let dir = TempDir::new("amplification");
     let options = Options {
         fsync,
@@ -828,12 +1059,21 @@ fn measure(label: &str, fsync: bool, n: u64, size: usize, backlog: u64) {
     let queue = open(&dir, &options);
     let lane = metrics();
     let mut payload = vec![0u8; size];
+    let cursor = "s=4a5f0c0e2d3b4f8e9d1c2b3a4f5e6d7c;i=1a2b3c;b=9f8e7d6c5b4a39281706f5e4d3c2b1a0;\
+                  m=1f2e3d4c;t=5f6e7d8c9b0a;x=0123456789abcdef";
     let (wchar0, written0) = io_counters();
     let start = Instant::now();
     let mut acked = 0u64;
     for i in 0..n {
         payload.iter_mut().for_each(|b| *b = fastrand::u8(..));
-        let _ = queue.push(&lane, new_batch(&payload, 1)).unwrap();
+        let mut batch = new_batch(&payload, 1);
+        if checkpoint {
+            batch.checkpoint = Some(Checkpoint {
+                source: "journald",
+                value: cursor.as_bytes(),
+            });
+        }
+        let _ = queue.push(&lane, batch).unwrap();
         while i + 1 - acked > backlog {
             let batch = queue.peek(&lane, 1).unwrap().batches.remove(0);
             assert!(queue.ack(batch.id).unwrap());
@@ -842,11 +1082,21 @@ fn measure(label: &str, fsync: bool, n: u64, size: usize, backlog: u64) {
     }
     let elapsed = start.elapsed();
     let on_disk = queue.disk_usage().unwrap();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let peak_rss = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .unwrap_or("")
+        .to_owned();
     drop(queue);
     let (wchar1, written1) = io_counters();
     let pushed = (n * u64::try_from(size).unwrap()) as f64;
     println!(
-        "{label}: {:.0} pushes/s, wchar/pushed {:.2}, write_bytes/pushed {:.2}, on disk {:.1} MiB for {:.1} MiB queued",
+        "fsync {}, {:>2} KiB{}, backlog {backlog:>4}: {:>6.0} pushes/s, wchar/pushed {:.2}, \
+         write_bytes/pushed {:.2}, on disk {:.1} MiB for {:.1} MiB queued, {peak_rss}",
+        if fsync { "on " } else { "off" },
+        size / 1024,
+        if checkpoint { " + checkpoint" } else { "" },
         n as f64 / elapsed.as_secs_f64(),
         (wchar1 - wchar0) as f64 / pushed,
         (written1 - written0) as f64 / pushed,
@@ -855,36 +1105,63 @@ fn measure(label: &str, fsync: bool, n: u64, size: usize, backlog: u64) {
     );
 }
 
+/// Prints write amplification and throughput (see the module docs, "Limits").
 /// `cargo test -p tern --release --lib queue::tests::write_amplification -- --ignored --nocapture --test-threads=1`
 #[test]
 #[ignore = "a measurement, not a check: run it alone, by name"]
 fn write_amplification() {
-    measure(
-        "fsync off, 20 KiB, backlog 500",
-        false,
-        10_000,
-        20 * 1024,
-        500,
-    );
-    measure(
-        "fsync on,  20 KiB, backlog 500",
-        true,
-        2_000,
-        20 * 1024,
-        500,
-    );
-    measure(
-        "fsync off, 20 KiB, backlog 5000",
-        false,
-        10_000,
-        20 * 1024,
-        5000,
-    );
-    measure(
-        "fsync off, 2 KiB, backlog 500",
-        false,
-        20_000,
-        2 * 1024,
-        500,
-    );
+    let kib = 1024;
+    for (i, scenario) in [
+        Scenario {
+            fsync: false,
+            n: 10_000,
+            size: 20 * kib,
+            backlog: 500,
+            checkpoint: false,
+        },
+        Scenario {
+            fsync: true,
+            n: 2_000,
+            size: 20 * kib,
+            backlog: 500,
+            checkpoint: false,
+        },
+        Scenario {
+            fsync: true,
+            n: 2_000,
+            size: 20 * kib,
+            backlog: 500,
+            checkpoint: true,
+        },
+        Scenario {
+            fsync: false,
+            n: 10_000,
+            size: 20 * kib,
+            backlog: 5000,
+            checkpoint: false,
+        },
+        Scenario {
+            fsync: false,
+            n: 20_000,
+            size: 2 * kib,
+            backlog: 500,
+            checkpoint: true,
+        },
+        Scenario {
+            fsync: true,
+            n: 2_000,
+            size: 2 * kib,
+            backlog: 500,
+            checkpoint: false,
+        },
+    ]
+    .iter()
+    .enumerate()
+    {
+        // TERN_QUEUE_SCENARIO=n runs only scenario n, for a peak RSS of its own.
+        let only = std::env::var("TERN_QUEUE_SCENARIO").ok();
+        if only.map_or(true, |only| only == i.to_string()) {
+            measure(scenario);
+        }
+    }
 }
