@@ -11,7 +11,9 @@
 //! ```
 //!
 //! It prints a Markdown report (paste it into README.md) and writes it to
-//! `target/bench/scrape.md`. Progress goes to stderr.
+//! `target/bench/scrape.md`. Progress goes to stderr. `TERN_BIN=path` measures
+//! another tern binary. Under `cargo test --benches` (no `--bench` argument) it
+//! does nothing, as it takes minutes.
 //!
 //! # What runs
 //!
@@ -48,7 +50,10 @@
 //!   /proc/PID/io over the window, divided by the bytes accepted in it: for tern
 //!   `tern_queue_pushed_bytes_total` (compressed batches accepted into its disk
 //!   queue); for Prometheus the remote-write bodies the sink received (snappy),
-//!   Prometheus having no counter of what it accepted into its WAL.
+//!   Prometheus having no counter of what it accepted into its WAL. The kernel
+//!   counts a page in `write_bytes` each time the process turns it from clean to
+//!   dirty, so a page fsynced and written again counts twice, while unsynced
+//!   rewrites coalesce until writeback: what the storage device sees.
 
 // A benchmark is a test program: it stops with a clear `expect` message when its
 // own setup fails (a missing binary, an unbindable loopback socket).
@@ -271,7 +276,10 @@ fn main() {
 /// The workspace's target directory.
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        || {
+            let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+            manifest.parent().unwrap_or(manifest).join("target")
+        },
         PathBuf::from,
     )
 }
@@ -316,6 +324,7 @@ impl TempDir {
 }
 
 impl Drop for TempDir {
+    /// Removes the directory, or keeps it and says where when panicking.
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("bench: kept {} for a look", self.0.display());
@@ -339,7 +348,8 @@ impl Snapshot {
     ///
     /// # Panics
     ///
-    /// If its /proc entry is gone (it died between checks).
+    /// If its /proc entry is gone (it died between checks), or its self
+    /// metrics do not answer within 20 s.
     fn take(agent: &Agent) -> Snapshot {
         let proc = procfs::read(agent.process.pid()).unwrap_or_else(|| {
             panic!(
@@ -348,10 +358,14 @@ impl Snapshot {
                 agent.process.stderr_tail(30)
             )
         });
-        Snapshot {
-            proc,
-            metrics: agent.metrics(),
-        }
+        // The self metrics are the other half of every figure: wait for them
+        // rather than compute from an empty page.
+        let metrics = wait_until(
+            Duration::from_secs(20),
+            &format!("{}'s /metrics", agent.name()),
+            || Some(agent.metrics()).filter(|m| !m.is_empty()),
+        );
+        Snapshot { proc, metrics }
     }
 
     /// The sum of the series `name` with `labels` (0 when absent).
@@ -371,6 +385,11 @@ struct Figures {
     rss_end: u64,
     rss_window_max: u64,
     hwm: u64,
+    /// VmRSS read about once a second through the window, in bytes.
+    rss_trace: Vec<u64>,
+    /// Apparent size of its disk buffer (tern's state dir, Prometheus's WAL
+    /// dir) at the end of the window, in bytes.
+    buffer_size: u64,
     /// CPU seconds spent in the window.
     cpu_seconds: f64,
     /// Successful scrapes in the window.
@@ -477,7 +496,7 @@ fn run(scenario: Scenario, args: &Args, tern_bin: &Path) -> Section {
         .map(|s| [s.served("Prometheus"), s.served("tern")]);
     let started = Instant::now();
     eprintln!("bench: measuring for {}s", window.as_secs());
-    let rss_max = watch(&mut agents, window);
+    let [prometheus_rss, tern_rss] = watch(&mut agents, window);
     let after = [Snapshot::take(&agents[0]), Snapshot::take(&agents[1])];
     let elapsed = started.elapsed().as_secs_f64();
     let sink_after = [
@@ -492,8 +511,10 @@ fn run(scenario: Scenario, args: &Args, tern_bin: &Path) -> Section {
         requests: sink_after[i].requests - sink_before[i].requests,
         bytes: sink_after[i].bytes - sink_before[i].bytes,
     };
-    let mut prometheus = prometheus_figures(&before[0], &after[0], rss_max[0], sent(0));
-    let mut tern = tern_figures(&before[1], &after[1], rss_max[1], sent(1));
+    let mut prometheus = prometheus_figures(&before[0], &after[0], prometheus_rss, sent(0));
+    let mut tern = tern_figures(&before[1], &after[1], tern_rss, sent(1));
+    prometheus.buffer_size = dir_size(&agents[0].data_dir);
+    tern.buffer_size = dir_size(&agents[1].data_dir);
 
     // Cross-checks: both agents should count the same samples per scrape, and,
     // for the synthetic target, exactly what it served.
@@ -593,20 +614,20 @@ fn wait_first_scrapes(agents: &mut [Agent; 2]) {
 }
 
 /// Lets the agents run for `duration`, checking once a second that both are
-/// alive; returns the largest VmRSS seen for each.
-fn watch(agents: &mut [Agent; 2], duration: Duration) -> [u64; 2] {
+/// alive; returns each one's VmRSS, read once a second.
+fn watch(agents: &mut [Agent; 2], duration: Duration) -> [Vec<u64>; 2] {
     let end = Instant::now() + duration;
-    let mut max = [0u64; 2];
+    let mut trace = [Vec::new(), Vec::new()];
     loop {
         check_alive(agents);
         for (i, a) in agents.iter().enumerate() {
             if let Some(p) = procfs::read(a.process.pid()) {
-                max[i] = max[i].max(p.rss);
+                trace[i].push(p.rss);
             }
         }
         let now = Instant::now();
         if now >= end {
-            return max;
+            return trace;
         }
         std::thread::sleep((end - now).min(Duration::from_secs(1)));
     }
@@ -652,15 +673,17 @@ fn proc_figures(
     kind: Kind,
     before: &Snapshot,
     after: &Snapshot,
-    rss_max: u64,
+    rss_trace: Vec<u64>,
     sent: Count,
 ) -> Figures {
     Figures {
         kind,
         rss_start: before.proc.rss,
         rss_end: after.proc.rss,
-        rss_window_max: rss_max.max(after.proc.rss),
+        rss_window_max: rss_trace.iter().copied().fold(after.proc.rss, u64::max),
         hwm: after.proc.hwm,
+        rss_trace,
+        buffer_size: 0,
         cpu_seconds: after.proc.cpu_seconds - before.proc.cpu_seconds,
         scrapes: 0.0,
         samples_per_scrape: 0.0,
@@ -676,8 +699,8 @@ fn proc_figures(
 
 /// tern's figures: scrapes and samples from `tern_scrapes_total` and
 /// `tern_scrape_samples`, accepted bytes from `tern_queue_pushed_bytes_total`.
-fn tern_figures(before: &Snapshot, after: &Snapshot, rss_max: u64, sent: Count) -> Figures {
-    let mut f = proc_figures(Kind::Tern, before, after, rss_max, sent);
+fn tern_figures(before: &Snapshot, after: &Snapshot, rss_trace: Vec<u64>, sent: Count) -> Figures {
+    let mut f = proc_figures(Kind::Tern, before, after, rss_trace, sent);
     let delta = |name: &str, labels: &[(&str, &str)]| {
         after.value(name, labels) - before.value(name, labels)
     };
@@ -712,8 +735,13 @@ fn tern_figures(before: &Snapshot, after: &Snapshot, rss_max: u64, sent: Count) 
 /// Prometheus's figures: scrapes from `prometheus_target_interval_length_seconds_count`,
 /// samples from `prometheus_remote_storage_samples_in_total`, accepted bytes
 /// from the sink's count of remote-write bodies.
-fn prometheus_figures(before: &Snapshot, after: &Snapshot, rss_max: u64, sent: Count) -> Figures {
-    let mut f = proc_figures(Kind::Prometheus, before, after, rss_max, sent);
+fn prometheus_figures(
+    before: &Snapshot,
+    after: &Snapshot,
+    rss_trace: Vec<u64>,
+    sent: Count,
+) -> Figures {
+    let mut f = proc_figures(Kind::Prometheus, before, after, rss_trace, sent);
     let delta = |name: &str, labels: &[(&str, &str)]| {
         after.value(name, labels) - before.value(name, labels)
     };
@@ -877,6 +905,12 @@ fn render_section(out: &mut String, s: &Section, prometheus_version: &str) {
         String::new(),
     );
     row(
+        "size of its disk buffer at the end",
+        bytes(p.buffer_size as f64),
+        bytes(t.buffer_size as f64),
+        String::new(),
+    );
+    row(
         "sent to the sink in window",
         format!(
             "{} in {} requests",
@@ -892,11 +926,16 @@ fn render_section(out: &mut String, s: &Section, prometheus_version: &str) {
     );
     let _ = writeln!(out);
     for f in [p, t] {
+        let who = match f.kind {
+            Kind::Prometheus => "Prometheus",
+            Kind::Tern => "tern",
+        };
+        let _ = writeln!(
+            out,
+            "- {who}: VmRSS through the window: {}",
+            trace(&f.rss_trace)
+        );
         for note in &f.notes {
-            let who = match f.kind {
-                Kind::Prometheus => "Prometheus",
-                Kind::Tern => "tern",
-            };
             let _ = writeln!(out, "- {who}: {note}");
         }
     }
@@ -928,6 +967,39 @@ fn bytes(b: f64) -> String {
 fn growth(f: &Figures) -> String {
     let change = (f.rss_end as f64 - f.rss_start as f64) / 1e6;
     format!("{change:+.1} MB (max {})", mb(f.rss_window_max as f64))
+}
+
+/// About eight evenly spaced readings of an RSS trace, in MB.
+fn trace(rss: &[u64]) -> String {
+    let Some(&last) = rss.last() else {
+        return "n/a".into();
+    };
+    let step = (rss.len() / 8).max(1);
+    let mut picked: Vec<u64> = rss.iter().copied().step_by(step).collect();
+    // step_by took indices 0, step, 2 step...; add the last reading if it was skipped.
+    if (picked.len() - 1) * step != rss.len() - 1 {
+        picked.push(last);
+    }
+    let text: Vec<String> = picked
+        .iter()
+        .map(|&b| format!("{:.1}", b as f64 / 1e6))
+        .collect();
+    format!("{} MB (about every {} s)", text.join(", "), step)
+}
+
+/// The apparent size of the files under `dir`, recursively; 0 if unreadable.
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// "24 x 100000 = 2400000".

@@ -16,7 +16,7 @@ use smol::stream::StreamExt;
 
 use crate::config::{Config, FullPolicy};
 use crate::queue::{self, Queue, QueueError, Stats};
-use crate::sources::{prometheus, Sink};
+use crate::sources::{journald, otlp, prometheus, Sink};
 use crate::telemetry::http::{self, Request, Response};
 use crate::telemetry::notify;
 use crate::telemetry::{self, Metrics, Shutdown};
@@ -158,6 +158,16 @@ pub fn run(config: Config) -> Result<(), Error> {
         ))
         .detach();
     log::info!("Serving self metrics listen={listen}");
+    let receiver_sink = |c: &Config| Sink::new(queue.clone(), metrics.clone(), c.export.debug);
+    let receiver = match &config.otlp_receiver {
+        Some(_) => Some(otlp::Receiver::start(
+            &executor,
+            &config,
+            receiver_sink(&config),
+            metrics.clone(),
+        )?),
+        None => None,
+    };
 
     let mut running = Running::start(&config, queue.clone(), metrics.clone())?;
     ready.store(true, Ordering::SeqCst);
@@ -178,7 +188,14 @@ pub fn run(config: Config) -> Result<(), Error> {
         while let Some(signal) = signals.next().await {
             match signal {
                 Ok(async_signal::Signal::Hup) => {
+                    let old = config.clone();
                     config = reload(&config, &mut running, &queue, &metrics);
+                    if let Some(r) = &receiver {
+                        r.reconfigure(&config, receiver_sink(&config));
+                    }
+                    if otlp::needs_restart(&old, &config) {
+                        log::warn!("Reload: [receiver.otlp] listen, max_connections, read_timeout and adding or removing the section take effect after a restart");
+                    }
                 }
                 Ok(s) => {
                     log::info!("Stopping signal={s:?}");
@@ -262,6 +279,15 @@ impl Running {
         for job in &config.scrape {
             sources.extend(prometheus::scrape::spawn_job(
                 job,
+                &resource,
+                sink.clone(),
+                metrics.clone(),
+                sources_stop.clone(),
+            )?);
+        }
+        if let Some(j) = &config.journald {
+            sources.push(journald::spawn(
+                j,
                 &resource,
                 sink.clone(),
                 metrics.clone(),

@@ -34,6 +34,10 @@ pub struct Config {
     pub scrape: Vec<ScrapeConfig>,
     /// The `[export]` section.
     pub export: ExportConfig,
+    /// The `[journald]` section; `None` when absent (no journal reading).
+    pub journald: Option<JournaldConfig>,
+    /// The `[receiver.otlp]` section; `None` when absent (no OTLP receiver).
+    pub otlp_receiver: Option<OtlpReceiverConfig>,
 }
 
 /// The `[agent]` section: where tern keeps state and serves its own telemetry.
@@ -79,6 +83,90 @@ pub struct ScrapeTarget {
     pub url: String,
     /// The `instance` label: `host:port` as written, like Prometheus.
     pub instance: String,
+}
+
+/// The `[journald]` section: follow the systemd journal through `journalctl`
+/// and forward its entries as OTLP logs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournaldConfig {
+    /// Units to read (journalctl `--unit`, globs allowed; a name without a
+    /// suffix gets `.service`). Empty: every unit. Defaults to empty.
+    pub units: Vec<String>,
+    /// Units whose entries are dropped, matched against `_SYSTEMD_UNIT` with the
+    /// same rules as `units`. Defaults to empty.
+    pub exclude_units: Vec<String>,
+    /// The least important syslog priority read, 0 (emerg) to 7 (debug); below
+    /// 7 it is passed to journalctl as `--priority`, which also skips entries
+    /// without a PRIORITY field. Defaults to 6 (info), as in DESIGN.md.
+    pub min_priority: u8,
+    /// journalctl matches, `FIELD=value` or `+` (or), passed as journalctl takes
+    /// them. Defaults to empty.
+    pub matches: Vec<String>,
+    /// Read the journal files in this directory (journalctl `--directory`)
+    /// instead of the system journal. Defaults to none.
+    pub directory: Option<PathBuf>,
+    /// Where the first start (no saved cursor) begins. Defaults to tail.
+    pub read_from: ReadFrom,
+    /// The journalctl program, a path or a name looked up in `PATH`. Defaults to
+    /// `journalctl`.
+    pub journalctl: PathBuf,
+    /// Largest field value kept, in bytes; a longer value is cut to it and
+    /// counted. Defaults to 128 KiB: twice journald's default `LineMax`, so
+    /// real log lines pass whole while a stray core dump does not.
+    pub max_field_size: u64,
+    /// Largest entry kept (all fields), in bytes; a larger entry is skipped and
+    /// counted. Defaults to 512 KiB, a bound on the source's memory.
+    pub max_entry_size: u64,
+    /// How long journalctl may stay silent before tern checks that the journal
+    /// has nothing newer; if it has, journalctl is hung and is restarted.
+    /// Defaults to 60 s.
+    pub hang_timeout: Duration,
+}
+
+/// The `[receiver.otlp]` section: OTLP/HTTP from applications on the box
+/// (`POST /v1/traces`, `/v1/metrics`, `/v1/logs`), stored and forwarded with
+/// everything else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpReceiverConfig {
+    /// Address to listen on. Defaults to `127.0.0.1:4318`, the OTLP/HTTP port
+    /// that SDKs send to by default; loopback, so only local applications reach it.
+    pub listen: SocketAddr,
+    /// Largest request body in bytes, checked on the wire and again after
+    /// gzip decompression; larger requests get 413. Defaults to 4 MiB: the
+    /// SDKs' default batch of 512 spans is far below it, and each connection
+    /// may hold one such body in memory.
+    pub max_request_size: u64,
+    /// Connections served at once; more wait in the kernel's backlog.
+    /// Defaults to 32: a few applications with one connection per signal.
+    pub max_connections: usize,
+    /// Time to receive one request body, whole. Defaults to 30 s.
+    pub read_timeout: Duration,
+    /// What a request gets when its batch does not fit in the queue.
+    /// Defaults to `drop_oldest` when `[export.queue] full_policy` is
+    /// `drop_oldest`, and to `push_back` when it is `drop_newest`.
+    pub full_policy: ReceiverFullPolicy,
+}
+
+/// What the OTLP receiver does when the queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiverFullPolicy {
+    /// Answer 503 with Retry-After and store nothing: the client keeps the
+    /// data and retries, and nothing in the queue is dropped.
+    PushBack,
+    /// Delete the oldest batches of the queue to make room, as
+    /// `[export.queue] full_policy = "drop_oldest"` does, and answer 200.
+    DropOldest,
+}
+
+/// Where the journald source starts when it has no saved cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// After the newest entry: only what is logged from now on.
+    Tail,
+    /// At the oldest entry in the journal.
+    Head,
+    /// At the first entry of the current boot.
+    Boot,
 }
 
 /// The `[export]` section: where batches go and how.
@@ -470,6 +558,12 @@ impl Config {
                 "must be at least 1MiB",
             ));
         }
+        let journald = raw.journald.map(|j| cx.journald(j)).transpose()?;
+        let otlp_receiver = raw
+            .receiver
+            .and_then(|r| r.otlp)
+            .map(|r| cx.otlp_receiver(r, &queue))
+            .transpose()?;
         Ok(Config {
             path: path.to_owned(),
             agent: AgentConfig {
@@ -489,6 +583,8 @@ impl Config {
                 queue,
                 debug: export.debug.unwrap_or(false),
             },
+            journald,
+            otlp_receiver,
         })
     }
 }
@@ -554,6 +650,216 @@ impl Cx<'_> {
             return Err(self.err_key(key, "cert_file and key_file go together"));
         }
         Ok(tls)
+    }
+
+    fn journald(&self, raw: RawJournald) -> Result<JournaldConfig, ConfigError> {
+        let units = self.units(raw.units, "journald.units")?;
+        let exclude_units = self.units(raw.exclude_units, "journald.exclude_units")?;
+        let min_priority = match &raw.min_priority {
+            None => 6,
+            Some(p) => parse_priority(p.get_ref()).ok_or_else(|| {
+                self.err(
+                    p,
+                    "journald.min_priority",
+                    format!(
+                        "expected emerg, alert, crit, err, warning, notice, info, debug or 0-7, not {:?}",
+                        p.get_ref()
+                    ),
+                )
+            })?,
+        };
+        let mut matches = Vec::new();
+        for (i, m) in raw.matches.into_iter().enumerate() {
+            if !valid_match(m.get_ref()) {
+                return Err(self.err(
+                    &m,
+                    &format!("journald.matches[{i}]"),
+                    format!(
+                        "expected FIELD=value with FIELD in A-Z, 0-9 and _, like \"_TRANSPORT=kernel\", or \"+\", not {:?}",
+                        m.get_ref()
+                    ),
+                ));
+            }
+            matches.push(m.into_inner());
+        }
+        let read_from = match &raw.read_from {
+            None => ReadFrom::Tail,
+            Some(r) if r.get_ref() == "tail" => ReadFrom::Tail,
+            Some(r) if r.get_ref() == "head" => ReadFrom::Head,
+            Some(r) if r.get_ref() == "boot" => ReadFrom::Boot,
+            Some(r) => {
+                return Err(self.err(
+                    r,
+                    "journald.read_from",
+                    format!(
+                        "expected \"tail\", \"head\" or \"boot\", not {:?}",
+                        r.get_ref()
+                    ),
+                ))
+            }
+        };
+        let journalctl = match &raw.journalctl {
+            None => PathBuf::from("journalctl"),
+            Some(j) if j.get_ref().is_empty() => {
+                return Err(self.err(j, "journald.journalctl", "must not be empty"))
+            }
+            Some(j) => PathBuf::from(j.get_ref()),
+        };
+        let max_field_size = self.size(
+            raw.max_field_size.as_ref(),
+            "journald.max_field_size",
+            128 << 10,
+        )?;
+        let max_entry_size = self.size(
+            raw.max_entry_size.as_ref(),
+            "journald.max_entry_size",
+            512 << 10,
+        )?;
+        if !(1 << 10..=1 << 30).contains(&max_field_size) {
+            return Err(self.err_opt(
+                raw.max_field_size.as_ref(),
+                "journald.max_field_size",
+                "must be between 1KiB and 1GiB",
+            ));
+        }
+        if max_entry_size < max_field_size || max_entry_size > 1 << 30 {
+            return Err(self.err_opt(
+                raw.max_entry_size.as_ref(),
+                "journald.max_entry_size",
+                format!(
+                    "must be at least max_field_size ({max_field_size} bytes) and at most 1GiB"
+                ),
+            ));
+        }
+        let hang_timeout = self.duration(
+            raw.hang_timeout.as_ref(),
+            "journald.hang_timeout",
+            Duration::from_secs(60),
+        )?;
+        if hang_timeout < Duration::from_secs(1) {
+            return Err(self.err_opt(
+                raw.hang_timeout.as_ref(),
+                "journald.hang_timeout",
+                "must be at least 1s",
+            ));
+        }
+        Ok(JournaldConfig {
+            units,
+            exclude_units,
+            min_priority,
+            matches,
+            // An empty path means unset, so the README can show every key.
+            directory: raw.directory.filter(|d| !d.is_empty()).map(PathBuf::from),
+            read_from,
+            journalctl,
+            max_field_size,
+            max_entry_size,
+            hang_timeout,
+        })
+    }
+
+    fn otlp_receiver(
+        &self,
+        raw: RawOtlpReceiver,
+        queue: &QueueConfig,
+    ) -> Result<OtlpReceiverConfig, ConfigError> {
+        let listen = match &raw.listen {
+            Some(s) => s.get_ref().parse().map_err(|_| {
+                self.err(
+                    s,
+                    "receiver.otlp.listen",
+                    format!(
+                        "invalid address {:?}: expected ip:port, like \"127.0.0.1:4318\"",
+                        s.get_ref()
+                    ),
+                )
+            })?,
+            None => SocketAddr::from(([127, 0, 0, 1], 4318)),
+        };
+        let max_request_size = self.size(
+            raw.max_request_size.as_ref(),
+            "receiver.otlp.max_request_size",
+            4 << 20,
+        )?;
+        // A request becomes one batch: it must fit in the queue.
+        let most = queue.max_size.min(1 << 30);
+        if !(1 << 10..=most).contains(&max_request_size) {
+            return Err(self.err_opt(
+                raw.max_request_size.as_ref(),
+                "receiver.otlp.max_request_size",
+                format!(
+                    "must be between 1KiB and export.queue.max_size ({most} bytes), at most 1GiB"
+                ),
+            ));
+        }
+        let max_connections = match &raw.max_connections {
+            None => 32,
+            Some(n) if (1..=4096).contains(n.get_ref()) => {
+                usize::try_from(*n.get_ref()).unwrap_or(32)
+            }
+            Some(n) => {
+                return Err(self.err(
+                    n,
+                    "receiver.otlp.max_connections",
+                    "must be between 1 and 4096",
+                ))
+            }
+        };
+        let read_timeout = self.duration(
+            raw.read_timeout.as_ref(),
+            "receiver.otlp.read_timeout",
+            Duration::from_secs(30),
+        )?;
+        if read_timeout < Duration::from_millis(100) {
+            return Err(self.err_opt(
+                raw.read_timeout.as_ref(),
+                "receiver.otlp.read_timeout",
+                "must be at least 100ms",
+            ));
+        }
+        let full_policy = match &raw.full_policy {
+            None => match queue.full_policy {
+                FullPolicy::DropOldest => ReceiverFullPolicy::DropOldest,
+                FullPolicy::DropNewest => ReceiverFullPolicy::PushBack,
+            },
+            Some(p) if p.get_ref() == "push_back" => ReceiverFullPolicy::PushBack,
+            Some(p) if p.get_ref() == "drop_oldest" => ReceiverFullPolicy::DropOldest,
+            Some(p) => {
+                return Err(self.err(
+                    p,
+                    "receiver.otlp.full_policy",
+                    format!(
+                        "expected \"push_back\" or \"drop_oldest\", not {:?}",
+                        p.get_ref()
+                    ),
+                ))
+            }
+        };
+        Ok(OtlpReceiverConfig {
+            listen,
+            max_request_size,
+            max_connections,
+            read_timeout,
+            full_policy,
+        })
+    }
+
+    /// Unit names or globs: not empty, no whitespace or control characters
+    /// (journalctl would refuse them, and tern would restart it in a loop).
+    fn units(&self, raw: Vec<Spanned<String>>, key: &str) -> Result<Vec<String>, ConfigError> {
+        let mut out = Vec::new();
+        for (i, u) in raw.into_iter().enumerate() {
+            let name = u.get_ref();
+            if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(self.err(
+                    &u,
+                    &format!("{key}[{i}]"),
+                    format!("expected a unit name like \"sshd.service\", not {name:?}"),
+                ));
+            }
+            out.push(u.into_inner());
+        }
+        Ok(out)
     }
 
     fn duration(
@@ -639,6 +945,38 @@ fn parse_target(t: &str, scheme: &str, metrics_path: &str) -> Result<ScrapeTarge
     })
 }
 
+/// A syslog priority as journalctl `--priority` takes it: a name or 0-7.
+fn parse_priority(s: &str) -> Option<u8> {
+    const NAMES: [&str; 8] = [
+        "emerg", "alert", "crit", "err", "warning", "notice", "info", "debug",
+    ];
+    match s.parse::<u8>() {
+        Ok(n) if n <= 7 => Some(n),
+        Ok(_) => None,
+        Err(_) => NAMES
+            .iter()
+            .position(|n| *n == s)
+            .and_then(|i| u8::try_from(i).ok()),
+    }
+}
+
+/// A journalctl match: `FIELD=value` with a journal field name (A-Z, 0-9, _,
+/// not starting with a digit, at most 64 bytes), or `+` between alternatives.
+fn valid_match(m: &str) -> bool {
+    if m == "+" {
+        return true;
+    }
+    let Some((field, _)) = m.split_once('=') else {
+        return false;
+    };
+    !field.is_empty()
+        && field.len() <= 64
+        && !field.starts_with(|c: char| c.is_ascii_digit())
+        && field
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+}
+
 /// Parses durations such as "15s", "500ms", "5m", "1h30m" or "0".
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || {
@@ -715,6 +1053,24 @@ struct RawConfig {
     #[serde(default)]
     scrape: Vec<RawScrape>,
     export: Option<RawExport>,
+    journald: Option<RawJournald>,
+    receiver: Option<RawReceiver>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawReceiver {
+    otlp: Option<RawOtlpReceiver>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawOtlpReceiver {
+    listen: Option<Spanned<String>>,
+    max_request_size: Option<Spanned<String>>,
+    max_connections: Option<Spanned<i64>>,
+    read_timeout: Option<Spanned<String>>,
+    full_policy: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -753,6 +1109,24 @@ struct RawExport {
     retry: Option<RawRetry>,
     queue: Option<RawQueue>,
     debug: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawJournald {
+    #[serde(default)]
+    units: Vec<Spanned<String>>,
+    #[serde(default)]
+    exclude_units: Vec<Spanned<String>>,
+    min_priority: Option<Spanned<String>>,
+    #[serde(default)]
+    matches: Vec<Spanned<String>>,
+    directory: Option<String>,
+    read_from: Option<Spanned<String>>,
+    journalctl: Option<Spanned<String>>,
+    max_field_size: Option<Spanned<String>>,
+    max_entry_size: Option<Spanned<String>>,
+    hang_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -814,6 +1188,21 @@ mod tests {
         );
         assert_eq!(c.export.tls, TlsConfig::default());
         assert_eq!(c.export.queue.max_size, 256 << 20);
+    }
+
+    #[test]
+    fn the_readme_journald_example_parses_to_the_defaults() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("```toml\n[journald]")
+            .expect("README has a [journald] example")
+            + 8;
+        let len = readme[start..].find("```").expect("closed");
+        let example = parse(&readme[start..start + len])
+            .unwrap()
+            .journald
+            .unwrap();
+        assert_eq!(example, parse("[journald]\n").unwrap().journald.unwrap());
     }
 
     #[test]
@@ -883,6 +1272,133 @@ mod tests {
         let e = parse("[[scrape]]\njob = \"n\"\ntargets = [\"a:1\", \"nope\"]\n").unwrap_err();
         assert_eq!(e.position, Some((3, 19)));
         assert_eq!(e.key, "scrape[0].targets[1]");
+    }
+
+    #[test]
+    fn journald_is_off_unless_present() {
+        let c = parse("[agent]\nstate_dir = \"/tmp/x\"\n").unwrap();
+        assert_eq!(c.journald, None);
+    }
+
+    #[test]
+    fn journald_defaults() {
+        let c = parse("[journald]\n").unwrap();
+        let j = c.journald.unwrap();
+        assert!(j.units.is_empty() && j.exclude_units.is_empty() && j.matches.is_empty());
+        assert_eq!(j.min_priority, 6);
+        assert_eq!(j.directory, None);
+        assert_eq!(j.read_from, ReadFrom::Tail);
+        assert_eq!(j.journalctl, PathBuf::from("journalctl"));
+        assert_eq!(j.max_field_size, 128 << 10);
+        assert_eq!(j.max_entry_size, 512 << 10);
+        assert_eq!(j.hang_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn journald_every_key() {
+        let c = parse(
+            r#"[journald]
+units = ["sshd", "tern.service"]
+exclude_units = ["noisy-*.service"]
+min_priority = "warning"
+matches = ["_TRANSPORT=kernel", "+", "SYSLOG_IDENTIFIER=app"]
+directory = "/var/log/journal/remote"
+read_from = "boot"
+journalctl = "/usr/bin/journalctl"
+max_field_size = "4KiB"
+max_entry_size = "64KiB"
+hang_timeout = "5s"
+"#,
+        )
+        .unwrap();
+        let j = c.journald.unwrap();
+        assert_eq!(j.units, ["sshd", "tern.service"]);
+        assert_eq!(j.exclude_units, ["noisy-*.service"]);
+        assert_eq!(j.min_priority, 4);
+        assert_eq!(j.matches.len(), 3);
+        assert_eq!(j.directory, Some(PathBuf::from("/var/log/journal/remote")));
+        assert_eq!(j.read_from, ReadFrom::Boot);
+        assert_eq!(j.max_field_size, 4096);
+        assert_eq!(j.max_entry_size, 65536);
+        assert_eq!(j.hang_timeout, Duration::from_secs(5));
+        let c = parse("[journald]\nmin_priority = \"3\"\ndirectory = \"\"\n").unwrap();
+        let j = c.journald.unwrap();
+        assert_eq!(j.min_priority, 3);
+        assert_eq!(j.directory, None);
+    }
+
+    #[test]
+    fn journald_errors_are_located() {
+        let e = parse("[journald]\nmin_priority = \"loud\"\n").unwrap_err();
+        assert_eq!(e.position, Some((2, 16)));
+        assert_eq!(e.key, "journald.min_priority");
+        let e = parse("[journald]\nmatches = [\"A=1\", \"lower=x\"]\n").unwrap_err();
+        assert_eq!(e.key, "journald.matches[1]");
+        assert!(e.reason.contains("FIELD=value"), "{e}");
+        let e = parse("[journald]\nread_from = \"start\"\n").unwrap_err();
+        assert_eq!(e.key, "journald.read_from");
+        let e = parse("[journald]\nunits = [\"a b\"]\n").unwrap_err();
+        assert_eq!(e.key, "journald.units[0]");
+        let e = parse("[journald]\nmax_field_size = \"1MiB\"\nmax_entry_size = \"64KiB\"\n")
+            .unwrap_err();
+        assert_eq!(e.key, "journald.max_entry_size");
+        let e = parse("[journald]\nhang_timeout = \"10ms\"\n").unwrap_err();
+        assert_eq!(e.key, "journald.hang_timeout");
+        let e = parse("[journald]\nfollow = true\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field `follow`"), "{e}");
+    }
+
+    #[test]
+    fn otlp_receiver_is_off_unless_present_and_has_defaults() {
+        assert_eq!(parse("").unwrap().otlp_receiver, None);
+        let r = parse("[receiver.otlp]\n").unwrap().otlp_receiver.unwrap();
+        assert_eq!(r.listen.to_string(), "127.0.0.1:4318");
+        assert_eq!(r.max_request_size, 4 << 20);
+        assert_eq!(r.max_connections, 32);
+        assert_eq!(r.read_timeout, Duration::from_secs(30));
+        assert_eq!(r.full_policy, ReceiverFullPolicy::DropOldest);
+        let c = parse("[receiver.otlp]\n[export.queue]\nfull_policy = \"drop_newest\"\n").unwrap();
+        assert_eq!(
+            c.otlp_receiver.unwrap().full_policy,
+            ReceiverFullPolicy::PushBack
+        );
+        let r = parse(
+            "[receiver.otlp]\nlisten = \"0.0.0.0:4319\"\nmax_request_size = \"1MiB\"\nmax_connections = 4\nread_timeout = \"5s\"\nfull_policy = \"push_back\"\n",
+        )
+        .unwrap()
+        .otlp_receiver
+        .unwrap();
+        assert_eq!(r.listen.to_string(), "0.0.0.0:4319");
+        assert_eq!(r.max_request_size, 1 << 20);
+        assert_eq!(r.max_connections, 4);
+        assert_eq!(r.read_timeout, Duration::from_secs(5));
+        assert_eq!(r.full_policy, ReceiverFullPolicy::PushBack);
+    }
+
+    #[test]
+    fn otlp_receiver_errors_are_located() {
+        let e = parse("[receiver.otlp]\nlisten = \"localhost\"\n").unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.position),
+            ("receiver.otlp.listen", Some((2, 10)))
+        );
+        let e = parse("[receiver.otlp]\nmax_request_size = \"2GiB\"\n").unwrap_err();
+        assert_eq!(e.key, "receiver.otlp.max_request_size");
+        let e = parse(
+            "[receiver.otlp]\nmax_request_size = \"8MiB\"\n[export.queue]\nmax_size = \"4MiB\"\n",
+        )
+        .unwrap_err();
+        assert!(e.reason.contains("export.queue.max_size"), "{e}");
+        let e = parse("[receiver.otlp]\nmax_connections = 0\n").unwrap_err();
+        assert_eq!(e.key, "receiver.otlp.max_connections");
+        let e = parse("[receiver.otlp]\nfull_policy = \"drop_newest\"\n").unwrap_err();
+        assert_eq!(e.key, "receiver.otlp.full_policy");
+        let e = parse("[receiver.otlp]\nread_timeout = \"1ms\"\n").unwrap_err();
+        assert_eq!(e.key, "receiver.otlp.read_timeout");
+        let e = parse("[receiver.otlp]\nendpoint = \"x\"\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field `endpoint`"), "{e}");
+        let e = parse("[receiver.grpc]\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field `grpc`"), "{e}");
     }
 
     #[test]

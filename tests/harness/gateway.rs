@@ -1,6 +1,8 @@
 //! A test OTLP/HTTP gateway: decodes what tern sends with the same prost types a
-//! collector uses, records it, and answers from a script (200, 429 with
-//! Retry-After, 503, 400, slow answers, connection resets).
+//! collector uses (metrics on /v1/metrics, logs on /v1/logs, traces on
+//! /v1/traces), records it, and
+//! answers from a script (200, 429 with Retry-After, 503, 400, slow answers,
+//! connection resets).
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -11,8 +13,14 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use prost::Message;
+use tern::otlp::proto::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use tern::otlp::proto::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use tern::otlp::proto::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 
 /// How the gateway answers one request.
@@ -21,7 +29,7 @@ use tern::otlp::proto::collector::metrics::v1::{
 pub enum Reply {
     /// 200 with an empty ExportMetricsServiceResponse.
     Ok,
-    /// 200 with a partial_success rejecting this many points.
+    /// 200 with a partial_success rejecting this many points (or log records).
     Partial(i64),
     /// This status, with an optional Retry-After in seconds.
     Status(u16, Option<u64>),
@@ -36,7 +44,15 @@ pub enum Reply {
 pub struct Received {
     pub path: String,
     pub headers: Vec<(String, String)>,
+    /// The metrics request; empty for a request to /v1/logs.
     pub request: ExportMetricsServiceRequest,
+    /// The logs request, for a request to /v1/logs.
+    pub logs: Option<ExportLogsServiceRequest>,
+    /// The traces request, for a request to /v1/traces.
+    pub traces: Option<ExportTraceServiceRequest>,
+    /// A hash of the decompressed body: the same batch sent twice (a retry
+    /// after a lost ack) has the same digest.
+    pub digest: u64,
     /// What the gateway answered; only 200s count as delivered.
     pub answered: u16,
 }
@@ -93,12 +109,32 @@ impl FakeGateway {
         self.state.lock().unwrap().received.clone()
     }
 
-    /// Requests answered 200, in arrival order.
+    /// Metrics requests answered 200, in arrival order.
     pub fn delivered(&self) -> Vec<ExportMetricsServiceRequest> {
         self.received()
             .into_iter()
-            .filter(|r| r.answered == 200)
+            .filter(|r| r.answered == 200 && r.logs.is_none() && r.traces.is_none())
             .map(|r| r.request)
+            .collect()
+    }
+
+    /// Logs requests answered 200, in arrival order, with their digests.
+    #[allow(dead_code)] // Used by the journald tests.
+    pub fn delivered_logs(&self) -> Vec<(u64, ExportLogsServiceRequest)> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.answered == 200)
+            .filter_map(|r| Some((r.digest, r.logs?)))
+            .collect()
+    }
+
+    /// Traces requests answered 200, in arrival order.
+    #[allow(dead_code)] // Used by the receiver tests.
+    pub fn delivered_traces(&self) -> Vec<ExportTraceServiceRequest> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.answered == 200)
+            .filter_map(|r| r.traces)
             .collect()
     }
 
@@ -216,8 +252,29 @@ fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>)
         } else {
             body
         };
-        let request = ExportMetricsServiceRequest::decode(raw.as_slice())
-            .expect("valid OTLP protobuf from tern");
+        let digest = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            raw.hash(&mut h);
+            h.finish()
+        };
+        let is_logs = path == "/v1/logs";
+        let is_traces = path == "/v1/traces";
+        let (request, logs) = if is_logs {
+            let logs = ExportLogsServiceRequest::decode(raw.as_slice())
+                .expect("valid OTLP logs protobuf from tern");
+            (ExportMetricsServiceRequest::default(), Some(logs))
+        } else if is_traces {
+            (ExportMetricsServiceRequest::default(), None)
+        } else {
+            let request = ExportMetricsServiceRequest::decode(raw.as_slice())
+                .expect("valid OTLP protobuf from tern");
+            (request, None)
+        };
+        let traces = is_traces.then(|| {
+            ExportTraceServiceRequest::decode(raw.as_slice())
+                .expect("valid OTLP traces protobuf from tern")
+        });
         let reply = {
             let mut s = state.lock().unwrap();
             s.script
@@ -226,11 +283,39 @@ fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>)
                 .unwrap_or(Reply::Ok)
         };
         let (status, extra, body) = match &reply {
+            Reply::Ok | Reply::Slow(_) if is_traces => (
+                200,
+                String::new(),
+                ExportTraceServiceResponse::default().encode_to_vec(),
+            ),
+            Reply::Partial(n) if is_traces => {
+                let r = ExportTraceServiceResponse {
+                    partial_success: Some(ExportTracePartialSuccess {
+                        rejected_spans: *n,
+                        error_message: "some spans were bad".into(),
+                    }),
+                };
+                (200, String::new(), r.encode_to_vec())
+            }
+            Reply::Ok | Reply::Slow(_) if is_logs => (
+                200,
+                String::new(),
+                ExportLogsServiceResponse::default().encode_to_vec(),
+            ),
             Reply::Ok | Reply::Slow(_) => (
                 200,
                 String::new(),
                 ExportMetricsServiceResponse::default().encode_to_vec(),
             ),
+            Reply::Partial(n) if is_logs => {
+                let r = ExportLogsServiceResponse {
+                    partial_success: Some(ExportLogsPartialSuccess {
+                        rejected_log_records: *n,
+                        error_message: "some records were bad".into(),
+                    }),
+                };
+                (200, String::new(), r.encode_to_vec())
+            }
             Reply::Partial(n) => {
                 let r = ExportMetricsServiceResponse {
                     partial_success: Some(
@@ -257,6 +342,9 @@ fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>)
             path,
             headers,
             request,
+            logs,
+            traces,
+            digest,
             answered: if matches!(reply, Reply::Slow(_)) {
                 0
             } else {

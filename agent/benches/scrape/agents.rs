@@ -121,6 +121,7 @@ impl Process {
 }
 
 impl Drop for Process {
+    /// Kills the process (SIGKILL) and reaps it.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -166,6 +167,8 @@ pub(crate) struct Agent {
     pub(crate) process: Process,
     /// Where its `/metrics`, `/-/ready` are served.
     pub(crate) web: SocketAddr,
+    /// Its disk buffer: tern's state dir, Prometheus's WAL dir.
+    pub(crate) data_dir: PathBuf,
 }
 
 impl Agent {
@@ -223,6 +226,7 @@ fsync = true
             kind: Kind::Tern,
             process,
             web,
+            data_dir: dir.join("tern-state"),
         };
         agent.wait_ready();
         agent
@@ -265,6 +269,7 @@ remote_write:
             kind: Kind::Prometheus,
             process,
             web,
+            data_dir: dir.join("prometheus-wal"),
         };
         agent.wait_ready();
         agent

@@ -97,6 +97,7 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Stops accepting and joins the accept thread.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.accept.take() {

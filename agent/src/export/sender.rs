@@ -173,6 +173,19 @@ impl Client {
         headers: &[(&str, &str)],
         limit: u64,
     ) -> Result<Fetched, FetchError> {
+        self.get_into(url, headers, limit, Vec::new())
+    }
+
+    /// Like [`Client::get`], reading the body into `buffer` (cleared first), so
+    /// that a caller fetching the same large body again and again reuses one
+    /// allocation instead of growing a new one each time.
+    pub fn get_into(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        limit: u64,
+        mut buffer: Vec<u8>,
+    ) -> Result<Fetched, FetchError> {
         use std::io::Read;
         let mut request = self.agent.get(url);
         for (k, v) in headers {
@@ -187,7 +200,8 @@ impl Client {
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let mut body = Vec::new();
+        buffer.clear();
+        let mut body = buffer;
         // Read one byte past the limit to tell "at the limit" from "over it".
         response
             .body_mut()

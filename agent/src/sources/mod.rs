@@ -5,12 +5,14 @@
 //! fsync on). Every batch the queue's size policy drops on the way is counted
 //! in `tern_dropped_batches_total`.
 
+pub mod journald;
+pub mod otlp;
 pub mod prometheus;
 
 use std::sync::Arc;
 
 use crate::otlp::Encoded;
-use crate::queue::{Dropped, Lane, NewBatch, Queue, Signal};
+use crate::queue::{Checkpoint, Dropped, FullPolicy, Lane, NewBatch, Queue, QueueError, Signal};
 use crate::telemetry::Metrics;
 
 /// The lane destination used while tern sends to one gateway; the load
@@ -78,6 +80,128 @@ impl Sink {
                 false
             }
         }
+    }
+
+    /// Queues one batch of `signal` from the source `origin`, with the
+    /// source's `checkpoint` (its position after the batch) in the same atomic
+    /// write: after a crash both are stored or neither.
+    ///
+    /// Batches the size policy drops on the way are counted here, and so is
+    /// the new batch when the policy refuses it (its checkpoint is stored all
+    /// the same). An error is returned, not counted: nothing was stored, so a
+    /// source that can read its input again keeps the batch and retries.
+    ///
+    /// # Errors
+    ///
+    /// The queue's, when neither the batch nor the checkpoint was stored.
+    pub fn push(
+        &self,
+        signal: Signal,
+        batch: &Encoded,
+        items: usize,
+        checkpoint: Option<Checkpoint<'_>>,
+        origin: &str,
+    ) -> Result<(), QueueError> {
+        let lane = Lane::new(signal, DEFAULT_DESTINATION);
+        let new = NewBatch {
+            payload: &batch.gzip,
+            items: items as u64,
+            created: std::time::SystemTime::now(),
+            checkpoint,
+        };
+        let pushed = self.queue.push(&lane, new)?;
+        self.count_drops(&pushed.dropped);
+        if pushed.id.is_some() {
+            let labels = [("signal", signal.as_str())];
+            self.metrics.inc("tern_queue_pushed_batches_total", &labels);
+            self.metrics
+                .add("tern_queue_pushed_points_total", &labels, items as f64);
+            self.metrics.add(
+                "tern_queue_pushed_bytes_total",
+                &labels,
+                batch.gzip.len() as f64,
+            );
+        }
+        if self.debug {
+            log::info!(
+                "Batch queued signal={signal} source={origin} items={items} bytes={} compressed={}",
+                batch.raw_len,
+                batch.gzip.len()
+            );
+        } else {
+            log::debug!("Batch queued signal={signal} source={origin} items={items}");
+        }
+        Ok(())
+    }
+
+    /// Queues one batch of `signal` from a source that can push back (the
+    /// OTLP receiver), handling a full queue with `policy` instead of the
+    /// queue's own: under [`FullPolicy::Reject`] a batch that does not fit is
+    /// refused with [`QueueError::Full`] and nothing is dropped or counted.
+    /// Batches dropped to make room under another policy are counted here, and
+    /// so is the new batch if the policy drops it; returns whether it was stored.
+    ///
+    /// # Errors
+    ///
+    /// The queue's, when the batch was not stored.
+    pub fn push_with_policy(
+        &self,
+        signal: Signal,
+        batch: &Encoded,
+        items: usize,
+        origin: &str,
+        policy: FullPolicy,
+    ) -> Result<bool, QueueError> {
+        let lane = Lane::new(signal, DEFAULT_DESTINATION);
+        let new = NewBatch {
+            payload: &batch.gzip,
+            items: items as u64,
+            created: std::time::SystemTime::now(),
+            checkpoint: None,
+        };
+        let pushed = self.queue.push_with_policy(&lane, new, policy)?;
+        self.count_drops(&pushed.dropped);
+        if pushed.id.is_none() {
+            return Ok(false);
+        }
+        let labels = [("signal", signal.as_str())];
+        self.metrics.inc("tern_queue_pushed_batches_total", &labels);
+        self.metrics
+            .add("tern_queue_pushed_points_total", &labels, items as f64);
+        self.metrics.add(
+            "tern_queue_pushed_bytes_total",
+            &labels,
+            batch.gzip.len() as f64,
+        );
+        if self.debug {
+            log::info!(
+                "Batch queued signal={signal} source={origin} items={items} bytes={} compressed={}",
+                batch.raw_len,
+                batch.gzip.len()
+            );
+        } else {
+            log::debug!("Batch queued signal={signal} source={origin} items={items}");
+        }
+        Ok(true)
+    }
+
+    /// The newest checkpoint stored for `source`, if any.
+    ///
+    /// # Errors
+    ///
+    /// The queue's, if it cannot be read.
+    pub fn checkpoint(&self, source: &str) -> Result<Option<Vec<u8>>, QueueError> {
+        self.queue.checkpoint(source)
+    }
+
+    /// Stores a checkpoint without a batch, for input that produced nothing to
+    /// send (entries filtered out, say).
+    ///
+    /// # Errors
+    ///
+    /// The queue's, if it cannot be written.
+    pub fn set_checkpoint(&self, source: &str, value: &[u8]) -> Result<(), QueueError> {
+        self.queue.set_checkpoint(source, value)
     }
 
     /// Counts batches the queue's size policy dropped.

@@ -125,6 +125,56 @@ const DESCRIPTORS: &[(&str, Kind, &str)] = &[
         "Scrapes of the target, by result.",
     ),
     (
+        "tern_journald_entries_total",
+        Kind::Counter,
+        "Journal entries read from journalctl (filtered and skipped ones included).",
+    ),
+    (
+        "tern_journald_skipped_entries_total",
+        Kind::Counter,
+        "Journal entries not sent, by reason: excluded (exclude_units), too_large (max_entry_size), malformed.",
+    ),
+    (
+        "tern_journald_truncated_fields_total",
+        Kind::Counter,
+        "Journal field values cut to max_field_size.",
+    ),
+    (
+        "tern_journald_restarts_total",
+        Kind::Counter,
+        "journalctl restarts, by reason: spawn_failed, exited, hang.",
+    ),
+    (
+        "tern_journald_gaps_total",
+        Kind::Counter,
+        "Times the saved journal cursor was gone (journal vacuumed past it); reading went on from the oldest entry left.",
+    ),
+    (
+        "tern_journald_lost_entries_total",
+        Kind::Counter,
+        "Journal entries known lost in those gaps, from sequence numbers.",
+    ),
+    (
+        "tern_receiver_requests_total",
+        Kind::Counter,
+        "OTLP/HTTP requests the receiver answered, by signal and status code.",
+    ),
+    (
+        "tern_receiver_request_bytes_total",
+        Kind::Counter,
+        "Request body bytes the OTLP receiver read, as sent (compressed or not), by signal.",
+    ),
+    (
+        "tern_receiver_items_total",
+        Kind::Counter,
+        "Spans, log records or data points the OTLP receiver accepted into the queue, by signal.",
+    ),
+    (
+        "tern_receiver_refused_items_total",
+        Kind::Counter,
+        "Items the OTLP receiver answered 503 for (the client keeps them and may retry), by reason: queue_full, queue_error.",
+    ),
+    (
         "tern_config_reloads_total",
         Kind::Counter,
         "Config reloads, by result.",

@@ -11,6 +11,8 @@ use std::process::ExitCode;
 
 use prost_build::Module;
 
+mod json;
+
 /// The vendored files to compile, relative to `proto/`. Whole files: every message
 /// in them is generated. The collector files also declare gRPC services, which are
 /// skipped because no service generator is configured.
@@ -129,6 +131,7 @@ fn generate(proto_dir: &Path) -> Result<String, Box<dyn Error>> {
     // Imports resolve in the vendored directory (the files import only each
     // other), not in any .proto files installed on the machine.
     let fds = config.load_fds(&protos, &[proto_dir])?;
+    let serde_impls = json::emit(&fds, &PACKAGE_PREFIX.join("."))?;
 
     let mut files_of: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut requests = Vec::new();
@@ -159,6 +162,7 @@ fn generate(proto_dir: &Path) -> Result<String, Box<dyn Error>> {
 
     let mut source = String::new();
     emit_children(&root, &mut PACKAGE_PREFIX.join("."), &mut source)?;
+    source.push_str(&serde_impls);
     let file =
         syn::parse_file(&source).map_err(|e| format!("assembled code does not parse: {e}"))?;
     let formatted = prettyplease::unparse(&file);

@@ -1970,3 +1970,3278 @@ pub mod trace {
         }
     }
 }
+/// OTLP/JSON for every message: `serde` impls written by tools/otlp-codegen
+/// from the descriptors (rules in `json.rs` beside this file).
+mod serde_impls {
+    use super::json;
+    impl ::serde::Serialize for super::common::v1::AnyValue {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            match &self.value {
+                ::core::option::Option::Some(
+                    super::common::v1::any_value::Value::StringValue(v),
+                ) => map.serialize_entry("stringValue", v)?,
+                ::core::option::Option::Some(
+                    super::common::v1::any_value::Value::BoolValue(v),
+                ) => map.serialize_entry("boolValue", v)?,
+                ::core::option::Option::Some(
+                    super::common::v1::any_value::Value::IntValue(v),
+                ) => map.serialize_entry("intValue", &json::I64(*v))?,
+                ::core::option::Option::Some(
+                    super::common::v1::any_value::Value::DoubleValue(v),
+                ) => map.serialize_entry("doubleValue", &json::F64(*v))?,
+                ::core::option::Option::Some(
+                    super::common::v1::any_value::Value::ArrayValue(v),
+                ) => map.serialize_entry("arrayValue", v)?,
+                ::core::option::Option::Some(
+                    super::common::v1::any_value::Value::KvlistValue(v),
+                ) => map.serialize_entry("kvlistValue", v)?,
+                ::core::option::Option::Some(
+                    super::common::v1::any_value::Value::BytesValue(v),
+                ) => map.serialize_entry("bytesValue", &json::Base64Ref(v))?,
+                ::core::option::Option::Some(
+                    super::common::v1::any_value::Value::StringValueStrindex(v),
+                ) => map.serialize_entry("stringValueStrindex", &json::I32(*v))?,
+                ::core::option::Option::None => {}
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for super::common::v1::AnyValue {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::common::v1::AnyValue;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP AnyValue object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::common::v1::AnyValue::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "stringValue" | "string_value" => {
+                                if let ::core::option::Option::Some(v) = map
+                                    .next_value::<::core::option::Option<json::Str>>()?
+                                    .map(|v| v.0)
+                                {
+                                    message.value = ::core::option::Option::Some(
+                                        super::common::v1::any_value::Value::StringValue(v),
+                                    );
+                                }
+                            }
+                            "boolValue" | "bool_value" => {
+                                if let ::core::option::Option::Some(v) = map
+                                    .next_value::<::core::option::Option<json::Bool>>()?
+                                    .map(|v| v.0)
+                                {
+                                    message.value = ::core::option::Option::Some(
+                                        super::common::v1::any_value::Value::BoolValue(v),
+                                    );
+                                }
+                            }
+                            "intValue" | "int_value" => {
+                                if let ::core::option::Option::Some(v) = map
+                                    .next_value::<::core::option::Option<json::I64>>()?
+                                    .map(|v| v.0)
+                                {
+                                    message.value = ::core::option::Option::Some(
+                                        super::common::v1::any_value::Value::IntValue(v),
+                                    );
+                                }
+                            }
+                            "doubleValue" | "double_value" => {
+                                if let ::core::option::Option::Some(v) = map
+                                    .next_value::<::core::option::Option<json::F64>>()?
+                                    .map(|v| v.0)
+                                {
+                                    message.value = ::core::option::Option::Some(
+                                        super::common::v1::any_value::Value::DoubleValue(v),
+                                    );
+                                }
+                            }
+                            "arrayValue" | "array_value" => {
+                                if let ::core::option::Option::Some(v) = map
+                                    .next_value::<::core::option::Option<_>>()?
+                                {
+                                    message.value = ::core::option::Option::Some(
+                                        super::common::v1::any_value::Value::ArrayValue(v),
+                                    );
+                                }
+                            }
+                            "kvlistValue" | "kvlist_value" => {
+                                if let ::core::option::Option::Some(v) = map
+                                    .next_value::<::core::option::Option<_>>()?
+                                {
+                                    message.value = ::core::option::Option::Some(
+                                        super::common::v1::any_value::Value::KvlistValue(v),
+                                    );
+                                }
+                            }
+                            "bytesValue" | "bytes_value" => {
+                                if let ::core::option::Option::Some(v) = map
+                                    .next_value::<::core::option::Option<json::Base64>>()?
+                                    .map(|v| v.0)
+                                {
+                                    message.value = ::core::option::Option::Some(
+                                        super::common::v1::any_value::Value::BytesValue(v),
+                                    );
+                                }
+                            }
+                            "stringValueStrindex" | "string_value_strindex" => {
+                                if let ::core::option::Option::Some(v) = map
+                                    .next_value::<::core::option::Option<json::I32>>()?
+                                    .map(|v| v.0)
+                                {
+                                    message.value = ::core::option::Option::Some(
+                                        super::common::v1::any_value::Value::StringValueStrindex(v),
+                                    );
+                                }
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::common::v1::ArrayValue {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if !self.values.is_empty() {
+                map.serialize_entry("values", &self.values)?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for super::common::v1::ArrayValue {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::common::v1::ArrayValue;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP ArrayValue object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::common::v1::ArrayValue::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "values" => {
+                                message.values = map.next_value::<json::Seq<_>>()?.0;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::common::v1::KeyValueList {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if !self.values.is_empty() {
+                map.serialize_entry("values", &self.values)?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for super::common::v1::KeyValueList {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::common::v1::KeyValueList;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP KeyValueList object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::common::v1::KeyValueList::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "values" => {
+                                message.values = map.next_value::<json::Seq<_>>()?.0;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::common::v1::KeyValue {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if !self.key.is_empty() {
+                map.serialize_entry("key", &self.key)?;
+            }
+            if let ::core::option::Option::Some(v) = &self.value {
+                map.serialize_entry("value", v)?;
+            }
+            if self.key_strindex != 0 {
+                map.serialize_entry("keyStrindex", &json::I32(self.key_strindex))?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for super::common::v1::KeyValue {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::common::v1::KeyValue;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP KeyValue object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::common::v1::KeyValue::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "key" => {
+                                message.key = map.next_value::<json::Str>()?.0;
+                            }
+                            "value" => {
+                                message.value = map
+                                    .next_value::<::core::option::Option<_>>()?;
+                            }
+                            "keyStrindex" | "key_strindex" => {
+                                message.key_strindex = map.next_value::<json::I32>()?.0;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::common::v1::InstrumentationScope {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if !self.name.is_empty() {
+                map.serialize_entry("name", &self.name)?;
+            }
+            if !self.version.is_empty() {
+                map.serialize_entry("version", &self.version)?;
+            }
+            if !self.attributes.is_empty() {
+                map.serialize_entry("attributes", &self.attributes)?;
+            }
+            if self.dropped_attributes_count != 0 {
+                map.serialize_entry(
+                    "droppedAttributesCount",
+                    &json::U32(self.dropped_attributes_count),
+                )?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for super::common::v1::InstrumentationScope {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::common::v1::InstrumentationScope;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP InstrumentationScope object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::common::v1::InstrumentationScope::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "name" => {
+                                message.name = map.next_value::<json::Str>()?.0;
+                            }
+                            "version" => {
+                                message.version = map.next_value::<json::Str>()?.0;
+                            }
+                            "attributes" => {
+                                message.attributes = map.next_value::<json::Seq<_>>()?.0;
+                            }
+                            "droppedAttributesCount" | "dropped_attributes_count" => {
+                                message.dropped_attributes_count = map
+                                    .next_value::<json::U32>()?
+                                    .0;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::common::v1::EntityRef {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if !self.schema_url.is_empty() {
+                map.serialize_entry("schemaUrl", &self.schema_url)?;
+            }
+            if !self.r#type.is_empty() {
+                map.serialize_entry("type", &self.r#type)?;
+            }
+            if !self.id_keys.is_empty() {
+                map.serialize_entry("idKeys", &self.id_keys)?;
+            }
+            if !self.description_keys.is_empty() {
+                map.serialize_entry("descriptionKeys", &self.description_keys)?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for super::common::v1::EntityRef {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::common::v1::EntityRef;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP EntityRef object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::common::v1::EntityRef::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "schemaUrl" | "schema_url" => {
+                                message.schema_url = map.next_value::<json::Str>()?.0;
+                            }
+                            "type" => {
+                                message.r#type = map.next_value::<json::Str>()?.0;
+                            }
+                            "idKeys" | "id_keys" => {
+                                message.id_keys = map
+                                    .next_value::<json::Seq<json::Str>>()?
+                                    .0
+                                    .into_iter()
+                                    .map(|v| v.0)
+                                    .collect();
+                            }
+                            "descriptionKeys" | "description_keys" => {
+                                message.description_keys = map
+                                    .next_value::<json::Seq<json::Str>>()?
+                                    .0
+                                    .into_iter()
+                                    .map(|v| v.0)
+                                    .collect();
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::resource::v1::Resource {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if !self.attributes.is_empty() {
+                map.serialize_entry("attributes", &self.attributes)?;
+            }
+            if self.dropped_attributes_count != 0 {
+                map.serialize_entry(
+                    "droppedAttributesCount",
+                    &json::U32(self.dropped_attributes_count),
+                )?;
+            }
+            if !self.entity_refs.is_empty() {
+                map.serialize_entry("entityRefs", &self.entity_refs)?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for super::resource::v1::Resource {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::resource::v1::Resource;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP Resource object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::resource::v1::Resource::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "attributes" => {
+                                message.attributes = map.next_value::<json::Seq<_>>()?.0;
+                            }
+                            "droppedAttributesCount" | "dropped_attributes_count" => {
+                                message.dropped_attributes_count = map
+                                    .next_value::<json::U32>()?
+                                    .0;
+                            }
+                            "entityRefs" | "entity_refs" => {
+                                message.entity_refs = map.next_value::<json::Seq<_>>()?.0;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::metrics::v1::MetricsData {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if !self.resource_metrics.is_empty() {
+                map.serialize_entry("resourceMetrics", &self.resource_metrics)?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for super::metrics::v1::MetricsData {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::metrics::v1::MetricsData;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP MetricsData object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::metrics::v1::MetricsData::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "resourceMetrics" | "resource_metrics" => {
+                                message.resource_metrics = map
+                                    .next_value::<json::Seq<_>>()?
+                                    .0;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::metrics::v1::ResourceMetrics {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if let ::core::option::Option::Some(v) = &self.resource {
+                map.serialize_entry("resource", v)?;
+            }
+            if !self.scope_metrics.is_empty() {
+                map.serialize_entry("scopeMetrics", &self.scope_metrics)?;
+            }
+            if !self.schema_url.is_empty() {
+                map.serialize_entry("schemaUrl", &self.schema_url)?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for super::metrics::v1::ResourceMetrics {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::metrics::v1::ResourceMetrics;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP ResourceMetrics object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::metrics::v1::ResourceMetrics::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "resource" => {
+                                message.resource = map
+                                    .next_value::<::core::option::Option<_>>()?;
+                            }
+                            "scopeMetrics" | "scope_metrics" => {
+                                message.scope_metrics = map.next_value::<json::Seq<_>>()?.0;
+                            }
+                            "schemaUrl" | "schema_url" => {
+                                message.schema_url = map.next_value::<json::Str>()?.0;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::metrics::v1::ScopeMetrics {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if let ::core::option::Option::Some(v) = &self.scope {
+                map.serialize_entry("scope", v)?;
+            }
+            if !self.metrics.is_empty() {
+                map.serialize_entry("metrics", &self.metrics)?;
+            }
+            if !self.schema_url.is_empty() {
+                map.serialize_entry("schemaUrl", &self.schema_url)?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for super::metrics::v1::ScopeMetrics {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::metrics::v1::ScopeMetrics;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP ScopeMetrics object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::metrics::v1::ScopeMetrics::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "scope" => {
+                                message.scope = map
+                                    .next_value::<::core::option::Option<_>>()?;
+                            }
+                            "metrics" => {
+                                message.metrics = map.next_value::<json::Seq<_>>()?.0;
+                            }
+                            "schemaUrl" | "schema_url" => {
+                                message.schema_url = map.next_value::<json::Str>()?.0;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::metrics::v1::Metric {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if !self.name.is_empty() {
+                map.serialize_entry("name", &self.name)?;
+            }
+            if !self.description.is_empty() {
+                map.serialize_entry("description", &self.description)?;
+            }
+            if !self.unit.is_empty() {
+                map.serialize_entry("unit", &self.unit)?;
+            }
+            if !self.metadata.is_empty() {
+                map.serialize_entry("metadata", &self.metadata)?;
+            }
+            match &self.data {
+                ::core::option::Option::Some(
+                    super::metrics::v1::metric::Data::Gauge(v),
+                ) => map.serialize_entry("gauge", v)?,
+                ::core::option::Option::Some(
+                    super::metrics::v1::metric::Data::Sum(v),
+                ) => map.serialize_entry("sum", v)?,
+                ::core::option::Option::Some(
+                    super::metrics::v1::metric::Data::Histogram(v),
+                ) => map.serialize_entry("histogram", v)?,
+                ::core::option::Option::Some(
+                    super::metrics::v1::metric::Data::ExponentialHistogram(v),
+                ) => map.serialize_entry("exponentialHistogram", v)?,
+                ::core::option::Option::Some(
+                    super::metrics::v1::metric::Data::Summary(v),
+                ) => map.serialize_entry("summary", v)?,
+                ::core::option::Option::None => {}
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for super::metrics::v1::Metric {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::metrics::v1::Metric;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP Metric object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::metrics::v1::Metric::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "name" => {
+                                message.name = map.next_value::<json::Str>()?.0;
+                            }
+                            "description" => {
+                                message.description = map.next_value::<json::Str>()?.0;
+                            }
+                            "unit" => {
+                                message.unit = map.next_value::<json::Str>()?.0;
+                            }
+                            "gauge" => {
+                                if let ::core::option::Option::Some(v) = map
+                                    .next_value::<::core::option::Option<_>>()?
+                                {
+                                    message.data = ::core::option::Option::Some(
+                                        super::metrics::v1::metric::Data::Gauge(v),
+                                    );
+                                }
+                            }
+                            "sum" => {
+                                if let ::core::option::Option::Some(v) = map
+                                    .next_value::<::core::option::Option<_>>()?
+                                {
+                                    message.data = ::core::option::Option::Some(
+                                        super::metrics::v1::metric::Data::Sum(v),
+                                    );
+                                }
+                            }
+                            "histogram" => {
+                                if let ::core::option::Option::Some(v) = map
+                                    .next_value::<::core::option::Option<_>>()?
+                                {
+                                    message.data = ::core::option::Option::Some(
+                                        super::metrics::v1::metric::Data::Histogram(v),
+                                    );
+                                }
+                            }
+                            "exponentialHistogram" | "exponential_histogram" => {
+                                if let ::core::option::Option::Some(v) = map
+                                    .next_value::<::core::option::Option<_>>()?
+                                {
+                                    message.data = ::core::option::Option::Some(
+                                        super::metrics::v1::metric::Data::ExponentialHistogram(v),
+                                    );
+                                }
+                            }
+                            "summary" => {
+                                if let ::core::option::Option::Some(v) = map
+                                    .next_value::<::core::option::Option<_>>()?
+                                {
+                                    message.data = ::core::option::Option::Some(
+                                        super::metrics::v1::metric::Data::Summary(v),
+                                    );
+                                }
+                            }
+                            "metadata" => {
+                                message.metadata = map.next_value::<json::Seq<_>>()?.0;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::metrics::v1::Gauge {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if !self.data_points.is_empty() {
+                map.serialize_entry("dataPoints", &self.data_points)?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for super::metrics::v1::Gauge {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::metrics::v1::Gauge;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP Gauge object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::metrics::v1::Gauge::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "dataPoints" | "data_points" => {
+                                message.data_points = map.next_value::<json::Seq<_>>()?.0;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::metrics::v1::Sum {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if !self.data_points.is_empty() {
+                map.serialize_entry("dataPoints", &self.data_points)?;
+            }
+            if self.aggregation_temporality != 0 {
+                map.serialize_entry(
+                    "aggregationTemporality",
+                    &self.aggregation_temporality,
+                )?;
+            }
+            if self.is_monotonic {
+                map.serialize_entry("isMonotonic", &self.is_monotonic)?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for super::metrics::v1::Sum {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::metrics::v1::Sum;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP Sum object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::metrics::v1::Sum::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "dataPoints" | "data_points" => {
+                                message.data_points = map.next_value::<json::Seq<_>>()?.0;
+                            }
+                            "aggregationTemporality" | "aggregation_temporality" => {
+                                message.aggregation_temporality = map
+                                    .next_value_seed(
+                                        json::EnumSeed(|name| {
+                                            super::metrics::v1::AggregationTemporality::from_str_name(
+                                                    name,
+                                                )
+                                                .map(|e| e as i32)
+                                        }),
+                                    )?
+                                    .unwrap_or_default();
+                            }
+                            "isMonotonic" | "is_monotonic" => {
+                                message.is_monotonic = map.next_value::<json::Bool>()?.0;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::metrics::v1::Histogram {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if !self.data_points.is_empty() {
+                map.serialize_entry("dataPoints", &self.data_points)?;
+            }
+            if self.aggregation_temporality != 0 {
+                map.serialize_entry(
+                    "aggregationTemporality",
+                    &self.aggregation_temporality,
+                )?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for super::metrics::v1::Histogram {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::metrics::v1::Histogram;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP Histogram object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::metrics::v1::Histogram::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "dataPoints" | "data_points" => {
+                                message.data_points = map.next_value::<json::Seq<_>>()?.0;
+                            }
+                            "aggregationTemporality" | "aggregation_temporality" => {
+                                message.aggregation_temporality = map
+                                    .next_value_seed(
+                                        json::EnumSeed(|name| {
+                                            super::metrics::v1::AggregationTemporality::from_str_name(
+                                                    name,
+                                                )
+                                                .map(|e| e as i32)
+                                        }),
+                                    )?
+                                    .unwrap_or_default();
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::metrics::v1::ExponentialHistogram {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if !self.data_points.is_empty() {
+                map.serialize_entry("dataPoints", &self.data_points)?;
+            }
+            if self.aggregation_temporality != 0 {
+                map.serialize_entry(
+                    "aggregationTemporality",
+                    &self.aggregation_temporality,
+                )?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for super::metrics::v1::ExponentialHistogram {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::metrics::v1::ExponentialHistogram;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP ExponentialHistogram object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::metrics::v1::ExponentialHistogram::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "dataPoints" | "data_points" => {
+                                message.data_points = map.next_value::<json::Seq<_>>()?.0;
+                            }
+                            "aggregationTemporality" | "aggregation_temporality" => {
+                                message.aggregation_temporality = map
+                                    .next_value_seed(
+                                        json::EnumSeed(|name| {
+                                            super::metrics::v1::AggregationTemporality::from_str_name(
+                                                    name,
+                                                )
+                                                .map(|e| e as i32)
+                                        }),
+                                    )?
+                                    .unwrap_or_default();
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::metrics::v1::Summary {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if !self.data_points.is_empty() {
+                map.serialize_entry("dataPoints", &self.data_points)?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for super::metrics::v1::Summary {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::metrics::v1::Summary;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP Summary object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::metrics::v1::Summary::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "dataPoints" | "data_points" => {
+                                message.data_points = map.next_value::<json::Seq<_>>()?.0;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::metrics::v1::NumberDataPoint {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if !self.attributes.is_empty() {
+                map.serialize_entry("attributes", &self.attributes)?;
+            }
+            if self.start_time_unix_nano != 0 {
+                map.serialize_entry(
+                    "startTimeUnixNano",
+                    &json::U64(self.start_time_unix_nano),
+                )?;
+            }
+            if self.time_unix_nano != 0 {
+                map.serialize_entry("timeUnixNano", &json::U64(self.time_unix_nano))?;
+            }
+            if !self.exemplars.is_empty() {
+                map.serialize_entry("exemplars", &self.exemplars)?;
+            }
+            if self.flags != 0 {
+                map.serialize_entry("flags", &json::U32(self.flags))?;
+            }
+            match &self.value {
+                ::core::option::Option::Some(
+                    super::metrics::v1::number_data_point::Value::AsDouble(v),
+                ) => map.serialize_entry("asDouble", &json::F64(*v))?,
+                ::core::option::Option::Some(
+                    super::metrics::v1::number_data_point::Value::AsInt(v),
+                ) => map.serialize_entry("asInt", &json::I64(*v))?,
+                ::core::option::Option::None => {}
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for super::metrics::v1::NumberDataPoint {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::metrics::v1::NumberDataPoint;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP NumberDataPoint object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::metrics::v1::NumberDataPoint::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "attributes" => {
+                                message.attributes = map.next_value::<json::Seq<_>>()?.0;
+                            }
+                            "startTimeUnixNano" | "start_time_unix_nano" => {
+                                message.start_time_unix_nano = map
+                                    .next_value::<json::U64>()?
+                                    .0;
+                            }
+                            "timeUnixNano" | "time_unix_nano" => {
+                                message.time_unix_nano = map.next_value::<json::U64>()?.0;
+                            }
+                            "asDouble" | "as_double" => {
+                                if let ::core::option::Option::Some(v) = map
+                                    .next_value::<::core::option::Option<json::F64>>()?
+                                    .map(|v| v.0)
+                                {
+                                    message.value = ::core::option::Option::Some(
+                                        super::metrics::v1::number_data_point::Value::AsDouble(v),
+                                    );
+                                }
+                            }
+                            "asInt" | "as_int" => {
+                                if let ::core::option::Option::Some(v) = map
+                                    .next_value::<::core::option::Option<json::I64>>()?
+                                    .map(|v| v.0)
+                                {
+                                    message.value = ::core::option::Option::Some(
+                                        super::metrics::v1::number_data_point::Value::AsInt(v),
+                                    );
+                                }
+                            }
+                            "exemplars" => {
+                                message.exemplars = map.next_value::<json::Seq<_>>()?.0;
+                            }
+                            "flags" => {
+                                message.flags = map.next_value::<json::U32>()?.0;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::metrics::v1::HistogramDataPoint {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if !self.attributes.is_empty() {
+                map.serialize_entry("attributes", &self.attributes)?;
+            }
+            if self.start_time_unix_nano != 0 {
+                map.serialize_entry(
+                    "startTimeUnixNano",
+                    &json::U64(self.start_time_unix_nano),
+                )?;
+            }
+            if self.time_unix_nano != 0 {
+                map.serialize_entry("timeUnixNano", &json::U64(self.time_unix_nano))?;
+            }
+            if self.count != 0 {
+                map.serialize_entry("count", &json::U64(self.count))?;
+            }
+            if let ::core::option::Option::Some(v) = &self.sum {
+                map.serialize_entry("sum", &json::F64(*v))?;
+            }
+            if !self.bucket_counts.is_empty() {
+                map.serialize_entry(
+                    "bucketCounts",
+                    &json::Each(&self.bucket_counts, json::U64::of),
+                )?;
+            }
+            if !self.explicit_bounds.is_empty() {
+                map.serialize_entry(
+                    "explicitBounds",
+                    &json::Each(&self.explicit_bounds, json::F64::of),
+                )?;
+            }
+            if !self.exemplars.is_empty() {
+                map.serialize_entry("exemplars", &self.exemplars)?;
+            }
+            if self.flags != 0 {
+                map.serialize_entry("flags", &json::U32(self.flags))?;
+            }
+            if let ::core::option::Option::Some(v) = &self.min {
+                map.serialize_entry("min", &json::F64(*v))?;
+            }
+            if let ::core::option::Option::Some(v) = &self.max {
+                map.serialize_entry("max", &json::F64(*v))?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for super::metrics::v1::HistogramDataPoint {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::metrics::v1::HistogramDataPoint;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP HistogramDataPoint object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::metrics::v1::HistogramDataPoint::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "attributes" => {
+                                message.attributes = map.next_value::<json::Seq<_>>()?.0;
+                            }
+                            "startTimeUnixNano" | "start_time_unix_nano" => {
+                                message.start_time_unix_nano = map
+                                    .next_value::<json::U64>()?
+                                    .0;
+                            }
+                            "timeUnixNano" | "time_unix_nano" => {
+                                message.time_unix_nano = map.next_value::<json::U64>()?.0;
+                            }
+                            "count" => {
+                                message.count = map.next_value::<json::U64>()?.0;
+                            }
+                            "sum" => {
+                                message.sum = map
+                                    .next_value::<::core::option::Option<json::F64>>()?
+                                    .map(|v| v.0);
+                            }
+                            "bucketCounts" | "bucket_counts" => {
+                                message.bucket_counts = map
+                                    .next_value::<json::Seq<json::U64>>()?
+                                    .0
+                                    .into_iter()
+                                    .map(|v| v.0)
+                                    .collect();
+                            }
+                            "explicitBounds" | "explicit_bounds" => {
+                                message.explicit_bounds = map
+                                    .next_value::<json::Seq<json::F64>>()?
+                                    .0
+                                    .into_iter()
+                                    .map(|v| v.0)
+                                    .collect();
+                            }
+                            "exemplars" => {
+                                message.exemplars = map.next_value::<json::Seq<_>>()?.0;
+                            }
+                            "flags" => {
+                                message.flags = map.next_value::<json::U32>()?.0;
+                            }
+                            "min" => {
+                                message.min = map
+                                    .next_value::<::core::option::Option<json::F64>>()?
+                                    .map(|v| v.0);
+                            }
+                            "max" => {
+                                message.max = map
+                                    .next_value::<::core::option::Option<json::F64>>()?
+                                    .map(|v| v.0);
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::metrics::v1::ExponentialHistogramDataPoint {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if !self.attributes.is_empty() {
+                map.serialize_entry("attributes", &self.attributes)?;
+            }
+            if self.start_time_unix_nano != 0 {
+                map.serialize_entry(
+                    "startTimeUnixNano",
+                    &json::U64(self.start_time_unix_nano),
+                )?;
+            }
+            if self.time_unix_nano != 0 {
+                map.serialize_entry("timeUnixNano", &json::U64(self.time_unix_nano))?;
+            }
+            if self.count != 0 {
+                map.serialize_entry("count", &json::U64(self.count))?;
+            }
+            if let ::core::option::Option::Some(v) = &self.sum {
+                map.serialize_entry("sum", &json::F64(*v))?;
+            }
+            if self.scale != 0 {
+                map.serialize_entry("scale", &json::I32(self.scale))?;
+            }
+            if self.zero_count != 0 {
+                map.serialize_entry("zeroCount", &json::U64(self.zero_count))?;
+            }
+            if let ::core::option::Option::Some(v) = &self.positive {
+                map.serialize_entry("positive", v)?;
+            }
+            if let ::core::option::Option::Some(v) = &self.negative {
+                map.serialize_entry("negative", v)?;
+            }
+            if self.flags != 0 {
+                map.serialize_entry("flags", &json::U32(self.flags))?;
+            }
+            if !self.exemplars.is_empty() {
+                map.serialize_entry("exemplars", &self.exemplars)?;
+            }
+            if let ::core::option::Option::Some(v) = &self.min {
+                map.serialize_entry("min", &json::F64(*v))?;
+            }
+            if let ::core::option::Option::Some(v) = &self.max {
+                map.serialize_entry("max", &json::F64(*v))?;
+            }
+            if self.zero_threshold != 0.0 {
+                map.serialize_entry("zeroThreshold", &json::F64(self.zero_threshold))?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de>
+    for super::metrics::v1::ExponentialHistogramDataPoint {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::metrics::v1::ExponentialHistogramDataPoint;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP ExponentialHistogramDataPoint object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::metrics::v1::ExponentialHistogramDataPoint::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "attributes" => {
+                                message.attributes = map.next_value::<json::Seq<_>>()?.0;
+                            }
+                            "startTimeUnixNano" | "start_time_unix_nano" => {
+                                message.start_time_unix_nano = map
+                                    .next_value::<json::U64>()?
+                                    .0;
+                            }
+                            "timeUnixNano" | "time_unix_nano" => {
+                                message.time_unix_nano = map.next_value::<json::U64>()?.0;
+                            }
+                            "count" => {
+                                message.count = map.next_value::<json::U64>()?.0;
+                            }
+                            "sum" => {
+                                message.sum = map
+                                    .next_value::<::core::option::Option<json::F64>>()?
+                                    .map(|v| v.0);
+                            }
+                            "scale" => {
+                                message.scale = map.next_value::<json::I32>()?.0;
+                            }
+                            "zeroCount" | "zero_count" => {
+                                message.zero_count = map.next_value::<json::U64>()?.0;
+                            }
+                            "positive" => {
+                                message.positive = map
+                                    .next_value::<::core::option::Option<_>>()?;
+                            }
+                            "negative" => {
+                                message.negative = map
+                                    .next_value::<::core::option::Option<_>>()?;
+                            }
+                            "flags" => {
+                                message.flags = map.next_value::<json::U32>()?.0;
+                            }
+                            "exemplars" => {
+                                message.exemplars = map.next_value::<json::Seq<_>>()?.0;
+                            }
+                            "min" => {
+                                message.min = map
+                                    .next_value::<::core::option::Option<json::F64>>()?
+                                    .map(|v| v.0);
+                            }
+                            "max" => {
+                                message.max = map
+                                    .next_value::<::core::option::Option<json::F64>>()?
+                                    .map(|v| v.0);
+                            }
+                            "zeroThreshold" | "zero_threshold" => {
+                                message.zero_threshold = map.next_value::<json::F64>()?.0;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize
+    for super::metrics::v1::exponential_histogram_data_point::Buckets {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if self.offset != 0 {
+                map.serialize_entry("offset", &json::I32(self.offset))?;
+            }
+            if !self.bucket_counts.is_empty() {
+                map.serialize_entry(
+                    "bucketCounts",
+                    &json::Each(&self.bucket_counts, json::U64::of),
+                )?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de>
+    for super::metrics::v1::exponential_histogram_data_point::Buckets {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::metrics::v1::exponential_histogram_data_point::Buckets;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP Buckets object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::metrics::v1::exponential_histogram_data_point::Buckets::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "offset" => {
+                                message.offset = map.next_value::<json::I32>()?.0;
+                            }
+                            "bucketCounts" | "bucket_counts" => {
+                                message.bucket_counts = map
+                                    .next_value::<json::Seq<json::U64>>()?
+                                    .0
+                                    .into_iter()
+                                    .map(|v| v.0)
+                                    .collect();
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::metrics::v1::SummaryDataPoint {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if !self.attributes.is_empty() {
+                map.serialize_entry("attributes", &self.attributes)?;
+            }
+            if self.start_time_unix_nano != 0 {
+                map.serialize_entry(
+                    "startTimeUnixNano",
+                    &json::U64(self.start_time_unix_nano),
+                )?;
+            }
+            if self.time_unix_nano != 0 {
+                map.serialize_entry("timeUnixNano", &json::U64(self.time_unix_nano))?;
+            }
+            if self.count != 0 {
+                map.serialize_entry("count", &json::U64(self.count))?;
+            }
+            if self.sum != 0.0 {
+                map.serialize_entry("sum", &json::F64(self.sum))?;
+            }
+            if !self.quantile_values.is_empty() {
+                map.serialize_entry("quantileValues", &self.quantile_values)?;
+            }
+            if self.flags != 0 {
+                map.serialize_entry("flags", &json::U32(self.flags))?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for super::metrics::v1::SummaryDataPoint {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::metrics::v1::SummaryDataPoint;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP SummaryDataPoint object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::metrics::v1::SummaryDataPoint::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "attributes" => {
+                                message.attributes = map.next_value::<json::Seq<_>>()?.0;
+                            }
+                            "startTimeUnixNano" | "start_time_unix_nano" => {
+                                message.start_time_unix_nano = map
+                                    .next_value::<json::U64>()?
+                                    .0;
+                            }
+                            "timeUnixNano" | "time_unix_nano" => {
+                                message.time_unix_nano = map.next_value::<json::U64>()?.0;
+                            }
+                            "count" => {
+                                message.count = map.next_value::<json::U64>()?.0;
+                            }
+                            "sum" => {
+                                message.sum = map.next_value::<json::F64>()?.0;
+                            }
+                            "quantileValues" | "quantile_values" => {
+                                message.quantile_values = map
+                                    .next_value::<json::Seq<_>>()?
+                                    .0;
+                            }
+                            "flags" => {
+                                message.flags = map.next_value::<json::U32>()?.0;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::metrics::v1::summary_data_point::ValueAtQuantile {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if self.quantile != 0.0 {
+                map.serialize_entry("quantile", &json::F64(self.quantile))?;
+            }
+            if self.value != 0.0 {
+                map.serialize_entry("value", &json::F64(self.value))?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de>
+    for super::metrics::v1::summary_data_point::ValueAtQuantile {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::metrics::v1::summary_data_point::ValueAtQuantile;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP ValueAtQuantile object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::metrics::v1::summary_data_point::ValueAtQuantile::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "quantile" => {
+                                message.quantile = map.next_value::<json::F64>()?.0;
+                            }
+                            "value" => {
+                                message.value = map.next_value::<json::F64>()?.0;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::metrics::v1::Exemplar {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if !self.filtered_attributes.is_empty() {
+                map.serialize_entry("filteredAttributes", &self.filtered_attributes)?;
+            }
+            if self.time_unix_nano != 0 {
+                map.serialize_entry("timeUnixNano", &json::U64(self.time_unix_nano))?;
+            }
+            if !self.span_id.is_empty() {
+                map.serialize_entry("spanId", &json::HexRef(&self.span_id))?;
+            }
+            if !self.trace_id.is_empty() {
+                map.serialize_entry("traceId", &json::HexRef(&self.trace_id))?;
+            }
+            match &self.value {
+                ::core::option::Option::Some(
+                    super::metrics::v1::exemplar::Value::AsDouble(v),
+                ) => map.serialize_entry("asDouble", &json::F64(*v))?,
+                ::core::option::Option::Some(
+                    super::metrics::v1::exemplar::Value::AsInt(v),
+                ) => map.serialize_entry("asInt", &json::I64(*v))?,
+                ::core::option::Option::None => {}
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for super::metrics::v1::Exemplar {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::metrics::v1::Exemplar;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP Exemplar object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::metrics::v1::Exemplar::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "filteredAttributes" | "filtered_attributes" => {
+                                message.filtered_attributes = map
+                                    .next_value::<json::Seq<_>>()?
+                                    .0;
+                            }
+                            "timeUnixNano" | "time_unix_nano" => {
+                                message.time_unix_nano = map.next_value::<json::U64>()?.0;
+                            }
+                            "asDouble" | "as_double" => {
+                                if let ::core::option::Option::Some(v) = map
+                                    .next_value::<::core::option::Option<json::F64>>()?
+                                    .map(|v| v.0)
+                                {
+                                    message.value = ::core::option::Option::Some(
+                                        super::metrics::v1::exemplar::Value::AsDouble(v),
+                                    );
+                                }
+                            }
+                            "asInt" | "as_int" => {
+                                if let ::core::option::Option::Some(v) = map
+                                    .next_value::<::core::option::Option<json::I64>>()?
+                                    .map(|v| v.0)
+                                {
+                                    message.value = ::core::option::Option::Some(
+                                        super::metrics::v1::exemplar::Value::AsInt(v),
+                                    );
+                                }
+                            }
+                            "spanId" | "span_id" => {
+                                message.span_id = map.next_value::<json::Hex>()?.0;
+                            }
+                            "traceId" | "trace_id" => {
+                                message.trace_id = map.next_value::<json::Hex>()?.0;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::logs::v1::LogsData {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if !self.resource_logs.is_empty() {
+                map.serialize_entry("resourceLogs", &self.resource_logs)?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for super::logs::v1::LogsData {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::logs::v1::LogsData;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP LogsData object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::logs::v1::LogsData::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "resourceLogs" | "resource_logs" => {
+                                message.resource_logs = map.next_value::<json::Seq<_>>()?.0;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::logs::v1::ResourceLogs {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if let ::core::option::Option::Some(v) = &self.resource {
+                map.serialize_entry("resource", v)?;
+            }
+            if !self.scope_logs.is_empty() {
+                map.serialize_entry("scopeLogs", &self.scope_logs)?;
+            }
+            if !self.schema_url.is_empty() {
+                map.serialize_entry("schemaUrl", &self.schema_url)?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for super::logs::v1::ResourceLogs {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::logs::v1::ResourceLogs;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP ResourceLogs object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::logs::v1::ResourceLogs::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "resource" => {
+                                message.resource = map
+                                    .next_value::<::core::option::Option<_>>()?;
+                            }
+                            "scopeLogs" | "scope_logs" => {
+                                message.scope_logs = map.next_value::<json::Seq<_>>()?.0;
+                            }
+                            "schemaUrl" | "schema_url" => {
+                                message.schema_url = map.next_value::<json::Str>()?.0;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::logs::v1::ScopeLogs {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if let ::core::option::Option::Some(v) = &self.scope {
+                map.serialize_entry("scope", v)?;
+            }
+            if !self.log_records.is_empty() {
+                map.serialize_entry("logRecords", &self.log_records)?;
+            }
+            if !self.schema_url.is_empty() {
+                map.serialize_entry("schemaUrl", &self.schema_url)?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for super::logs::v1::ScopeLogs {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::logs::v1::ScopeLogs;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP ScopeLogs object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::logs::v1::ScopeLogs::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "scope" => {
+                                message.scope = map
+                                    .next_value::<::core::option::Option<_>>()?;
+                            }
+                            "logRecords" | "log_records" => {
+                                message.log_records = map.next_value::<json::Seq<_>>()?.0;
+                            }
+                            "schemaUrl" | "schema_url" => {
+                                message.schema_url = map.next_value::<json::Str>()?.0;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::logs::v1::LogRecord {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if self.time_unix_nano != 0 {
+                map.serialize_entry("timeUnixNano", &json::U64(self.time_unix_nano))?;
+            }
+            if self.observed_time_unix_nano != 0 {
+                map.serialize_entry(
+                    "observedTimeUnixNano",
+                    &json::U64(self.observed_time_unix_nano),
+                )?;
+            }
+            if self.severity_number != 0 {
+                map.serialize_entry("severityNumber", &self.severity_number)?;
+            }
+            if !self.severity_text.is_empty() {
+                map.serialize_entry("severityText", &self.severity_text)?;
+            }
+            if let ::core::option::Option::Some(v) = &self.body {
+                map.serialize_entry("body", v)?;
+            }
+            if !self.attributes.is_empty() {
+                map.serialize_entry("attributes", &self.attributes)?;
+            }
+            if self.dropped_attributes_count != 0 {
+                map.serialize_entry(
+                    "droppedAttributesCount",
+                    &json::U32(self.dropped_attributes_count),
+                )?;
+            }
+            if self.flags != 0 {
+                map.serialize_entry("flags", &json::U32(self.flags))?;
+            }
+            if !self.trace_id.is_empty() {
+                map.serialize_entry("traceId", &json::HexRef(&self.trace_id))?;
+            }
+            if !self.span_id.is_empty() {
+                map.serialize_entry("spanId", &json::HexRef(&self.span_id))?;
+            }
+            if !self.event_name.is_empty() {
+                map.serialize_entry("eventName", &self.event_name)?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for super::logs::v1::LogRecord {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::logs::v1::LogRecord;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP LogRecord object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::logs::v1::LogRecord::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "timeUnixNano" | "time_unix_nano" => {
+                                message.time_unix_nano = map.next_value::<json::U64>()?.0;
+                            }
+                            "observedTimeUnixNano" | "observed_time_unix_nano" => {
+                                message.observed_time_unix_nano = map
+                                    .next_value::<json::U64>()?
+                                    .0;
+                            }
+                            "severityNumber" | "severity_number" => {
+                                message.severity_number = map
+                                    .next_value_seed(
+                                        json::EnumSeed(|name| {
+                                            super::logs::v1::SeverityNumber::from_str_name(name)
+                                                .map(|e| e as i32)
+                                        }),
+                                    )?
+                                    .unwrap_or_default();
+                            }
+                            "severityText" | "severity_text" => {
+                                message.severity_text = map.next_value::<json::Str>()?.0;
+                            }
+                            "body" => {
+                                message.body = map
+                                    .next_value::<::core::option::Option<_>>()?;
+                            }
+                            "attributes" => {
+                                message.attributes = map.next_value::<json::Seq<_>>()?.0;
+                            }
+                            "droppedAttributesCount" | "dropped_attributes_count" => {
+                                message.dropped_attributes_count = map
+                                    .next_value::<json::U32>()?
+                                    .0;
+                            }
+                            "flags" => {
+                                message.flags = map.next_value::<json::U32>()?.0;
+                            }
+                            "traceId" | "trace_id" => {
+                                message.trace_id = map.next_value::<json::Hex>()?.0;
+                            }
+                            "spanId" | "span_id" => {
+                                message.span_id = map.next_value::<json::Hex>()?.0;
+                            }
+                            "eventName" | "event_name" => {
+                                message.event_name = map.next_value::<json::Str>()?.0;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::trace::v1::TracesData {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if !self.resource_spans.is_empty() {
+                map.serialize_entry("resourceSpans", &self.resource_spans)?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for super::trace::v1::TracesData {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::trace::v1::TracesData;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP TracesData object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::trace::v1::TracesData::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "resourceSpans" | "resource_spans" => {
+                                message.resource_spans = map
+                                    .next_value::<json::Seq<_>>()?
+                                    .0;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::trace::v1::ResourceSpans {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if let ::core::option::Option::Some(v) = &self.resource {
+                map.serialize_entry("resource", v)?;
+            }
+            if !self.scope_spans.is_empty() {
+                map.serialize_entry("scopeSpans", &self.scope_spans)?;
+            }
+            if !self.schema_url.is_empty() {
+                map.serialize_entry("schemaUrl", &self.schema_url)?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for super::trace::v1::ResourceSpans {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::trace::v1::ResourceSpans;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP ResourceSpans object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::trace::v1::ResourceSpans::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "resource" => {
+                                message.resource = map
+                                    .next_value::<::core::option::Option<_>>()?;
+                            }
+                            "scopeSpans" | "scope_spans" => {
+                                message.scope_spans = map.next_value::<json::Seq<_>>()?.0;
+                            }
+                            "schemaUrl" | "schema_url" => {
+                                message.schema_url = map.next_value::<json::Str>()?.0;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::trace::v1::ScopeSpans {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if let ::core::option::Option::Some(v) = &self.scope {
+                map.serialize_entry("scope", v)?;
+            }
+            if !self.spans.is_empty() {
+                map.serialize_entry("spans", &self.spans)?;
+            }
+            if !self.schema_url.is_empty() {
+                map.serialize_entry("schemaUrl", &self.schema_url)?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for super::trace::v1::ScopeSpans {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::trace::v1::ScopeSpans;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP ScopeSpans object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::trace::v1::ScopeSpans::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "scope" => {
+                                message.scope = map
+                                    .next_value::<::core::option::Option<_>>()?;
+                            }
+                            "spans" => {
+                                message.spans = map.next_value::<json::Seq<_>>()?.0;
+                            }
+                            "schemaUrl" | "schema_url" => {
+                                message.schema_url = map.next_value::<json::Str>()?.0;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::trace::v1::Span {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if !self.trace_id.is_empty() {
+                map.serialize_entry("traceId", &json::HexRef(&self.trace_id))?;
+            }
+            if !self.span_id.is_empty() {
+                map.serialize_entry("spanId", &json::HexRef(&self.span_id))?;
+            }
+            if !self.trace_state.is_empty() {
+                map.serialize_entry("traceState", &self.trace_state)?;
+            }
+            if !self.parent_span_id.is_empty() {
+                map.serialize_entry(
+                    "parentSpanId",
+                    &json::HexRef(&self.parent_span_id),
+                )?;
+            }
+            if self.flags != 0 {
+                map.serialize_entry("flags", &json::U32(self.flags))?;
+            }
+            if !self.name.is_empty() {
+                map.serialize_entry("name", &self.name)?;
+            }
+            if self.kind != 0 {
+                map.serialize_entry("kind", &self.kind)?;
+            }
+            if self.start_time_unix_nano != 0 {
+                map.serialize_entry(
+                    "startTimeUnixNano",
+                    &json::U64(self.start_time_unix_nano),
+                )?;
+            }
+            if self.end_time_unix_nano != 0 {
+                map.serialize_entry(
+                    "endTimeUnixNano",
+                    &json::U64(self.end_time_unix_nano),
+                )?;
+            }
+            if !self.attributes.is_empty() {
+                map.serialize_entry("attributes", &self.attributes)?;
+            }
+            if self.dropped_attributes_count != 0 {
+                map.serialize_entry(
+                    "droppedAttributesCount",
+                    &json::U32(self.dropped_attributes_count),
+                )?;
+            }
+            if !self.events.is_empty() {
+                map.serialize_entry("events", &self.events)?;
+            }
+            if self.dropped_events_count != 0 {
+                map.serialize_entry(
+                    "droppedEventsCount",
+                    &json::U32(self.dropped_events_count),
+                )?;
+            }
+            if !self.links.is_empty() {
+                map.serialize_entry("links", &self.links)?;
+            }
+            if self.dropped_links_count != 0 {
+                map.serialize_entry(
+                    "droppedLinksCount",
+                    &json::U32(self.dropped_links_count),
+                )?;
+            }
+            if let ::core::option::Option::Some(v) = &self.status {
+                map.serialize_entry("status", v)?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for super::trace::v1::Span {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::trace::v1::Span;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP Span object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::trace::v1::Span::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "traceId" | "trace_id" => {
+                                message.trace_id = map.next_value::<json::Hex>()?.0;
+                            }
+                            "spanId" | "span_id" => {
+                                message.span_id = map.next_value::<json::Hex>()?.0;
+                            }
+                            "traceState" | "trace_state" => {
+                                message.trace_state = map.next_value::<json::Str>()?.0;
+                            }
+                            "parentSpanId" | "parent_span_id" => {
+                                message.parent_span_id = map.next_value::<json::Hex>()?.0;
+                            }
+                            "flags" => {
+                                message.flags = map.next_value::<json::U32>()?.0;
+                            }
+                            "name" => {
+                                message.name = map.next_value::<json::Str>()?.0;
+                            }
+                            "kind" => {
+                                message.kind = map
+                                    .next_value_seed(
+                                        json::EnumSeed(|name| {
+                                            super::trace::v1::span::SpanKind::from_str_name(name)
+                                                .map(|e| e as i32)
+                                        }),
+                                    )?
+                                    .unwrap_or_default();
+                            }
+                            "startTimeUnixNano" | "start_time_unix_nano" => {
+                                message.start_time_unix_nano = map
+                                    .next_value::<json::U64>()?
+                                    .0;
+                            }
+                            "endTimeUnixNano" | "end_time_unix_nano" => {
+                                message.end_time_unix_nano = map
+                                    .next_value::<json::U64>()?
+                                    .0;
+                            }
+                            "attributes" => {
+                                message.attributes = map.next_value::<json::Seq<_>>()?.0;
+                            }
+                            "droppedAttributesCount" | "dropped_attributes_count" => {
+                                message.dropped_attributes_count = map
+                                    .next_value::<json::U32>()?
+                                    .0;
+                            }
+                            "events" => {
+                                message.events = map.next_value::<json::Seq<_>>()?.0;
+                            }
+                            "droppedEventsCount" | "dropped_events_count" => {
+                                message.dropped_events_count = map
+                                    .next_value::<json::U32>()?
+                                    .0;
+                            }
+                            "links" => {
+                                message.links = map.next_value::<json::Seq<_>>()?.0;
+                            }
+                            "droppedLinksCount" | "dropped_links_count" => {
+                                message.dropped_links_count = map
+                                    .next_value::<json::U32>()?
+                                    .0;
+                            }
+                            "status" => {
+                                message.status = map
+                                    .next_value::<::core::option::Option<_>>()?;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::trace::v1::span::Event {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if self.time_unix_nano != 0 {
+                map.serialize_entry("timeUnixNano", &json::U64(self.time_unix_nano))?;
+            }
+            if !self.name.is_empty() {
+                map.serialize_entry("name", &self.name)?;
+            }
+            if !self.attributes.is_empty() {
+                map.serialize_entry("attributes", &self.attributes)?;
+            }
+            if self.dropped_attributes_count != 0 {
+                map.serialize_entry(
+                    "droppedAttributesCount",
+                    &json::U32(self.dropped_attributes_count),
+                )?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for super::trace::v1::span::Event {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::trace::v1::span::Event;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP Event object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::trace::v1::span::Event::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "timeUnixNano" | "time_unix_nano" => {
+                                message.time_unix_nano = map.next_value::<json::U64>()?.0;
+                            }
+                            "name" => {
+                                message.name = map.next_value::<json::Str>()?.0;
+                            }
+                            "attributes" => {
+                                message.attributes = map.next_value::<json::Seq<_>>()?.0;
+                            }
+                            "droppedAttributesCount" | "dropped_attributes_count" => {
+                                message.dropped_attributes_count = map
+                                    .next_value::<json::U32>()?
+                                    .0;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::trace::v1::span::Link {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if !self.trace_id.is_empty() {
+                map.serialize_entry("traceId", &json::HexRef(&self.trace_id))?;
+            }
+            if !self.span_id.is_empty() {
+                map.serialize_entry("spanId", &json::HexRef(&self.span_id))?;
+            }
+            if !self.trace_state.is_empty() {
+                map.serialize_entry("traceState", &self.trace_state)?;
+            }
+            if !self.attributes.is_empty() {
+                map.serialize_entry("attributes", &self.attributes)?;
+            }
+            if self.dropped_attributes_count != 0 {
+                map.serialize_entry(
+                    "droppedAttributesCount",
+                    &json::U32(self.dropped_attributes_count),
+                )?;
+            }
+            if self.flags != 0 {
+                map.serialize_entry("flags", &json::U32(self.flags))?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for super::trace::v1::span::Link {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::trace::v1::span::Link;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP Link object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::trace::v1::span::Link::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "traceId" | "trace_id" => {
+                                message.trace_id = map.next_value::<json::Hex>()?.0;
+                            }
+                            "spanId" | "span_id" => {
+                                message.span_id = map.next_value::<json::Hex>()?.0;
+                            }
+                            "traceState" | "trace_state" => {
+                                message.trace_state = map.next_value::<json::Str>()?.0;
+                            }
+                            "attributes" => {
+                                message.attributes = map.next_value::<json::Seq<_>>()?.0;
+                            }
+                            "droppedAttributesCount" | "dropped_attributes_count" => {
+                                message.dropped_attributes_count = map
+                                    .next_value::<json::U32>()?
+                                    .0;
+                            }
+                            "flags" => {
+                                message.flags = map.next_value::<json::U32>()?.0;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::trace::v1::Status {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if !self.message.is_empty() {
+                map.serialize_entry("message", &self.message)?;
+            }
+            if self.code != 0 {
+                map.serialize_entry("code", &self.code)?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for super::trace::v1::Status {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::trace::v1::Status;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP Status object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::trace::v1::Status::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "message" => {
+                                message.message = map.next_value::<json::Str>()?.0;
+                            }
+                            "code" => {
+                                message.code = map
+                                    .next_value_seed(
+                                        json::EnumSeed(|name| {
+                                            super::trace::v1::status::StatusCode::from_str_name(name)
+                                                .map(|e| e as i32)
+                                        }),
+                                    )?
+                                    .unwrap_or_default();
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize
+    for super::collector::metrics::v1::ExportMetricsServiceRequest {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if !self.resource_metrics.is_empty() {
+                map.serialize_entry("resourceMetrics", &self.resource_metrics)?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de>
+    for super::collector::metrics::v1::ExportMetricsServiceRequest {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::collector::metrics::v1::ExportMetricsServiceRequest;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP ExportMetricsServiceRequest object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::collector::metrics::v1::ExportMetricsServiceRequest::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "resourceMetrics" | "resource_metrics" => {
+                                message.resource_metrics = map
+                                    .next_value::<json::Seq<_>>()?
+                                    .0;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize
+    for super::collector::metrics::v1::ExportMetricsServiceResponse {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if let ::core::option::Option::Some(v) = &self.partial_success {
+                map.serialize_entry("partialSuccess", v)?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de>
+    for super::collector::metrics::v1::ExportMetricsServiceResponse {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::collector::metrics::v1::ExportMetricsServiceResponse;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP ExportMetricsServiceResponse object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::collector::metrics::v1::ExportMetricsServiceResponse::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "partialSuccess" | "partial_success" => {
+                                message.partial_success = map
+                                    .next_value::<::core::option::Option<_>>()?;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize
+    for super::collector::metrics::v1::ExportMetricsPartialSuccess {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if self.rejected_data_points != 0 {
+                map.serialize_entry(
+                    "rejectedDataPoints",
+                    &json::I64(self.rejected_data_points),
+                )?;
+            }
+            if !self.error_message.is_empty() {
+                map.serialize_entry("errorMessage", &self.error_message)?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de>
+    for super::collector::metrics::v1::ExportMetricsPartialSuccess {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::collector::metrics::v1::ExportMetricsPartialSuccess;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP ExportMetricsPartialSuccess object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::collector::metrics::v1::ExportMetricsPartialSuccess::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "rejectedDataPoints" | "rejected_data_points" => {
+                                message.rejected_data_points = map
+                                    .next_value::<json::I64>()?
+                                    .0;
+                            }
+                            "errorMessage" | "error_message" => {
+                                message.error_message = map.next_value::<json::Str>()?.0;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::collector::logs::v1::ExportLogsServiceRequest {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if !self.resource_logs.is_empty() {
+                map.serialize_entry("resourceLogs", &self.resource_logs)?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de>
+    for super::collector::logs::v1::ExportLogsServiceRequest {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::collector::logs::v1::ExportLogsServiceRequest;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP ExportLogsServiceRequest object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::collector::logs::v1::ExportLogsServiceRequest::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "resourceLogs" | "resource_logs" => {
+                                message.resource_logs = map.next_value::<json::Seq<_>>()?.0;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::collector::logs::v1::ExportLogsServiceResponse {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if let ::core::option::Option::Some(v) = &self.partial_success {
+                map.serialize_entry("partialSuccess", v)?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de>
+    for super::collector::logs::v1::ExportLogsServiceResponse {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::collector::logs::v1::ExportLogsServiceResponse;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP ExportLogsServiceResponse object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::collector::logs::v1::ExportLogsServiceResponse::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "partialSuccess" | "partial_success" => {
+                                message.partial_success = map
+                                    .next_value::<::core::option::Option<_>>()?;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::collector::logs::v1::ExportLogsPartialSuccess {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if self.rejected_log_records != 0 {
+                map.serialize_entry(
+                    "rejectedLogRecords",
+                    &json::I64(self.rejected_log_records),
+                )?;
+            }
+            if !self.error_message.is_empty() {
+                map.serialize_entry("errorMessage", &self.error_message)?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de>
+    for super::collector::logs::v1::ExportLogsPartialSuccess {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::collector::logs::v1::ExportLogsPartialSuccess;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP ExportLogsPartialSuccess object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::collector::logs::v1::ExportLogsPartialSuccess::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "rejectedLogRecords" | "rejected_log_records" => {
+                                message.rejected_log_records = map
+                                    .next_value::<json::I64>()?
+                                    .0;
+                            }
+                            "errorMessage" | "error_message" => {
+                                message.error_message = map.next_value::<json::Str>()?.0;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::collector::trace::v1::ExportTraceServiceRequest {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if !self.resource_spans.is_empty() {
+                map.serialize_entry("resourceSpans", &self.resource_spans)?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de>
+    for super::collector::trace::v1::ExportTraceServiceRequest {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::collector::trace::v1::ExportTraceServiceRequest;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP ExportTraceServiceRequest object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::collector::trace::v1::ExportTraceServiceRequest::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "resourceSpans" | "resource_spans" => {
+                                message.resource_spans = map
+                                    .next_value::<json::Seq<_>>()?
+                                    .0;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::collector::trace::v1::ExportTraceServiceResponse {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if let ::core::option::Option::Some(v) = &self.partial_success {
+                map.serialize_entry("partialSuccess", v)?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de>
+    for super::collector::trace::v1::ExportTraceServiceResponse {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::collector::trace::v1::ExportTraceServiceResponse;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP ExportTraceServiceResponse object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::collector::trace::v1::ExportTraceServiceResponse::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "partialSuccess" | "partial_success" => {
+                                message.partial_success = map
+                                    .next_value::<::core::option::Option<_>>()?;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+    impl ::serde::Serialize for super::collector::trace::v1::ExportTracePartialSuccess {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            use ::serde::ser::SerializeMap;
+            #[allow(unused_mut)]
+            let mut map = serializer.serialize_map(None)?;
+            if self.rejected_spans != 0 {
+                map.serialize_entry("rejectedSpans", &json::I64(self.rejected_spans))?;
+            }
+            if !self.error_message.is_empty() {
+                map.serialize_entry("errorMessage", &self.error_message)?;
+            }
+            map.end()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de>
+    for super::collector::trace::v1::ExportTracePartialSuccess {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> ::serde::de::Visitor<'de> for Visitor {
+                type Value = super::collector::trace::v1::ExportTracePartialSuccess;
+                fn expecting(
+                    &self,
+                    f: &mut ::core::fmt::Formatter<'_>,
+                ) -> ::core::fmt::Result {
+                    f.write_str("an OTLP ExportTracePartialSuccess object")
+                }
+                fn visit_map<A: ::serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> ::core::result::Result<Self::Value, A::Error> {
+                    #[allow(unused_mut)]
+                    let mut message = super::collector::trace::v1::ExportTracePartialSuccess::default();
+                    while let ::core::option::Option::Some(key) = map
+                        .next_key::<json::Key<'de>>()?
+                    {
+                        match key.as_str() {
+                            "rejectedSpans" | "rejected_spans" => {
+                                message.rejected_spans = map.next_value::<json::I64>()?.0;
+                            }
+                            "errorMessage" | "error_message" => {
+                                message.error_message = map.next_value::<json::Str>()?.0;
+                            }
+                            _ => {
+                                map.next_value::<::serde::de::IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    ::core::result::Result::Ok(message)
+                }
+            }
+            deserializer.deserialize_map(Visitor)
+        }
+    }
+}

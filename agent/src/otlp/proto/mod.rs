@@ -16,6 +16,13 @@
 //! root (`-- --check` only verifies it is current). The vendored `.proto` files, their
 //! licence and their provenance are in `tools/otlp-codegen/proto/`.
 //!
+//! Every message also implements `serde::Serialize` and `serde::Deserialize`
+//! in the OTLP/JSON encoding (lowerCamelCase keys, hex trace and span ids,
+//! 64-bit integers as strings, enums as numbers or names, unknown keys
+//! ignored): the impls are generated too, from the same descriptors, and call
+//! the wrappers in `json.rs`, which states the rules. Read a request body with
+//! `serde_json::from_slice`.
+//!
 //! Fields the schema marks "Status: \[Development\]" (the profiling `*_strindex`
 //! fields, `EntityRef`, `Resource::entity_refs`) are generated too, because whole
 //! files are; tern does not set them.
@@ -37,6 +44,8 @@
 )]
 
 include!("generated.rs");
+
+mod json;
 
 #[cfg(test)]
 mod tests;

@@ -17,17 +17,16 @@
 //!
 //! See: <https://opentelemetry.io/docs/specs/otel/compatibility/prometheus_and_openmetrics/>
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 
-use crate::otlp::proto::collector::metrics::v1::ExportMetricsServiceRequest;
-use crate::otlp::proto::common::v1::{InstrumentationScope, KeyValue};
-use crate::otlp::proto::metrics::v1::{
-    metric, number_data_point, summary_data_point, AggregationTemporality, DataPointFlags, Gauge,
-    Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
-    Summary, SummaryDataPoint,
-};
+use prost::Message;
+
+use crate::otlp::proto::common::v1::InstrumentationScope;
+use crate::otlp::proto::metrics::v1::{AggregationTemporality, DataPointFlags};
 use crate::otlp::proto::resource::v1::Resource;
-use crate::otlp::{encode, kv, Encoded};
+use crate::otlp::wire::{Mark, Writer};
+use crate::otlp::{compress, kv, Encoded};
 
 use super::parse::{Family, Label, MetricType, Sample};
 
@@ -79,13 +78,21 @@ impl TargetInfo {
     }
 }
 
-/// Builds the OTLP requests of one scrape, encoding each as soon as it is full
-/// so that only compressed batches accumulate.
+/// Builds the OTLP requests of one scrape, writing protobuf directly (see
+/// [`crate::otlp::wire`]) and encoding each batch as soon as it is full, so
+/// that only compressed batches accumulate.
 #[derive(Debug)]
 pub struct Builder {
-    resource: Resource,
-    scope: InstrumentationScope,
-    metrics: Vec<Metric>,
+    /// The encoded `Resource` message, the same for every batch of the scrape.
+    resource: Vec<u8>,
+    /// The encoded `InstrumentationScope` message.
+    scope: Vec<u8>,
+    /// The batch being written: an `ExportMetricsServiceRequest` whose
+    /// ResourceMetrics and ScopeMetrics are still open (see `open`).
+    out: Writer,
+    /// The open ResourceMetrics and ScopeMetrics of `out`, if a batch is started.
+    open: Option<(Mark, Mark)>,
+    /// Points in the batch being written.
     points: usize,
     /// Scrape time, the timestamp of samples that carry none.
     now_nanos: u64,
@@ -93,17 +100,66 @@ pub struct Builder {
     done: Vec<(Encoded, usize)>,
 }
 
+/// OTLP field numbers used below, from opentelemetry/proto/metrics/v1/metrics.proto.
+mod field {
+    pub(super) const SCOPE_METRICS_METRICS: u32 = 2;
+    pub(super) const METRIC_NAME: u32 = 1;
+    pub(super) const METRIC_DESCRIPTION: u32 = 2;
+    pub(super) const METRIC_UNIT: u32 = 3;
+    pub(super) const METRIC_GAUGE: u32 = 5;
+    pub(super) const METRIC_SUM: u32 = 7;
+    pub(super) const METRIC_HISTOGRAM: u32 = 9;
+    pub(super) const METRIC_SUMMARY: u32 = 11;
+    /// `data_points` in Gauge, Sum, Histogram and Summary.
+    pub(super) const DATA_POINTS: u32 = 1;
+    pub(super) const AGGREGATION_TEMPORALITY: u32 = 2;
+    pub(super) const SUM_IS_MONOTONIC: u32 = 3;
+    pub(super) const NUMBER_ATTRIBUTES: u32 = 7;
+    pub(super) const NUMBER_AS_DOUBLE: u32 = 4;
+    pub(super) const NUMBER_FLAGS: u32 = 8;
+    /// `start_time_unix_nano` and `time_unix_nano` in every data point.
+    pub(super) const START_TIME: u32 = 2;
+    pub(super) const TIME: u32 = 3;
+    pub(super) const HISTOGRAM_ATTRIBUTES: u32 = 9;
+    pub(super) const HISTOGRAM_COUNT: u32 = 4;
+    pub(super) const HISTOGRAM_SUM: u32 = 5;
+    pub(super) const HISTOGRAM_BUCKET_COUNTS: u32 = 6;
+    pub(super) const HISTOGRAM_EXPLICIT_BOUNDS: u32 = 7;
+    pub(super) const HISTOGRAM_FLAGS: u32 = 10;
+    pub(super) const SUMMARY_ATTRIBUTES: u32 = 7;
+    pub(super) const SUMMARY_COUNT: u32 = 4;
+    pub(super) const SUMMARY_SUM: u32 = 5;
+    pub(super) const SUMMARY_QUANTILES: u32 = 6;
+    pub(super) const SUMMARY_FLAGS: u32 = 8;
+    pub(super) const QUANTILE: u32 = 1;
+    pub(super) const QUANTILE_VALUE: u32 = 2;
+}
+
+/// The header of a metric, repeated when a metric is split over batches.
+struct MetricHead<'a> {
+    name: &'a str,
+    help: &'a str,
+    unit: &'a str,
+    /// The Metric oneof field: gauge, sum, histogram or summary.
+    data_field: u32,
+    /// For sums: monotonic or not. None for other kinds.
+    monotonic: Option<bool>,
+    cumulative: bool,
+}
+
 impl Builder {
     /// A builder for one scrape of a target whose resource is `resource`.
     pub fn new(resource: Resource, now_nanos: u64) -> Builder {
+        let scope = InstrumentationScope {
+            name: "tern/prometheus".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        };
         Builder {
-            resource,
-            scope: InstrumentationScope {
-                name: "tern/prometheus".into(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                ..Default::default()
-            },
-            metrics: Vec::new(),
+            resource: resource.encode_to_vec(),
+            scope: scope.encode_to_vec(),
+            out: Writer::with_capacity(64 << 10),
+            open: None,
             points: 0,
             now_nanos,
             done: Vec::new(),
@@ -112,7 +168,8 @@ impl Builder {
 
     /// Forgets everything built so far (a scrape that failed half way).
     pub fn discard(&mut self) {
-        self.metrics.clear();
+        self.out.clear();
+        self.open = None;
         self.points = 0;
         self.done.clear();
     }
@@ -135,20 +192,21 @@ impl Builder {
     /// Adds a gauge with one point and no attributes (`up` and the other
     /// synthetic series).
     pub fn synthetic_gauge(&mut self, name: &str, help: &str, value: f64) {
-        let point = NumberDataPoint {
-            time_unix_nano: self.now_nanos,
-            value: Some(number_data_point::Value::AsDouble(value)),
-            ..Default::default()
-        };
-        self.push_metric(
+        let head = MetricHead {
             name,
             help,
-            "",
-            metric::Data::Gauge(Gauge {
-                data_points: vec![point],
-            }),
-            1,
-        );
+            unit: "",
+            data_field: field::METRIC_GAUGE,
+            monotonic: None,
+            cumulative: false,
+        };
+        let mut metric = self.begin_metric(&head, 1);
+        let p = self.out.begin(field::DATA_POINTS);
+        self.out.fixed64(field::TIME, self.now_nanos);
+        self.out.double_always(field::NUMBER_AS_DOUBLE, value);
+        self.out.end(p);
+        metric = self.point_done(&head, metric);
+        self.end_metric(&head, metric);
     }
 
     /// Encodes what is left and returns every batch with its point count.
@@ -159,90 +217,90 @@ impl Builder {
 
     fn numbers(&mut self, family: &Family<'_>, stale: bool, shape: Shape) {
         // `_created` samples give the start time of the series with the same labels.
-        let created: Vec<(&[Label<'_>], f64)> = family
-            .samples
-            .iter()
-            .filter(|s| s.name.ends_with("_created") && shape == Shape::Counter)
-            .map(|s| (s.labels.as_slice(), s.value))
-            .collect();
-        let mut current: Option<(&str, Vec<NumberDataPoint>)> = None;
+        let created: HashMap<u64, f64> = if shape == Shape::Counter {
+            family
+                .samples
+                .iter()
+                .filter(|s| s.name.ends_with("_created"))
+                .map(|s| (labels_hash(&s.labels), s.value))
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        let help = family.help.as_deref().unwrap_or("");
+        let unit = family.unit.unwrap_or("");
+        let (data_field, monotonic) = match shape {
+            Shape::Gauge => (field::METRIC_GAUGE, None),
+            Shape::Counter => (field::METRIC_SUM, Some(true)),
+            Shape::UpDown => (field::METRIC_SUM, Some(false)),
+        };
+        let mut open: Option<(MetricHead<'_>, (Mark, Mark))> = None;
         for sample in &family.samples {
             if shape == Shape::Counter && sample.name.ends_with("_created") {
                 continue;
             }
-            let start = created
-                .iter()
-                .find(|(labels, _)| same_labels(labels, &sample.labels, None))
-                .map_or(0, |(_, secs)| seconds_to_nanos(*secs));
-            let point = NumberDataPoint {
-                attributes: attributes(&sample.labels, None),
-                start_time_unix_nano: start,
-                time_unix_nano: self.time_of(sample),
-                flags: flags(stale),
-                value: Some(number_data_point::Value::AsDouble(if stale {
-                    f64::NAN
-                } else {
-                    sample.value
-                })),
-                ..Default::default()
+            // A metric per sample name: histogram-like suffixes of untyped
+            // families and counters keep their own names.
+            let same = open.as_ref().is_some_and(|(h, _)| h.name == sample.name);
+            if !same {
+                if let Some((head, marks)) = open.take() {
+                    self.end_metric(&head, marks);
+                }
+                let head = MetricHead {
+                    name: sample.name,
+                    help,
+                    unit,
+                    data_field,
+                    monotonic,
+                    cumulative: true,
+                };
+                let marks = self.begin_metric(&head, 1);
+                open = Some((head, marks));
+            }
+            let start = if created.is_empty() {
+                0
+            } else {
+                created
+                    .get(&labels_hash(&sample.labels))
+                    .map_or(0, |s| seconds_to_nanos(*s))
             };
-            match &mut current {
-                Some((name, points)) if *name == sample.name => points.push(point),
-                _ => {
-                    if let Some((name, points)) = current.take() {
-                        self.push_numbers(family, name, shape, points);
-                    }
-                    current = Some((sample.name, vec![point]));
-                }
-            }
-            if current.as_ref().map_or(0, |c| c.1.len()) >= MAX_POINTS_PER_BATCH {
-                if let Some((name, points)) = current.take() {
-                    self.push_numbers(family, name, shape, points);
-                }
+            let time = self.time_of(sample);
+            let p = self.out.begin(field::DATA_POINTS);
+            write_attributes(
+                &mut self.out,
+                field::NUMBER_ATTRIBUTES,
+                &sample.labels,
+                None,
+            );
+            self.out.fixed64(field::START_TIME, start);
+            self.out.fixed64(field::TIME, time);
+            self.out.double_always(
+                field::NUMBER_AS_DOUBLE,
+                if stale { f64::NAN } else { sample.value },
+            );
+            self.out.uint(field::NUMBER_FLAGS, u64::from(flags(stale)));
+            self.out.end(p);
+            if let Some((head, marks)) = open.take() {
+                let marks = self.point_done(&head, marks);
+                open = Some((head, marks));
             }
         }
-        if let Some((name, points)) = current {
-            self.push_numbers(family, name, shape, points);
+        if let Some((head, marks)) = open {
+            self.end_metric(&head, marks);
         }
-    }
-
-    fn push_numbers(
-        &mut self,
-        family: &Family<'_>,
-        name: &str,
-        shape: Shape,
-        data_points: Vec<NumberDataPoint>,
-    ) {
-        let n = data_points.len();
-        let data = match shape {
-            Shape::Gauge => metric::Data::Gauge(Gauge { data_points }),
-            Shape::Counter | Shape::UpDown => metric::Data::Sum(Sum {
-                data_points,
-                aggregation_temporality: AggregationTemporality::Cumulative as i32,
-                is_monotonic: shape == Shape::Counter,
-            }),
-        };
-        let help = family.help.as_deref().unwrap_or("");
-        self.push_metric(name, help, family.unit.unwrap_or(""), data, n);
     }
 
     fn histogram(&mut self, family: &Family<'_>, stale: bool) {
         let mut series: Vec<HistogramSeries<'_, '_>> = Vec::new();
+        let mut index: HashMap<u64, usize> = HashMap::new();
         for sample in &family.samples {
             let suffix = sample.name.strip_prefix(family.name).unwrap_or("");
-            let index = match series
-                .iter()
-                .position(|s| same_labels(s.labels, &sample.labels, Some("le")))
-            {
-                Some(i) => i,
-                None => {
-                    series.push(HistogramSeries::new(&sample.labels, sample));
-                    series.len() - 1
-                }
-            };
-            let Some(s) = series.get_mut(index) else {
-                continue;
-            };
+            let key = labels_hash_without(&sample.labels, "le");
+            let i = *index.entry(key).or_insert_with(|| {
+                series.push(HistogramSeries::new(&sample.labels, sample));
+                series.len() - 1
+            });
+            let Some(s) = series.get_mut(i) else { continue };
             match suffix {
                 "_bucket" | "_gbucket" => {
                     let le = sample
@@ -260,11 +318,21 @@ impl Builder {
                 _ => {}
             }
         }
-        let mut points = Vec::with_capacity(series.len());
+        let head = MetricHead {
+            name: family.name,
+            help: family.help.as_deref().unwrap_or(""),
+            unit: family.unit.unwrap_or(""),
+            data_field: field::METRIC_HISTOGRAM,
+            monotonic: None,
+            cumulative: true,
+        };
+        let mut marks = self.begin_metric(&head, series.len());
+        let mut bounds = Vec::new();
+        let mut counts = Vec::new();
         for mut s in series {
             s.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let mut bounds = Vec::with_capacity(s.buckets.len());
-            let mut counts = Vec::with_capacity(s.buckets.len() + 1);
+            bounds.clear();
+            counts.clear();
             let mut previous = 0.0;
             let mut inf_count = None;
             for (le, cumulative) in &s.buckets {
@@ -278,124 +346,185 @@ impl Builder {
             }
             let total = s.count.or(inf_count).unwrap_or(previous);
             counts.push(to_count(total - previous));
-            points.push(HistogramDataPoint {
-                attributes: attributes(s.labels, Some("le")),
-                start_time_unix_nano: s.created.map_or(0, seconds_to_nanos),
-                time_unix_nano: self.time_of(s.first),
-                count: to_count(total),
-                sum: if stale { None } else { s.sum },
-                bucket_counts: if stale { Vec::new() } else { counts },
-                explicit_bounds: if stale { Vec::new() } else { bounds },
-                flags: flags(stale),
-                ..Default::default()
-            });
+            let time = self.time_of(s.first);
+            let p = self.out.begin(field::DATA_POINTS);
+            write_attributes(
+                &mut self.out,
+                field::HISTOGRAM_ATTRIBUTES,
+                s.labels,
+                Some("le"),
+            );
+            self.out
+                .fixed64(field::START_TIME, s.created.map_or(0, seconds_to_nanos));
+            self.out.fixed64(field::TIME, time);
+            self.out.fixed64(field::HISTOGRAM_COUNT, to_count(total));
+            if !stale {
+                if let Some(sum) = s.sum {
+                    self.out.double_always(field::HISTOGRAM_SUM, sum);
+                }
+                self.out
+                    .packed_fixed64(field::HISTOGRAM_BUCKET_COUNTS, &counts);
+                self.out
+                    .packed_double(field::HISTOGRAM_EXPLICIT_BOUNDS, &bounds);
+            }
+            self.out
+                .uint(field::HISTOGRAM_FLAGS, u64::from(flags(stale)));
+            self.out.end(p);
+            marks = self.point_done(&head, marks);
         }
-        for chunk in chunks(points) {
-            let n = chunk.len();
-            let data = metric::Data::Histogram(Histogram {
-                data_points: chunk,
-                aggregation_temporality: AggregationTemporality::Cumulative as i32,
-            });
-            let help = family.help.as_deref().unwrap_or("");
-            self.push_metric(family.name, help, family.unit.unwrap_or(""), data, n);
-        }
+        self.end_metric(&head, marks);
     }
 
     fn summary(&mut self, family: &Family<'_>, stale: bool) {
-        let mut series: Vec<(&[Label<'_>], &Sample<'_>, SummaryDataPoint)> = Vec::new();
+        struct Point<'f, 's> {
+            labels: &'f [Label<'s>],
+            first: &'f Sample<'s>,
+            count: u64,
+            sum: f64,
+            start: u64,
+            quantiles: Vec<(f64, f64)>,
+        }
+        let mut series: Vec<Point<'_, '_>> = Vec::new();
+        let mut index: HashMap<u64, usize> = HashMap::new();
         for sample in &family.samples {
             let suffix = sample.name.strip_prefix(family.name).unwrap_or("");
-            let index = match series
-                .iter()
-                .position(|s| same_labels(s.0, &sample.labels, Some("quantile")))
-            {
-                Some(i) => i,
-                None => {
-                    let point = SummaryDataPoint {
-                        attributes: attributes(&sample.labels, Some("quantile")),
-                        time_unix_nano: self.time_of(sample),
-                        flags: flags(stale),
-                        ..Default::default()
-                    };
-                    series.push((&sample.labels, sample, point));
-                    series.len() - 1
-                }
-            };
-            let Some((_, _, point)) = series.get_mut(index) else {
+            let key = labels_hash_without(&sample.labels, "quantile");
+            let i = *index.entry(key).or_insert_with(|| {
+                series.push(Point {
+                    labels: &sample.labels,
+                    first: sample,
+                    count: 0,
+                    sum: 0.0,
+                    start: 0,
+                    quantiles: Vec::new(),
+                });
+                series.len() - 1
+            });
+            let Some(point) = series.get_mut(i) else {
                 continue;
             };
             match suffix {
                 "_sum" => point.sum = sample.value,
                 "_count" => point.count = to_count(sample.value),
-                "_created" => point.start_time_unix_nano = seconds_to_nanos(sample.value),
+                "_created" => point.start = seconds_to_nanos(sample.value),
                 _ => {
                     let q = sample
                         .labels
                         .iter()
                         .find(|l| l.name == "quantile")
                         .and_then(|l| parse_le(&l.value));
-                    if let (Some(quantile), false) = (q, stale) {
-                        point
-                            .quantile_values
-                            .push(summary_data_point::ValueAtQuantile {
-                                quantile,
-                                value: sample.value,
-                            });
+                    if let Some(q) = q {
+                        point.quantiles.push((q, sample.value));
                     }
                 }
             }
         }
-        let points: Vec<SummaryDataPoint> = series.into_iter().map(|s| s.2).collect();
-        for chunk in chunks(points) {
-            let n = chunk.len();
-            let help = family.help.as_deref().unwrap_or("");
-            self.push_metric(
-                family.name,
-                help,
-                family.unit.unwrap_or(""),
-                metric::Data::Summary(Summary { data_points: chunk }),
-                n,
+        let head = MetricHead {
+            name: family.name,
+            help: family.help.as_deref().unwrap_or(""),
+            unit: family.unit.unwrap_or(""),
+            data_field: field::METRIC_SUMMARY,
+            monotonic: None,
+            cumulative: false,
+        };
+        let mut marks = self.begin_metric(&head, series.len());
+        for point in series {
+            let time = self.time_of(point.first);
+            let p = self.out.begin(field::DATA_POINTS);
+            write_attributes(
+                &mut self.out,
+                field::SUMMARY_ATTRIBUTES,
+                point.labels,
+                Some("quantile"),
             );
+            self.out.fixed64(field::START_TIME, point.start);
+            self.out.fixed64(field::TIME, time);
+            self.out.fixed64(field::SUMMARY_COUNT, point.count);
+            if !stale {
+                self.out.double(field::SUMMARY_SUM, point.sum);
+                for (quantile, value) in &point.quantiles {
+                    let q = self.out.begin(field::SUMMARY_QUANTILES);
+                    self.out.double(field::QUANTILE, *quantile);
+                    self.out.double(field::QUANTILE_VALUE, *value);
+                    self.out.end(q);
+                }
+            }
+            self.out.uint(field::SUMMARY_FLAGS, u64::from(flags(stale)));
+            self.out.end(p);
+            marks = self.point_done(&head, marks);
         }
+        self.end_metric(&head, marks);
     }
 
-    fn push_metric(
-        &mut self,
-        name: &str,
-        help: &str,
-        unit: &str,
-        data: metric::Data,
-        points: usize,
-    ) {
-        if self.points + points > MAX_POINTS_PER_BATCH {
+    /// Opens a Metric with `head`, starting a new batch first when `points`
+    /// more would not fit. Returns the marks of the Metric and its data field.
+    fn begin_metric(&mut self, head: &MetricHead<'_>, points: usize) -> (Mark, Mark) {
+        if self.points > 0 && self.points + points.min(MAX_POINTS_PER_BATCH) > MAX_POINTS_PER_BATCH
+        {
             self.flush();
         }
-        self.metrics.push(Metric {
-            name: name.to_string(),
-            description: help.to_string(),
-            unit: unit.to_string(),
-            data: Some(data),
-            ..Default::default()
-        });
-        self.points += points;
+        self.start_batch();
+        let metric = self.out.begin(field::SCOPE_METRICS_METRICS);
+        self.out.string(field::METRIC_NAME, head.name);
+        self.out.string(field::METRIC_DESCRIPTION, head.help);
+        self.out.string(field::METRIC_UNIT, head.unit);
+        let data = self.out.begin(head.data_field);
+        (metric, data)
+    }
+
+    /// Counts a point written; when the batch is full, closes the metric,
+    /// flushes, and reopens the same metric in a new batch.
+    fn point_done(&mut self, head: &MetricHead<'_>, marks: (Mark, Mark)) -> (Mark, Mark) {
+        self.points += 1;
+        if self.points < MAX_POINTS_PER_BATCH {
+            return marks;
+        }
+        self.end_metric(head, marks);
+        self.flush();
+        self.begin_metric(head, 1)
+    }
+
+    /// Closes a Metric opened with [`Builder::begin_metric`].
+    fn end_metric(&mut self, head: &MetricHead<'_>, (metric, data): (Mark, Mark)) {
+        if head.cumulative && head.data_field != field::METRIC_GAUGE {
+            self.out.uint(
+                field::AGGREGATION_TEMPORALITY,
+                AggregationTemporality::Cumulative as u64,
+            );
+        }
+        if let Some(monotonic) = head.monotonic {
+            self.out.uint(field::SUM_IS_MONOTONIC, u64::from(monotonic));
+        }
+        self.out.end(data);
+        self.out.end(metric);
+    }
+
+    /// Starts the request, resource and scope of a batch unless one is open.
+    fn start_batch(&mut self) {
+        if self.open.is_some() {
+            return;
+        }
+        // ExportMetricsServiceRequest.resource_metrics = 1, ResourceMetrics.resource = 1,
+        // ResourceMetrics.scope_metrics = 2, ScopeMetrics.scope = 1.
+        let resource_metrics = self.out.begin(1);
+        let resource = self.out.begin(1);
+        self.out.raw(&self.resource);
+        self.out.end(resource);
+        let scope_metrics = self.out.begin(2);
+        let scope = self.out.begin(1);
+        self.out.raw(&self.scope);
+        self.out.end(scope);
+        self.open = Some((resource_metrics, scope_metrics));
     }
 
     fn flush(&mut self) {
-        if self.metrics.is_empty() {
+        let Some((resource_metrics, scope_metrics)) = self.open.take() else {
             return;
-        }
-        let request = ExportMetricsServiceRequest {
-            resource_metrics: vec![ResourceMetrics {
-                resource: Some(self.resource.clone()),
-                scope_metrics: vec![ScopeMetrics {
-                    scope: Some(self.scope.clone()),
-                    metrics: std::mem::take(&mut self.metrics),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
         };
-        self.done.push((encode(&request), self.points));
+        self.out.end(scope_metrics);
+        self.out.end(resource_metrics);
+        self.done.push((compress(self.out.as_bytes()), self.points));
+        self.out.clear();
         self.points = 0;
     }
 
@@ -405,6 +534,36 @@ impl Builder {
             _ => self.now_nanos,
         }
     }
+}
+
+/// Writes the point's attributes: every label but `job`, `instance` and `skip`.
+fn write_attributes(out: &mut Writer, field: u32, labels: &[Label<'_>], skip: Option<&str>) {
+    for l in labels {
+        if l.name != "job" && l.name != "instance" && Some(l.name) != skip {
+            out.string_attribute(field, l.name, &l.value);
+        }
+    }
+}
+
+/// A hash of a label set, to match `_created` samples to their series.
+fn labels_hash(labels: &[Label<'_>]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for l in labels {
+        l.name.hash(&mut h);
+        l.value.as_ref().hash(&mut h);
+    }
+    h.finish()
+}
+
+/// A hash of a label set without `skip` (`le` or `quantile`), to group the
+/// samples of one histogram or summary series.
+fn labels_hash_without(labels: &[Label<'_>], skip: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for l in labels.iter().filter(|l| l.name != skip) {
+        l.name.hash(&mut h);
+        l.value.as_ref().hash(&mut h);
+    }
+    h.finish()
 }
 
 /// How a family of plain numbers maps to OTLP.
@@ -433,42 +592,6 @@ impl<'f, 's> HistogramSeries<'f, 's> {
             sum: None,
             count: None,
             created: None,
-        }
-    }
-}
-
-/// Splits points into chunks of at most [`MAX_POINTS_PER_BATCH`].
-fn chunks<T>(mut points: Vec<T>) -> Vec<Vec<T>> {
-    let mut out = Vec::new();
-    while points.len() > MAX_POINTS_PER_BATCH {
-        let rest = points.split_off(MAX_POINTS_PER_BATCH);
-        out.push(points);
-        points = rest;
-    }
-    if !points.is_empty() {
-        out.push(points);
-    }
-    out
-}
-
-/// The point's attributes: every label but `job`, `instance` and `skip`.
-fn attributes(labels: &[Label<'_>], skip: Option<&str>) -> Vec<KeyValue> {
-    labels
-        .iter()
-        .filter(|l| l.name != "job" && l.name != "instance" && Some(l.name) != skip)
-        .map(|l| kv(l.name, l.value.as_ref()))
-        .collect()
-}
-
-/// Whether two label sets are equal, ignoring `skip` (`le` or `quantile`).
-fn same_labels(a: &[Label<'_>], b: &[Label<'_>], skip: Option<&str>) -> bool {
-    let mut a = a.iter().filter(|l| Some(l.name) != skip);
-    let mut b = b.iter().filter(|l| Some(l.name) != skip);
-    loop {
-        match (a.next(), b.next()) {
-            (None, None) => return true,
-            (Some(x), Some(y)) if x.name == y.name && x.value == y.value => {}
-            _ => return false,
         }
     }
 }
@@ -509,8 +632,9 @@ fn seconds_to_nanos(secs: f64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::otlp::proto::collector::metrics::v1::ExportMetricsServiceRequest;
+    use crate::otlp::proto::metrics::v1::{metric, Metric};
     use crate::sources::prometheus::parse::{Format, Limits, Parser};
-    use prost::Message;
     use std::io::Read;
 
     fn decode(e: &Encoded) -> ExportMetricsServiceRequest {
@@ -620,6 +744,65 @@ mod tests {
         }
         let sizes: Vec<usize> = b.finish().into_iter().map(|(_, n)| n).collect();
         assert_eq!(sizes, vec![2000, 2000, 1000]);
+    }
+
+    #[test]
+    fn real_node_exporter_output_decodes_with_prost_point_for_point() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/testdata/prometheus-text/node_exporter/e2e-output.txt"
+        );
+        let body = std::fs::read_to_string(path).unwrap();
+        let target = TargetInfo {
+            job: "node".into(),
+            instance: "h:9100".into(),
+            scheme: "http".into(),
+            extra: vec![],
+        };
+        let mut b = Builder::new(target.resource(&[]), 7);
+        let mut expected = 0;
+        for f in Parser::new(body.as_bytes(), Format::PrometheusText, &Limits::default()) {
+            let f = f.unwrap();
+            expected += match f.kind {
+                MetricType::Histogram | MetricType::GaugeHistogram => f
+                    .samples
+                    .iter()
+                    .filter(|s| s.name.ends_with("_count"))
+                    .count(),
+                MetricType::Summary => f
+                    .samples
+                    .iter()
+                    .filter(|s| s.name.ends_with("_count"))
+                    .count(),
+                _ => f.samples.len(),
+            };
+            b.family(&f, false);
+        }
+        let batches = b.finish();
+        let mut points = 0;
+        for (e, n) in &batches {
+            let request = decode(e);
+            let mut in_batch = 0;
+            for m in request
+                .resource_metrics
+                .iter()
+                .flat_map(|r| &r.scope_metrics)
+                .flat_map(|s| &s.metrics)
+            {
+                assert!(!m.name.is_empty());
+                in_batch += match &m.data {
+                    Some(metric::Data::Gauge(g)) => g.data_points.len(),
+                    Some(metric::Data::Sum(s)) => s.data_points.len(),
+                    Some(metric::Data::Histogram(h)) => h.data_points.len(),
+                    Some(metric::Data::Summary(s)) => s.data_points.len(),
+                    other => panic!("{other:?}"),
+                };
+            }
+            assert_eq!(in_batch, *n, "a batch's point count is what it holds");
+            points += in_batch;
+        }
+        assert_eq!(points, expected);
+        assert!(expected > 1000, "{expected}");
     }
 
     #[test]

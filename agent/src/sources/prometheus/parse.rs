@@ -53,6 +53,31 @@
 //!
 //! Families with no samples are checked but not yielded.
 //!
+//! # What a family looks like
+//!
+//! Sample names are kept as written; the suffix after [`Family::name`] tells
+//! a sample's role:
+//!
+//! | type | samples |
+//! | --- | --- |
+//! | counter | 0.0.4: the family name itself (which usually ends in `_total`). OpenMetrics: `name_total`, and `name_created` whose *value* is the creation time in seconds since the epoch |
+//! | gauge, unknown | the family name |
+//! | histogram | `name_bucket` with an `le` label (`"+Inf"` for the last), `name_sum`, `name_count`; OpenMetrics also `name_created` (seconds) |
+//! | gaugehistogram | `name_bucket` with `le`, `name_gsum`, `name_gcount` |
+//! | summary | `name` with a `quantile` label, `name_sum`, `name_count`; OpenMetrics also `name_created` (seconds) |
+//! | info | `name_info`, value 1; its labels are the information |
+//! | stateset | `name`, one per state, with a label named `name` whose value is the state; value 1 when the state is on, 0 when off |
+//!
+//! In OpenMetrics the samples of one metric (one label set, `le`, `quantile`
+//! and the stateset label aside) are contiguous, buckets ascend and end with
+//! `+Inf`, and each family name occurs once. 0.0.4 exposers almost always do
+//! the same, but the parser only checks that `le` and `quantile` are numbers
+//! there, and a name can come back as another [`Family`]: when its samples
+//! are interleaved with another family's, or as an untyped family for a bare
+//! `foo` sample among histogram `foo`'s samples. `le` and `quantile`
+//! stay label strings; parse them with `str::parse::<f64>` (both formats
+//! write infinity as `+Inf`, which it accepts).
+//!
 //! # Hostile input
 //!
 //! Work is linear in the body size: every byte is looked at a bounded number of
@@ -71,6 +96,7 @@
 //!
 //! See: <https://github.com/OpenObservability/OpenMetrics/blob/main/specification/OpenMetrics.md>
 
+mod names;
 mod number;
 mod openmetrics;
 mod scan;
@@ -177,6 +203,14 @@ pub struct Limits {
     /// few KiB; 16 KiB allows them, while bounding what one sample adds to a
     /// batch. Defaults to 16384.
     pub max_label_value_bytes: usize,
+    /// Most samples in one family.
+    ///
+    /// A family is held in memory whole until the converter takes it, at
+    /// about 64 bytes a sample plus its labels, while a sample line can be as
+    /// short as 4 bytes; this bounds that amplification. The largest families
+    /// seen in practice (kube-state-metrics on big clusters, wide histograms)
+    /// have tens of thousands of samples. Defaults to 200000.
+    pub max_family_samples: usize,
 }
 
 impl Default for Limits {
@@ -186,6 +220,7 @@ impl Default for Limits {
             max_line_bytes: 64 * 1024,
             max_name_bytes: 1024,
             max_label_value_bytes: 16 * 1024,
+            max_family_samples: 200_000,
         }
     }
 }
@@ -223,6 +258,16 @@ pub struct Sample<'a> {
     /// truncated toward zero to whole milliseconds (saturating at the `i64`
     /// range).
     pub timestamp_ms: Option<i64>,
+}
+
+impl Sample<'_> {
+    /// The value of the label `name`, if the sample has it.
+    pub fn label(&self, name: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.value.as_ref())
+    }
 }
 
 /// One label of a sample.
@@ -306,7 +351,8 @@ impl std::error::Error for ParseError {}
 #[derive(Debug)]
 enum State<'a> {
     Text(text::TextState<'a>),
-    OpenMetrics(openmetrics::OmState<'a>),
+    // Boxed: the OpenMetrics state is the largest by far.
+    OpenMetrics(Box<openmetrics::OmState<'a>>),
     /// The body was rejected before parsing (invalid UTF-8); yielded once.
     Failed(Option<ParseError>),
 }
@@ -335,8 +381,8 @@ impl<'a> Parser<'a> {
         let (src, state) = match std::str::from_utf8(body) {
             Ok(src) => {
                 let state = match format {
-                    Format::PrometheusText => State::Text(text::TextState::default()),
-                    Format::OpenMetrics => State::OpenMetrics(openmetrics::OmState::default()),
+                    Format::PrometheusText => State::Text(text::TextState::new(src.len())),
+                    Format::OpenMetrics => State::OpenMetrics(Box::default()),
                 };
                 (src, state)
             }

@@ -117,6 +117,10 @@ pub struct Scraper {
     /// The previous successful body and its sorted series hashes, to find
     /// series that disappear and mark them stale.
     previous: Option<Previous>,
+    /// The buffer the next body is read into: the body before last, kept so
+    /// that a large target costs two allocations for its life, not two per
+    /// scrape (which also fragments the heap).
+    spare: Vec<u8>,
 }
 
 impl std::fmt::Debug for Scraper {
@@ -159,6 +163,7 @@ impl Scraper {
             limits: Limits::default(),
             errors: RateLimit::new(Duration::from_secs(60)),
             previous: None,
+            spare: Vec::new(),
         }
     }
 
@@ -194,15 +199,25 @@ impl Scraper {
             Err(_) => Vec::new(),
         };
         let mut builder = Builder::new(self.info.resource(&target_info), now_nanos);
-        let result = fetched.and_then(|(body, format)| {
-            let (samples, hashes) = self.convert(&body, format, &mut builder)?;
-            self.previous = Some(Previous {
-                body,
-                format,
-                hashes,
-            });
-            Ok(samples)
-        });
+        let result =
+            fetched.and_then(
+                |(body, format)| match self.convert(&body, format, &mut builder) {
+                    Ok((samples, hashes)) => {
+                        let replaced = self.previous.replace(Previous {
+                            body,
+                            format,
+                            hashes,
+                        });
+                        // The body before last is the buffer for the next scrape.
+                        self.spare = replaced.map(|p| p.body).unwrap_or_default();
+                        Ok(samples)
+                    }
+                    Err(e) => {
+                        self.spare = body;
+                        Err(e)
+                    }
+                },
+            );
         let duration = started.elapsed().as_secs_f64();
         let (up, samples) = match &result {
             Ok(n) => (1.0, *n),
@@ -253,7 +268,7 @@ impl Scraper {
         );
     }
 
-    fn fetch(&self) -> Result<(Vec<u8>, Format), ScrapeError> {
+    fn fetch(&mut self) -> Result<(Vec<u8>, Format), ScrapeError> {
         let timeout = format!("{}", self.job.timeout.as_secs_f64());
         let headers = [
             ("Accept", ACCEPT),
@@ -261,7 +276,12 @@ impl Scraper {
         ];
         let fetched = self
             .client
-            .get(&self.target.url, &headers, self.job.body_size_limit)
+            .get_into(
+                &self.target.url,
+                &headers,
+                self.job.body_size_limit,
+                std::mem::take(&mut self.spare),
+            )
             .map_err(|e| match e {
                 FetchError::TooLarge(limit) => ScrapeError::TooLarge(limit),
                 e => ScrapeError::Http(e.to_string()),
@@ -349,15 +369,54 @@ fn emit_stale(previous: &Previous, gone: Option<&[u64]>, builder: &mut Builder) 
     }
 }
 
-/// A hash identifying a series: sample name and labels.
+/// A hash identifying a series: sample name and labels. It runs for every
+/// sample, so it reads eight bytes at a time (FxHash's multiply-rotate) and
+/// mixes the result once (murmur3's finalizer); a collision would at worst
+/// miss one staleness marker.
 fn series_hash(sample: &super::parse::Sample<'_>) -> u64 {
-    let mut h = DefaultHasher::new();
-    sample.name.hash(&mut h);
+    let mut h = SeriesHasher(0);
+    h.bytes(sample.name.as_bytes());
     for l in &sample.labels {
-        l.name.hash(&mut h);
-        l.value.as_ref().hash(&mut h);
+        h.bytes(l.name.as_bytes());
+        h.bytes(l.value.as_bytes());
     }
     h.finish()
+}
+
+/// See [`series_hash`].
+struct SeriesHasher(u64);
+
+impl SeriesHasher {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+
+    fn word(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(Self::K);
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        let mut chunks = b.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.word(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        let mut w = [0u8; 8];
+        if let Some(d) = w.get_mut(..rest.len()) {
+            d.copy_from_slice(rest);
+        }
+        // The length separates "ab","c" from "a","bc".
+        self.word(u64::from_le_bytes(w) ^ (b.len() as u64) << 56);
+    }
+
+    fn finish(&self) -> u64 {
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
 }
 
 /// The target's fixed offset within the interval.
@@ -382,6 +441,38 @@ fn unix_nanos(t: SystemTime) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn series_hashes_separate_names_labels_and_boundaries() {
+        use super::super::parse::{Label, Sample};
+        use std::borrow::Cow;
+        let sample = |name, labels: &[(&'static str, &'static str)]| Sample {
+            name,
+            labels: labels
+                .iter()
+                .map(|(n, v)| Label {
+                    name: n,
+                    value: Cow::Borrowed(*v),
+                })
+                .collect(),
+            value: 0.0,
+            timestamp_ms: None,
+        };
+        let a = series_hash(&sample("m", &[("a", "bc")]));
+        assert_eq!(a, series_hash(&sample("m", &[("a", "bc")])));
+        assert_ne!(a, series_hash(&sample("m", &[("ab", "c")])));
+        assert_ne!(a, series_hash(&sample("m", &[("a", "bd")])));
+        assert_ne!(a, series_hash(&sample("n", &[("a", "bc")])));
+        let many: std::collections::HashSet<u64> = (0..100_000)
+            .map(|i| {
+                series_hash(&sample(
+                    "m",
+                    &[("i", Box::leak(i.to_string().into_boxed_str()))],
+                ))
+            })
+            .collect();
+        assert_eq!(many.len(), 100_000);
+    }
 
     #[test]
     fn offsets_are_stable_and_within_the_interval() {

@@ -16,11 +16,10 @@
 //! exposition order, so a metric that comes back with its labels in another
 //! order is not noticed; that errs on the side of accepting.
 
-use std::borrow::Cow;
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 
+use super::names::{HashKeyed, KeyMap, Name, NameMap};
 use super::number::{self, Grammar};
 use super::scan::{is_metric_name_chars, unescape_help, Cursor};
 use super::text::take_labels;
@@ -78,9 +77,10 @@ impl Role {
     }
 }
 
-/// The role of `sample` in family `family` of type `kind`, if it belongs.
-fn role(kind: MetricType, family: &str, sample: &str) -> Option<Role> {
-    let role = Role::from_suffix(sample.strip_prefix(family)?)?;
+/// The role of a sample named the family's name plus `rest`, in a family of
+/// type `kind`, if it belongs.
+fn role(kind: MetricType, rest: &str) -> Option<Role> {
+    let role = Role::from_suffix(rest)?;
     let fits = match kind {
         MetricType::Counter => matches!(role, Role::Total | Role::Created),
         MetricType::Gauge | MetricType::StateSet | MetricType::Unknown => role == Role::Value,
@@ -167,28 +167,8 @@ impl Hash for Claim<'_> {
     }
 }
 
-/// A hasher for keys that already are keyed hashes.
-#[derive(Debug, Default)]
-struct PassThrough(u64);
-
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
 /// Label-set hash of each metric of a family → index of its first sample.
-type MetricIndex = HashMap<u64, usize, BuildHasherDefault<PassThrough>>;
+type MetricIndex = HashKeyed<usize>;
 
 /// What one metric point has so far.
 #[derive(Debug, Default)]
@@ -561,9 +541,9 @@ enum Meta {
 #[derive(Debug, Default)]
 pub(super) struct OmState<'a> {
     /// Names of all families so far, including those without samples.
-    names: HashSet<&'a str>,
+    names: NameMap<'a, ()>,
     /// Sample names all families so far may use.
-    claims: HashSet<Claim<'a>>,
+    claims: KeyMap<Claim<'a>, ()>,
     current: Option<Builder<'a>>,
     /// Keys the metric label-set hashes.
     hasher: RandomState,
@@ -634,7 +614,7 @@ impl<'a> OmState<'a> {
             ));
         }
         for &suffix in suffixes(kind) {
-            if !self.claims.insert(Claim { base: name, suffix }) {
+            if !self.claims.entry(Claim { base: name, suffix }, || ()).1 {
                 let (kind, what) = if b.from_sample {
                     (ErrorKind::Order, "sample belongs to an earlier family")
                 } else {
@@ -684,16 +664,14 @@ impl<'a> OmState<'a> {
                 Some(cur.rest_of_line()),
             ));
         };
-        let name = match &self.current {
-            Some(b) => cur.metric_name_after(b.family.name, limits)?,
-            None => cur.metric_name(limits)?,
-        };
+        let prefix = self.current.as_ref().map(|b| b.family.name);
+        let (name, rest) = cur.metric_name_after(prefix, limits)?;
         if !cur.eat(b' ') {
             return Err(cur.expected("' ' after the metric name"));
         }
         let text = cur.take_line();
         cur.check_line_length(limits)?;
-        let done = self.apply(cur, strict, name, meta, text)?;
+        let done = self.apply(cur, strict, name, rest == Some(""), meta, text)?;
         cur.end_line(limits, "end of line")?;
         Ok(done)
     }
@@ -704,17 +682,17 @@ impl<'a> OmState<'a> {
         cur: &Cursor<'a>,
         strict: bool,
         name: &'a str,
+        same: bool,
         meta: Meta,
         text: &'a str,
     ) -> Result<Option<Family<'a>>, ParseError> {
         let metadata =
             |what: &str, detail: &str| Err(cur.error(ErrorKind::Metadata, what, Some(detail)));
-        let same = self.current.as_ref().is_some_and(|b| b.family.name == name);
         let done = if same {
             None
         } else {
             let done = self.finish_current(cur, strict)?;
-            if !self.names.insert(name) {
+            if !self.names.entry(Name(name), || ()).1 {
                 return metadata("metric family appears twice", name);
             }
             self.current = Some(Builder::new(name, false));
@@ -775,12 +753,10 @@ impl<'a> OmState<'a> {
         strict: bool,
         scratch: &mut Vec<Label<'a>>,
     ) -> Result<Option<Family<'a>>, ParseError> {
-        let name = match &self.current {
-            Some(b) => cur.metric_name_after(b.family.name, limits)?,
-            None => cur.metric_name(limits)?,
-        };
+        let prefix = self.current.as_ref().map(|b| b.family.name);
+        let (name, rest) = cur.metric_name_after(prefix, limits)?;
         if cur.eat(b'{') {
-            cur.labels(scratch, false, limits)?;
+            cur.labels::<false>(scratch, limits)?;
         } else {
             scratch.clear();
         }
@@ -819,26 +795,22 @@ impl<'a> OmState<'a> {
             return Err(cur.expected("end of line"));
         }
         cur.check_line_length(limits)?;
-        if let Some(l) = scratch.iter().find(|l| l.name == "__name__") {
-            return Err(cur.error(ErrorKind::Syntax, "reserved label name", Some(l.name)));
-        }
 
-        let joined = self
-            .current
-            .as_ref()
-            .and_then(|b| role(b.family.kind, b.family.name, name));
+        let joined = match (&self.current, rest) {
+            (Some(b), Some(rest)) => role(b.family.kind, rest),
+            _ => None,
+        };
         let (done, role) = match joined {
             Some(role) => (None, role),
             None => {
                 let done = self.finish_current(cur, strict)?;
-                if self.names.contains(name) {
+                if !self.names.entry(Name(name), || ()).1 {
                     return Err(cur.error(
                         ErrorKind::Order,
                         "family interleaved with another family",
                         Some(name),
                     ));
                 }
-                self.names.insert(name);
                 self.current = Some(Builder::new(name, true));
                 (done, Role::Value)
             }
@@ -848,6 +820,13 @@ impl<'a> OmState<'a> {
         };
         if !b.sealed {
             self.seal(cur, &mut b)?;
+        }
+        if b.family.samples.len() >= limits.max_family_samples {
+            return Err(cur.limit_error(
+                "too many samples in one family",
+                b.family.samples.len() + 1,
+                limits.max_family_samples,
+            ));
         }
         let labels = take_labels(scratch);
         let sample = Sample {
@@ -875,7 +854,7 @@ impl<'a> OmState<'a> {
         if !cur.eat_str("# {") {
             return Err(cur.expected("'# {' to start an exemplar"));
         }
-        cur.labels(&mut self.exemplar_labels, false, limits)?;
+        cur.labels::<false>(&mut self.exemplar_labels, limits)?;
         let chars: usize = self
             .exemplar_labels
             .iter()
@@ -912,6 +891,7 @@ impl<'a> OmState<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::borrow::Cow;
     use std::collections::hash_map::DefaultHasher;
 
     fn hash_of(c: Claim<'_>) -> u64 {

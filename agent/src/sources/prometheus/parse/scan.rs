@@ -6,6 +6,7 @@
 //! boundary; `Cursor::slice` still goes through `str::get`, which cannot panic.
 
 use std::borrow::Cow;
+use std::fmt;
 
 use super::{ErrorKind, Label, Limits, ParseError};
 
@@ -46,12 +47,15 @@ fn class(b: u8) -> u8 {
     CLASS[usize::from(b)]
 }
 
+/// Bytes of a word, each `0x01`.
+const LO: u64 = 0x0101_0101_0101_0101;
+/// Bytes of a word, each `0x80`.
+const HI: u64 = 0x8080_8080_8080_8080;
+
 /// Finds the first of up to three bytes in `hay` from `from` on; returns its
 /// index, or `hay.len()`. Eight bytes at a time: most label values and help
 /// texts are long enough for that to pay.
 fn find_any(hay: &[u8], from: usize, needles: [u8; 3]) -> usize {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
     let [a, b, c] = needles.map(|n| LO * u64::from(n));
     let mut i = from;
     while let Some(chunk) = hay.get(i..i + 8) {
@@ -98,8 +102,18 @@ pub(super) fn excerpt(s: &str) -> String {
     }
 }
 
+/// The end of the run of identifier bytes from `i` on: letters, digits, `_`,
+/// and `:` when `colon`. (Byte by byte: identifiers are short, and a
+/// word-at-a-time version measured slower.)
+fn ident_end(hay: &[u8], mut i: usize, colon: bool) -> usize {
+    let cont = if colon { METRIC_CONT } else { LABEL_CONT };
+    while hay.get(i).is_some_and(|&b| class(b) & cont != 0) {
+        i += 1;
+    }
+    i
+}
+
 /// A position in the body, with the line it is on.
-#[derive(Debug)]
 pub(super) struct Cursor<'a> {
     src: &'a str,
     /// Invariant: `pos <= src.len()`.
@@ -108,6 +122,17 @@ pub(super) struct Cursor<'a> {
     line: usize,
     /// Byte offset where the current line starts.
     line_start: usize,
+}
+
+impl fmt::Debug for Cursor<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Not the body: it can be megabytes.
+        f.debug_struct("Cursor")
+            .field("len", &self.src.len())
+            .field("pos", &self.pos)
+            .field("line", &self.line)
+            .finish()
+    }
 }
 
 impl<'a> Cursor<'a> {
@@ -151,11 +176,16 @@ impl<'a> Cursor<'a> {
 
     /// Skips spaces and tabs; returns how many.
     pub(super) fn skip_blanks(&mut self) -> usize {
+        // Scanning loops work on a local index and store it once: stores to
+        // `self.pos` inside a loop are not hoisted.
+        let bytes = self.src.as_bytes();
         let start = self.pos;
-        while matches!(self.peek(), Some(b' ' | b'\t')) {
-            self.pos += 1;
+        let mut i = start;
+        while matches!(bytes.get(i), Some(b' ' | b'\t')) {
+            i += 1;
         }
-        self.pos - start
+        self.pos = i;
+        i - start
     }
 
     /// The text between two positions this cursor produced.
@@ -191,41 +221,37 @@ impl<'a> Cursor<'a> {
         (self.slice(begin, self.pos), escaped)
     }
 
-    /// Consumes a run of bytes of class `cont` after one of class `start`;
-    /// returns the run, empty when the next byte is not a `start` byte.
-    fn take_ident(&mut self, start: u8, cont: u8) -> &'a str {
+    /// Consumes a metric name's bytes; empty when the next byte cannot start one.
+    fn take_ident(&mut self) -> &'a str {
         let begin = self.pos;
-        if self.peek().is_some_and(|b| class(b) & start != 0) {
-            self.pos += 1;
-            while self.peek().is_some_and(|b| class(b) & cont != 0) {
-                self.pos += 1;
-            }
+        if self.peek().is_some_and(|b| class(b) & METRIC_START != 0) {
+            self.pos = ident_end(self.src.as_bytes(), begin + 1, true);
         }
         self.slice(begin, self.pos)
     }
 
     /// Consumes a metric name, like [`Cursor::metric_name`], faster when it
-    /// starts with `prefix` (a valid metric name, such as the name of the
-    /// family being read).
+    /// starts with `prefix` (the name of the family being read, if any); also
+    /// returns what follows `prefix` when it does start with it.
     pub(super) fn metric_name_after(
         &mut self,
-        prefix: &str,
+        prefix: Option<&str>,
         limits: &Limits,
-    ) -> Result<&'a str, ParseError> {
+    ) -> Result<(&'a str, Option<&'a str>), ParseError> {
         let begin = self.pos;
-        if !self.eat_str(prefix) || prefix.is_empty() {
-            self.pos = begin;
-            return self.metric_name(limits);
-        }
-        while self.peek().is_some_and(|b| class(b) & METRIC_CONT != 0) {
-            self.pos += 1;
-        }
-        self.check_name(self.slice(begin, self.pos), limits)
+        let Some(prefix) = prefix.filter(|p| !p.is_empty() && self.eat_str(p)) else {
+            return Ok((self.metric_name(limits)?, None));
+        };
+        let rest = self.pos;
+        self.pos = ident_end(self.src.as_bytes(), rest, true);
+        debug_assert_eq!(rest - begin, prefix.len());
+        let name = self.check_name(self.slice(begin, self.pos), limits)?;
+        Ok((name, Some(self.slice(rest, self.pos))))
     }
 
     /// Consumes a metric name; an error when none is next or it is too long.
     pub(super) fn metric_name(&mut self, limits: &Limits) -> Result<&'a str, ParseError> {
-        let name = self.take_ident(METRIC_START, METRIC_CONT);
+        let name = self.take_ident();
         self.check_name(name, limits)
     }
 
@@ -247,22 +273,6 @@ impl<'a> Cursor<'a> {
         Ok(name)
     }
 
-    /// Consumes a label name; an error when none is next or it is too long.
-    pub(super) fn label_name(&mut self, limits: &Limits) -> Result<&'a str, ParseError> {
-        let name = self.take_ident(LABEL_START, LABEL_CONT);
-        if name.is_empty() {
-            return Err(self.error(
-                ErrorKind::Syntax,
-                "invalid label name",
-                Some(self.token_excerpt()),
-            ));
-        }
-        if name.len() > limits.max_name_bytes {
-            return Err(self.limit_error("label name too long", name.len(), limits.max_name_bytes));
-        }
-        Ok(name)
-    }
-
     /// The next few bytes of the line, for an error message.
     fn token_excerpt(&self) -> &'a str {
         let rest = self.rest_of_line();
@@ -277,12 +287,8 @@ impl<'a> Cursor<'a> {
     /// newline or the end of the body.
     pub(super) fn token(&mut self, tabs: bool) -> &'a str {
         let begin = self.pos;
-        while let Some(b) = self.peek() {
-            if b == b' ' || b == b'\n' || (tabs && b == b'\t') {
-                break;
-            }
-            self.pos += 1;
-        }
+        let tab = if tabs { b'\t' } else { b' ' };
+        self.pos = find_any(self.src.as_bytes(), begin, [b' ', b'\n', tab]);
         self.slice(begin, self.pos)
     }
 
@@ -349,58 +355,96 @@ impl<'a> Cursor<'a> {
     }
 
     /// Consumes a label set; the opening `{` is already consumed. Labels go to
-    /// `out` (cleared first). `lenient` is the 0.0.4 grammar: blanks around
-    /// every part and a trailing comma are allowed.
-    pub(super) fn labels(
+    /// `out` (cleared first). `LENIENT` is the 0.0.4 grammar: blanks around
+    /// every part and a trailing comma are allowed. `__name__` is reserved.
+    pub(super) fn labels<const LENIENT: bool>(
         &mut self,
         out: &mut Vec<Label<'a>>,
-        lenient: bool,
         limits: &Limits,
     ) -> Result<(), ParseError> {
-        out.clear();
-        if lenient {
-            self.skip_blanks();
+        // A local index throughout: this is the innermost loop of the parser.
+        let bytes = self.src.as_bytes();
+        let mut i = self.pos;
+        macro_rules! blanks {
+            () => {
+                if LENIENT {
+                    while matches!(bytes.get(i), Some(b' ' | b'\t')) {
+                        i += 1;
+                    }
+                }
+            };
         }
-        if self.eat(b'}') {
+        macro_rules! fail {
+            ($e:expr) => {{
+                self.pos = i;
+                return Err($e);
+            }};
+        }
+        out.clear();
+        blanks!();
+        if bytes.get(i) == Some(&b'}') {
+            self.pos = i + 1;
             return Ok(());
         }
         loop {
-            let name = self.label_name(limits)?;
-            if lenient {
-                self.skip_blanks();
+            let start = i;
+            if !bytes.get(i).is_some_and(|&b| class(b) & LABEL_START != 0) {
+                fail!(self.error(
+                    ErrorKind::Syntax,
+                    "invalid label name",
+                    Some(self.token_excerpt())
+                ));
             }
-            if !self.eat(b'=') {
-                return Err(self.expected("'=' after label name"));
+            i = ident_end(bytes, i + 1, false);
+            let name = self.slice(start, i);
+            if name.len() > limits.max_name_bytes {
+                fail!(self.limit_error("label name too long", name.len(), limits.max_name_bytes));
             }
-            if lenient {
-                self.skip_blanks();
+            if name == "__name__" {
+                fail!(self.error(ErrorKind::Syntax, "reserved label name", Some(name)));
             }
-            if !self.eat(b'"') {
-                return Err(self.expected("'\"' to open label value"));
+            blanks!();
+            if bytes.get(i) != Some(&b'=') {
+                fail!(self.expected_at(i, "'=' after label name"));
             }
+            i += 1;
+            blanks!();
+            if bytes.get(i) != Some(&b'"') {
+                fail!(self.expected_at(i, "'\"' to open label value"));
+            }
+            self.pos = i + 1;
             let value = self.quoted(limits)?;
+            i = self.pos;
             if out.len() >= limits.max_labels {
-                return Err(self.limit_error("too many labels", out.len() + 1, limits.max_labels));
+                fail!(self.limit_error("too many labels", out.len() + 1, limits.max_labels));
             }
             out.push(Label { name, value });
-            if lenient {
-                self.skip_blanks();
-            }
-            if self.eat(b'}') {
-                break;
-            }
-            if !self.eat(b',') {
-                return Err(self.expected("',' or '}' after label value"));
-            }
-            if lenient {
-                self.skip_blanks();
-                if self.eat(b'}') {
+            blanks!();
+            match bytes.get(i) {
+                Some(b'}') => {
+                    i += 1;
                     break;
                 }
+                Some(b',') => {
+                    i += 1;
+                    blanks!();
+                    if LENIENT && bytes.get(i) == Some(&b'}') {
+                        i += 1;
+                        break;
+                    }
+                }
+                _ => fail!(self.expected_at(i, "',' or '}' after label value")),
             }
         }
+        self.pos = i;
         check_unique_labels(out)
             .map_err(|name| self.error(ErrorKind::Syntax, "duplicate label name", Some(name)))
+    }
+
+    /// [`Cursor::expected`] at position `at` of the current line.
+    fn expected_at(&mut self, at: usize, what: &str) -> ParseError {
+        self.pos = at;
+        self.expected(what)
     }
 
     /// An error for a missing piece of syntax, quoting what is there instead.
@@ -516,5 +560,45 @@ pub(super) fn check_unique_labels<'a>(labels: &[Label<'a>]) -> Result<(), &'a st
     match names.windows(2).find(|w| w.first() == w.get(1)) {
         Some(w) => Err(w.first().copied().unwrap_or("")),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The word-at-a-time scanners agree with byte-at-a-time definitions on
+    /// every byte value in every position.
+    #[test]
+    fn swar_scanners_match_bytewise() {
+        let mut rng = fastrand::Rng::with_seed(3);
+        let alphabet: Vec<u8> = (0..=255).collect();
+        for _ in 0..20_000 {
+            let len = rng.usize(0..24);
+            let hay: Vec<u8> = (0..len)
+                .map(|_| {
+                    if rng.bool() {
+                        *rng.choice(b"aZ09_:{ \t\n\"\\".iter()).unwrap_or(&b'a')
+                    } else {
+                        alphabet[rng.usize(0..256)]
+                    }
+                })
+                .collect();
+            let from = rng.usize(0..=len);
+            for colon in [false, true] {
+                let want = (from..len)
+                    .find(|&i| {
+                        let b = hay[i];
+                        !(b.is_ascii_alphanumeric() || b == b'_' || (colon && b == b':'))
+                    })
+                    .unwrap_or(len);
+                assert_eq!(ident_end(&hay, from, colon), want, "{hay:?} from {from}");
+            }
+            let needles = [b'"', b'\\', b'\n'];
+            let want = (from..len)
+                .find(|&i| needles.contains(&hay[i]))
+                .unwrap_or(len);
+            assert_eq!(find_any(&hay, from, needles), want, "{hay:?} from {from}");
+        }
     }
 }

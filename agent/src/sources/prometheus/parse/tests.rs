@@ -61,13 +61,6 @@ fn names<'a>(families: &[Family<'a>]) -> Vec<(&'a str, MetricType, usize)> {
         .collect()
 }
 
-fn label<'a>(s: &'a Sample<'_>, name: &str) -> Option<&'a str> {
-    s.labels
-        .iter()
-        .find(|l| l.name == name)
-        .map(|l| l.value.as_ref())
-}
-
 fn testdata() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata")
 }
@@ -86,11 +79,7 @@ fn files(dir: &Path, want: &dyn Fn(&str) -> bool) -> Vec<PathBuf> {
             let path = entry.expect("directory entry").path();
             if path.is_dir() {
                 stack.push(path);
-            } else if path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| want(n))
-            {
+            } else if path.file_name().and_then(|n| n.to_str()).is_some_and(want) {
                 out.push(path);
             }
         }
@@ -186,8 +175,8 @@ other 3
     );
     assert_eq!(f[0].help.as_deref(), Some("Requests."));
     assert_eq!(f[0].samples[1].timestamp_ms, Some(1_700_000_000_000));
-    assert_eq!(label(&f[0].samples[0], "code"), Some("200"));
-    assert_eq!(label(&f[1].samples[1], "le"), Some("+Inf"));
+    assert_eq!(f[0].samples[0].label("code"), Some("200"));
+    assert_eq!(f[1].samples[1].label("le"), Some("+Inf"));
     assert_eq!(f[1].samples[1].value, 2.0);
     assert_eq!(f[1].samples[3].name, "rpc_count");
 }
@@ -213,6 +202,35 @@ s_count 2
     assert_eq!(f[2].help.as_deref(), Some("Help of s."));
 }
 
+/// Found while fuzzing with a render-and-reparse oracle: family boundaries
+/// depend on metadata lines that belong to no sample.
+#[test]
+fn text_metadata_between_samples() {
+    // HELP after a family's samples belongs to that family and later ones.
+    let f = text("# TYPE a summary\na_sum 1\n# HELP a late\na_sum 2\n");
+    assert_eq!(names(&f), [("a", MetricType::Summary, 2)]);
+    assert_eq!(f[0].help.as_deref(), Some("late"));
+    // A metadata-only family in between splits a name into two families.
+    let f = text("# TYPE a summary\na_sum 1\n# HELP b x\na_sum 2\n# HELP a late\n");
+    assert_eq!(
+        names(&f),
+        [("a", MetricType::Summary, 1), ("a", MetricType::Summary, 1)]
+    );
+    assert_eq!(
+        (f[0].help.as_deref(), f[1].help.as_deref()),
+        (None, Some("late"))
+    );
+    // A bare sample named like a histogram is an untyped family of that name.
+    let f = text("# TYPE h histogram\nh 1\nh_bucket{le=\"+Inf\"} 1\n");
+    assert_eq!(
+        names(&f),
+        [
+            ("h", MetricType::Unknown, 1),
+            ("h", MetricType::Histogram, 1)
+        ]
+    );
+}
+
 #[test]
 fn text_lenient_spacing_and_comments() {
     let body = "\n\
@@ -228,7 +246,7 @@ name2 {} 3\n\
     assert_eq!(names(&f), [("name2", MetricType::Gauge, 3)]);
     assert_eq!(f[0].help.as_deref(), Some("doc str\"ing 2"));
     assert_eq!(f[0].samples[1].value, f64::NEG_INFINITY);
-    assert_eq!(label(&f[0].samples[0], "basename"), Some("basevalue2"));
+    assert_eq!(f[0].samples[0].label("basename"), Some("basevalue2"));
 }
 
 #[test]
@@ -236,7 +254,7 @@ fn text_escapes() {
     let body = "# HELP a x\\\\y\\nz \\q\na{v=\"q\\\"\\\\\\n\\t\"} 1\n";
     let f = text(body);
     assert_eq!(f[0].help.as_deref(), Some("x\\y\nz \\q"));
-    assert_eq!(label(&f[0].samples[0], "v"), Some("q\"\\\n\\t"));
+    assert_eq!(f[0].samples[0].label("v"), Some("q\"\\\n\\t"));
     assert!(matches!(f[0].samples[0].labels[0].value, Cow::Owned(_)));
 }
 
@@ -765,6 +783,31 @@ fn hostile_many_labels() {
         .collect::<Result<Vec<_>, _>>()
         .expect_err("duplicate");
     assert!(e.to_string().contains("duplicate label name"), "{e}");
+}
+
+#[test]
+fn hostile_huge_family() {
+    let limits = Limits {
+        max_family_samples: 1000,
+        ..Limits::default()
+    };
+    for (body, format) in [
+        ("a 1\n".repeat(1001), Format::PrometheusText),
+        (
+            format!("{}# EOF\n", "a 1 1\n".repeat(1001)),
+            Format::OpenMetrics,
+        ),
+    ] {
+        let e = Parser::new(body.as_bytes(), format, &limits)
+            .collect::<Result<Vec<_>, _>>()
+            .expect_err("too many samples");
+        assert_eq!((e.kind(), e.line), (ErrorKind::Limit, 1001), "{e}");
+        let fits = &body[4..];
+        if format == Format::PrometheusText {
+            let f = Parser::new(fits.as_bytes(), format, &limits).collect::<Result<Vec<_>, _>>();
+            assert_eq!(f.map(|f| f[0].samples.len()), Ok(1000));
+        }
+    }
 }
 
 #[test]

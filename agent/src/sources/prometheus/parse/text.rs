@@ -10,8 +10,8 @@
 //! after another one is yielded again, with the same type and help.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 
+use super::names::{Name, NameMap};
 use super::number::{self, Grammar};
 use super::scan::{unescape_help, Cursor};
 use super::{ErrorKind, Family, Label, Limits, MetricType, ParseError, Sample};
@@ -43,18 +43,29 @@ struct Current<'a> {
 }
 
 /// Parse state across the lines of one 0.0.4 body.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct TextState<'a> {
-    /// Family name → index into `meta`. One lookup per family start; the
-    /// family being built keeps its index.
-    index: HashMap<&'a str, usize>,
     /// Metadata and sample presence per family name, for the whole body.
-    meta: Vec<Known<'a>>,
+    /// One lookup per family start; the family being built keeps its index.
+    known: NameMap<'a, Known<'a>>,
     /// The family being built; it may have metadata and no samples yet.
     current: Option<Current<'a>>,
 }
 
 impl<'a> TextState<'a> {
+    /// State for a body of `len` bytes.
+    pub(super) fn new(len: usize) -> TextState<'a> {
+        // Room for the families a typical exposition of this size has (a few
+        // hundred bytes each: HELP, TYPE and a few samples), so that the map
+        // rarely grows; capped, so that a large body does not reserve much.
+        const BYTES_PER_FAMILY: usize = 512;
+        const MAX_RESERVED: usize = 4096;
+        TextState {
+            known: NameMap::with_capacity((len / BYTES_PER_FAMILY).min(MAX_RESERVED)),
+            current: None,
+        }
+    }
+
     /// Reads lines until a family is complete; `None` at the end of the body.
     pub(super) fn next_family(
         &mut self,
@@ -93,24 +104,21 @@ impl<'a> TextState<'a> {
 
     /// Replaces the family being built; returns the old one if it has samples.
     fn replace_current(&mut self, family: Family<'a>, known: usize) -> Option<Family<'a>> {
-        std::mem::replace(&mut self.current, Some(Current { family, known }))
+        self.current
+            .replace(Current { family, known })
             .and_then(Current::finished)
     }
 
-    /// The index of `name`'s entry in `meta`, made if new.
+    /// The index of `name`'s entry in `known`, made if new.
     fn known_index(&mut self, name: &'a str) -> usize {
-        let meta = &mut self.meta;
-        *self.index.entry(name).or_insert_with(|| {
-            meta.push(Known::default());
-            meta.len() - 1
-        })
+        self.known.entry(Name(name), Known::default).0
     }
 
-    /// The index of `name`'s metadata: that of the family being built when it
-    /// has this name (no lookup), else from the index.
-    fn known_for(&mut self, name: &'a str) -> usize {
+    /// The index of `name`'s metadata: that of the family being built when
+    /// `same` (it has this name; no lookup), else from the index.
+    fn known_for(&mut self, name: &'a str, same: bool) -> usize {
         match &self.current {
-            Some(c) if c.family.name == name => c.known,
+            Some(c) if same => c.known,
             _ => self.known_index(name),
         }
     }
@@ -134,10 +142,10 @@ impl<'a> TextState<'a> {
         if matches!(cur.peek(), None | Some(b'\n')) {
             return cur.end_line(limits, "end of line").map(|()| None);
         }
-        let name = match &self.current {
-            Some(c) => cur.metric_name_after(c.family.name, limits)?,
-            None => cur.metric_name(limits)?,
-        };
+        let prefix = self.current.as_ref().map(|c| c.family.name);
+        let (name, rest) = cur.metric_name_after(prefix, limits)?;
+        // Same name as the family being built.
+        let same = rest == Some("");
         match cur.peek() {
             None | Some(b'\n') => return cur.end_line(limits, "end of line").map(|()| None),
             Some(b' ' | b'\t') => {}
@@ -156,7 +164,7 @@ impl<'a> TextState<'a> {
             } else {
                 Cow::Borrowed(text)
             };
-            self.help(cur, name, help)?
+            self.help(cur, name, same, help)?
         } else {
             let word = cur.token(true);
             let kind = match word {
@@ -173,7 +181,7 @@ impl<'a> TextState<'a> {
             if cur.peek() != Some(b'\n') && !cur.at_end() {
                 return Err(cur.expected("end of line after the metric type"));
             }
-            self.set_type(cur, name, kind)?
+            self.set_type(cur, name, same, kind)?
         };
         cur.end_line(limits, "end of line")?;
         Ok(done)
@@ -183,10 +191,11 @@ impl<'a> TextState<'a> {
         &mut self,
         cur: &Cursor<'a>,
         name: &'a str,
+        same: bool,
         help: Cow<'a, str>,
     ) -> Result<Option<Family<'a>>, ParseError> {
-        let index = self.known_for(name);
-        let Some(known) = self.meta.get_mut(index) else {
+        let index = self.known_for(name, same);
+        let Some(known) = self.known.value_mut(index) else {
             return Ok(None);
         };
         if known.help_seen {
@@ -196,7 +205,7 @@ impl<'a> TextState<'a> {
         known.help = Some(help.clone());
         let kind = known.kind.unwrap_or(MetricType::Unknown);
         match self.current.as_mut() {
-            Some(c) if c.family.name == name => {
+            Some(c) if same => {
                 c.family.help = Some(help);
                 Ok(None)
             }
@@ -217,10 +226,11 @@ impl<'a> TextState<'a> {
         &mut self,
         cur: &Cursor<'a>,
         name: &'a str,
+        same: bool,
         kind: MetricType,
     ) -> Result<Option<Family<'a>>, ParseError> {
-        let index = self.known_for(name);
-        let Some(known) = self.meta.get_mut(index) else {
+        let index = self.known_for(name, same);
+        let Some(known) = self.known.value_mut(index) else {
             return Ok(None);
         };
         if known.kind.is_some() {
@@ -232,7 +242,7 @@ impl<'a> TextState<'a> {
         known.kind = Some(kind);
         let help = known.help.clone();
         match self.current.as_mut() {
-            Some(c) if c.family.name == name => {
+            Some(c) if same => {
                 c.family.kind = kind;
                 Ok(None)
             }
@@ -255,13 +265,11 @@ impl<'a> TextState<'a> {
         limits: &Limits,
         scratch: &mut Vec<Label<'a>>,
     ) -> Result<Option<Family<'a>>, ParseError> {
-        let name = match &self.current {
-            Some(c) => cur.metric_name_after(c.family.name, limits)?,
-            None => cur.metric_name(limits)?,
-        };
+        let prefix = self.current.as_ref().map(|c| c.family.name);
+        let (name, rest) = cur.metric_name_after(prefix, limits)?;
         let blanks = cur.skip_blanks();
         if cur.eat(b'{') {
-            cur.labels(scratch, true, limits)?;
+            cur.labels::<true>(scratch, limits)?;
             cur.skip_blanks();
         } else {
             scratch.clear();
@@ -297,20 +305,17 @@ impl<'a> TextState<'a> {
                 None,
             ));
         }
-        if let Some(l) = scratch.iter().find(|l| l.name == "__name__") {
-            return Err(cur.error(ErrorKind::Syntax, "reserved label name", Some(l.name)));
-        }
 
-        let joined = self
-            .current
-            .as_ref()
-            .and_then(|c| role(c.family.kind, c.family.name, name));
+        let joined = match (&self.current, rest) {
+            (Some(c), Some(rest)) => role(c.family.kind, rest),
+            _ => None,
+        };
         let (done, role) = match joined {
             Some(role) => (None, role),
             None => {
                 let (family_name, kind, role) = self.resolve(name);
                 let index = self.known_index(family_name);
-                let help = self.meta.get(index).and_then(|k| k.help.clone());
+                let help = self.known.value(index).and_then(|k| k.help.clone());
                 let family = Family {
                     name: family_name,
                     kind,
@@ -324,8 +329,15 @@ impl<'a> TextState<'a> {
         check_role(cur, role, scratch)?;
         let labels = take_labels(scratch);
         if let Some(c) = self.current.as_mut() {
+            if c.family.samples.len() >= limits.max_family_samples {
+                return Err(cur.limit_error(
+                    "too many samples in one family",
+                    c.family.samples.len() + 1,
+                    limits.max_family_samples,
+                ));
+            }
             if c.family.samples.is_empty() {
-                if let Some(known) = self.meta.get_mut(c.known) {
+                if let Some(known) = self.known.value_mut(c.known) {
                     known.has_samples = true;
                 }
             }
@@ -342,10 +354,14 @@ impl<'a> TextState<'a> {
 
     /// Finds the family a sample starts, as Go's parser does.
     fn resolve(&self, name: &'a str) -> (&'a str, MetricType, Role) {
-        let known = |name: &str| self.index.get(name).and_then(|&i| self.meta.get(i));
+        let known = |name: &'a str| {
+            self.known
+                .get(&Name(name))
+                .and_then(|i| self.known.value(i))
+        };
         if let Some(known) = known(name) {
             let kind = known.kind.unwrap_or(MetricType::Unknown);
-            if let Some(role) = role(kind, name, name) {
+            if let Some(role) = role(kind, "") {
                 return (name, kind, role);
             }
         }
@@ -356,7 +372,7 @@ impl<'a> TextState<'a> {
             let Some(kind) = known(base).and_then(|k| k.kind) else {
                 continue;
             };
-            if let Some(role) = role(kind, base, name) {
+            if let Some(role) = role(kind, suffix) {
                 return (base, kind, role);
             }
         }
@@ -381,16 +397,20 @@ pub(super) fn take_labels<'a>(scratch: &mut Vec<Label<'a>>) -> Vec<Label<'a>> {
     labels
 }
 
-/// The role of `sample` in a family `family` of type `kind`, if it belongs.
-fn role(kind: MetricType, family: &str, sample: &str) -> Option<Role> {
-    let rest = sample.strip_prefix(family)?;
+/// The role of a sample named the family's name plus `rest`, in a family of
+/// type `kind`, if it belongs.
+fn role(kind: MetricType, rest: &str) -> Option<Role> {
+    if rest.is_empty() {
+        return match kind {
+            MetricType::Histogram => None,
+            MetricType::Summary => Some(Role::Quantile),
+            _ => Some(Role::Value),
+        };
+    }
     match (kind, rest) {
-        (MetricType::Histogram, "_bucket") => Some(Role::Bucket),
         (MetricType::Histogram | MetricType::Summary, "_sum") => Some(Role::Sum),
         (MetricType::Histogram | MetricType::Summary, "_count") => Some(Role::Count),
-        (MetricType::Summary, "") => Some(Role::Quantile),
-        (MetricType::Histogram, _) => None,
-        (_, "") => Some(Role::Value),
+        (MetricType::Histogram, "_bucket") => Some(Role::Bucket),
         _ => None,
     }
 }
