@@ -14,7 +14,9 @@
 mod harness;
 
 mod bad_input;
+mod balance;
 mod cli;
+mod cross;
 mod faults;
 mod journald;
 mod lifecycle;

@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 use smol::stream::StreamExt;
 
 use crate::config::{Config, FullPolicy};
+use crate::export::route::Routes;
 use crate::queue::{self, Queue, QueueError, Stats};
 use crate::sources::{journald, otlp, prometheus, Sink};
 use crate::telemetry::http::{self, Request, Response};
@@ -27,9 +28,11 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 /// A one-line summary of what a config will do, for `tern check`.
 pub fn summary(config: &Config) -> String {
     let targets: usize = config.scrape.iter().map(|s| s.targets.len()).sum();
-    let export = match config.export.endpoints.first() {
-        Some(e) => format!("export to {e}"),
-        None => "no export endpoint (batches stay on disk)".to_string(),
+    let export = match (&config.export.dns, config.export.endpoints.as_slice()) {
+        (Some(d), _) => format!("export to the gateways of {}", d.hostname),
+        (None, [one]) => format!("export to {one}"),
+        (None, []) => "no export endpoint (batches stay on disk)".to_string(),
+        (None, many) => format!("export to {} gateways", many.len()),
     };
     format!(
         "{} scrape jobs, {targets} targets, {export}, queue in {}",
@@ -158,7 +161,11 @@ pub fn run(config: Config) -> Result<(), Error> {
         ))
         .detach();
     log::info!("Serving self metrics listen={listen}");
-    let receiver_sink = |c: &Config| Sink::new(queue.clone(), metrics.clone(), c.export.debug);
+    // One routing table for every sink and the exporter, across reloads.
+    let routes = Routes::default();
+    let receiver_sink = |c: &Config| {
+        Sink::new(queue.clone(), metrics.clone(), c.export.debug).with_routes(routes.clone())
+    };
     let receiver = match &config.otlp_receiver {
         Some(_) => Some(otlp::Receiver::start(
             &executor,
@@ -169,7 +176,7 @@ pub fn run(config: Config) -> Result<(), Error> {
         None => None,
     };
 
-    let mut running = Running::start(&config, queue.clone(), metrics.clone())?;
+    let mut running = Running::start(&config, queue.clone(), metrics.clone(), &routes)?;
     ready.store(true, Ordering::SeqCst);
     metrics.set("tern_ready", &[], 1.0);
     notify::ready(&summary(&config));
@@ -189,7 +196,7 @@ pub fn run(config: Config) -> Result<(), Error> {
             match signal {
                 Ok(async_signal::Signal::Hup) => {
                     let old = config.clone();
-                    config = reload(&config, &mut running, &queue, &metrics);
+                    config = reload(&config, &mut running, &queue, &metrics, &routes);
                     if let Some(r) = &receiver {
                         r.reconfigure(&config, receiver_sink(&config));
                     }
@@ -219,7 +226,13 @@ pub fn run(config: Config) -> Result<(), Error> {
 /// Applies a new config on SIGHUP: sources and the exporter restart with it,
 /// the queue stays open (its settings need a restart). A bad config is
 /// refused and the running one kept.
-fn reload(old: &Config, running: &mut Running, queue: &Queue, metrics: &Arc<Metrics>) -> Config {
+fn reload(
+    old: &Config,
+    running: &mut Running,
+    queue: &Queue,
+    metrics: &Arc<Metrics>,
+    routes: &Routes,
+) -> Config {
     let new = match Config::load(&old.path) {
         Ok(c) => c,
         Err(e) => {
@@ -239,7 +252,7 @@ fn reload(old: &Config, running: &mut Running, queue: &Queue, metrics: &Arc<Metr
         }
     }
     log::set_max_level(new.agent.log_level);
-    match Running::start(&new, queue.clone(), metrics.clone()) {
+    match Running::start(&new, queue.clone(), metrics.clone(), routes) {
         Ok(r) => {
             *running = r;
             metrics.inc("tern_config_reloads_total", &[("result", "success")]);
@@ -248,7 +261,7 @@ fn reload(old: &Config, running: &mut Running, queue: &Queue, metrics: &Arc<Metr
         Err(e) => {
             log::error!("Reload failed to start, restarting the old config error={e}");
             metrics.inc("tern_config_reloads_total", &[("result", "failure")]);
-            if let Ok(r) = Running::start(old, queue.clone(), metrics.clone()) {
+            if let Ok(r) = Running::start(old, queue.clone(), metrics.clone(), routes) {
                 *running = r;
             }
             old.clone()
@@ -266,10 +279,16 @@ struct Running {
 }
 
 impl Running {
-    fn start(config: &Config, queue: Queue, metrics: Arc<Metrics>) -> Result<Running, Error> {
+    fn start(
+        config: &Config,
+        queue: Queue,
+        metrics: Arc<Metrics>,
+        routes: &Routes,
+    ) -> Result<Running, Error> {
         let sources_stop = Arc::new(Shutdown::new());
         let export_stop = Arc::new(Shutdown::new());
-        let sink = Sink::new(queue.clone(), metrics.clone(), config.export.debug);
+        let sink = Sink::new(queue.clone(), metrics.clone(), config.export.debug)
+            .with_routes(routes.clone());
         let resource: Vec<(String, String)> = config
             .resource
             .iter()
@@ -294,7 +313,13 @@ impl Running {
                 sources_stop.clone(),
             )?);
         }
-        let exporter = crate::export::spawn(&config.export, queue, metrics, export_stop.clone())?;
+        let exporter = crate::export::spawn(
+            &config.export,
+            queue,
+            metrics,
+            routes.clone(),
+            export_stop.clone(),
+        )?;
         log::info!(
             "Started scrape_jobs={} threads={}",
             config.scrape.len(),

@@ -190,6 +190,74 @@ pub struct ExportConfig {
     /// Print a one-line summary of each batch as it is queued, like the
     /// Collector's debug exporter. Defaults to false.
     pub debug: bool,
+    /// What each signal's data is split and routed by over the gateways
+    /// (`routing_key`). Defaults to traceID for traces and logs, resource for
+    /// metrics.
+    pub routing: Routing,
+    /// Gateways found by DNS instead of `endpoints` (`dns = { ... }`).
+    /// Defaults to none.
+    pub dns: Option<DnsConfig>,
+    /// Move a gateway's keys and backlog to the next gateway in hash order
+    /// once it has failed for this long, until it answers again. Defaults to
+    /// none (off): moving a trace breaks tail sampling upstream.
+    pub failover_after: Option<Duration>,
+}
+
+/// The key data is routed by, per the `routing_key` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoutingKey {
+    /// `traceID`: spans and log records by trace id; log records without one
+    /// spread evenly.
+    TraceId,
+    /// `service`: by the resource's `service.name`.
+    Service,
+    /// `resource`: by the whole resource (all its attributes).
+    Resource,
+    /// `metric`: by metric name (metrics only).
+    Metric,
+    /// `streamID`: by metric name and data point attributes (metrics only).
+    StreamId,
+}
+
+/// The routing key of each signal. `routing_key` sets the signals it fits;
+/// the others keep their default: `metric` and `streamID` fit only metrics,
+/// `traceID` only traces and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Routing {
+    /// Defaults to [`RoutingKey::Resource`].
+    pub metrics: RoutingKey,
+    /// Defaults to [`RoutingKey::TraceId`].
+    pub logs: RoutingKey,
+    /// Defaults to [`RoutingKey::TraceId`].
+    pub traces: RoutingKey,
+}
+
+impl Default for Routing {
+    fn default() -> Routing {
+        Routing {
+            metrics: RoutingKey::Resource,
+            logs: RoutingKey::TraceId,
+            traces: RoutingKey::TraceId,
+        }
+    }
+}
+
+/// The `[export] dns` setting: gateways are the A and AAAA records of a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// The name to resolve.
+    pub hostname: String,
+    /// The gateways' OTLP/HTTP port. Defaults to 4318.
+    pub port: u16,
+    /// Time between resolutions. Defaults to 5 s.
+    pub interval: Duration,
+    /// Time one query may take. Defaults to 1 s.
+    pub timeout: Duration,
+    /// The DNS server asked; defaults to the first nameserver of
+    /// /etc/resolv.conf, port 53.
+    pub resolver: Option<SocketAddr>,
+    /// `http` or `https`, for the gateways' URLs. Defaults to http.
+    pub scheme: String,
 }
 
 /// Compression of request bodies sent to gateways.
@@ -493,6 +561,22 @@ impl Config {
             "export.timeout",
             Duration::from_secs(10),
         )?;
+        let routing = cx.routing(export.routing_key.as_ref())?;
+        let dns = match export.dns {
+            None => None,
+            Some(d) => Some(cx.dns(d)?),
+        };
+        if dns.is_some() && !endpoints.is_empty() {
+            return Err(cx.err_key(
+                "export.dns",
+                "set either export.endpoints or export.dns, not both",
+            ));
+        }
+        let failover_after = match &export.failover_after {
+            None => None,
+            Some(s) if s.get_ref().is_empty() || s.get_ref() == "off" => None,
+            Some(s) => Some(cx.duration(Some(s), "export.failover_after", Duration::ZERO)?),
+        };
         let tls = cx.tls(export.tls, "export.tls")?;
         let r = export.retry.unwrap_or_default();
         let retry = RetryConfig {
@@ -582,6 +666,9 @@ impl Config {
                 retry,
                 queue,
                 debug: export.debug.unwrap_or(false),
+                routing,
+                dns,
+                failover_after,
             },
             journald,
             otlp_receiver,
@@ -625,6 +712,110 @@ impl Cx<'_> {
             key: key.to_string(),
             reason: reason.into(),
         }
+    }
+
+    fn routing(&self, raw: Option<&Spanned<String>>) -> Result<Routing, ConfigError> {
+        let mut routing = Routing::default();
+        let Some(raw) = raw else {
+            return Ok(routing);
+        };
+        match raw.get_ref().as_str() {
+            "traceID" => {}
+            "service" => {
+                routing = Routing {
+                    metrics: RoutingKey::Service,
+                    logs: RoutingKey::Service,
+                    traces: RoutingKey::Service,
+                }
+            }
+            "resource" => {
+                routing = Routing {
+                    metrics: RoutingKey::Resource,
+                    logs: RoutingKey::Resource,
+                    traces: RoutingKey::Resource,
+                }
+            }
+            "metric" => routing.metrics = RoutingKey::Metric,
+            "streamID" => routing.metrics = RoutingKey::StreamId,
+            other => {
+                return Err(self.err(
+                    raw,
+                    "export.routing_key",
+                    format!(
+                        "expected \"traceID\", \"service\", \"resource\", \"metric\" or \"streamID\", not {other:?}"
+                    ),
+                ))
+            }
+        }
+        Ok(routing)
+    }
+
+    fn dns(&self, raw: RawDns) -> Result<DnsConfig, ConfigError> {
+        let hostname = raw.hostname.get_ref().trim_end_matches('.').to_string();
+        if hostname.is_empty() || hostname.len() > 253 {
+            return Err(self.err(&raw.hostname, "export.dns.hostname", "expected a host name"));
+        }
+        let port = match &raw.port {
+            None => 4318,
+            Some(p) => u16::try_from(*p.get_ref())
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| self.err(p, "export.dns.port", "expected a port from 1 to 65535"))?,
+        };
+        let resolver = match &raw.resolver {
+            None => None,
+            Some(r) if r.get_ref().is_empty() => None,
+            Some(r) => {
+                let text = r.get_ref();
+                let addr = text.parse::<SocketAddr>().ok().or_else(|| {
+                    text.parse::<std::net::IpAddr>()
+                        .ok()
+                        .map(|ip| SocketAddr::new(ip, 53))
+                });
+                Some(addr.ok_or_else(|| {
+                    self.err(
+                        r,
+                        "export.dns.resolver",
+                        format!("expected an address like \"10.0.0.53\" or \"10.0.0.53:53\", not {text:?}"),
+                    )
+                })?)
+            }
+        };
+        let scheme = match &raw.scheme {
+            None => "http".to_string(),
+            Some(s) if s.get_ref() == "http" || s.get_ref() == "https" => s.get_ref().clone(),
+            Some(s) => {
+                return Err(self.err(
+                    s,
+                    "export.dns.scheme",
+                    format!("expected \"http\" or \"https\", not {:?}", s.get_ref()),
+                ))
+            }
+        };
+        let interval = self.duration(
+            raw.interval.as_ref(),
+            "export.dns.interval",
+            Duration::from_secs(5),
+        )?;
+        if interval.is_zero() {
+            return Err(self.err_opt(
+                raw.interval.as_ref(),
+                "export.dns.interval",
+                "must be more than 0",
+            ));
+        }
+        Ok(DnsConfig {
+            hostname,
+            port,
+            interval,
+            timeout: self.duration(
+                raw.timeout.as_ref(),
+                "export.dns.timeout",
+                Duration::from_secs(1),
+            )?,
+            resolver,
+            scheme,
+        })
     }
 
     fn tls(&self, raw: Option<RawTls>, key: &str) -> Result<TlsConfig, ConfigError> {
@@ -1109,6 +1300,20 @@ struct RawExport {
     retry: Option<RawRetry>,
     queue: Option<RawQueue>,
     debug: Option<bool>,
+    routing_key: Option<Spanned<String>>,
+    dns: Option<RawDns>,
+    failover_after: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    hostname: Spanned<String>,
+    port: Option<Spanned<i64>>,
+    interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    resolver: Option<Spanned<String>>,
+    scheme: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -47,7 +47,14 @@ fuzz_target!(|data: &[u8]| {
         Vec::new()
     };
     let encoding = gzip.then_some("gzip");
-    match prepare(signal, Some(content_type), encoding, body, MAX_SIZE, &resource) {
+    match prepare(
+        signal,
+        Some(content_type),
+        encoding,
+        body,
+        MAX_SIZE,
+        &resource,
+    ) {
         Ok(prepared) => {
             let resources: Vec<Option<Resource>> = match signal {
                 Signal::Traces => ExportTraceServiceRequest::decode(&*prepared.raw)

@@ -10,9 +10,27 @@ use std::time::{Duration, Instant};
 
 use super::{http_get, wait_for, TempDir};
 
-/// The tern binary under test.
+/// The tern binary under test: `$TERN_BIN` when set (a cross-compiled release
+/// binary, see scripts/test-cross), else the one cargo built for this test.
 pub fn tern_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_tern"))
+    match std::env::var_os("TERN_BIN") {
+        Some(bin) if !bin.is_empty() => PathBuf::from(bin),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_tern")),
+    }
+}
+
+/// A command that runs [`tern_bin`]: through `$TERN_BIN_RUNNER` when set (an
+/// emulator such as `qemu-aarch64-static`, for a foreign binary on a host
+/// without binfmt_misc), else directly.
+pub fn tern_command() -> Command {
+    match std::env::var_os("TERN_BIN_RUNNER") {
+        Some(runner) if !runner.is_empty() => {
+            let mut c = Command::new(runner);
+            c.arg(tern_bin());
+            c
+        }
+        _ => Command::new(tern_bin()),
+    }
 }
 
 /// A running tern.
@@ -65,7 +83,7 @@ impl Agent {
             .open(self.stderr_path())
             .unwrap();
         let log_start = self.stderr().len();
-        let child = Command::new(tern_bin())
+        let child = tern_command()
             .args(["run", "--config"])
             .arg(self.config_path())
             .env_remove("TERN_LOG")
@@ -198,8 +216,7 @@ impl Agent {
     /// Gives the directory back, killing tern (to restart on the same state).
     pub fn into_dir(mut self) -> TempDir {
         self.kill();
-        let dir = std::mem::replace(&mut self.dir, TempDir::detached());
-        dir
+        std::mem::replace(&mut self.dir, TempDir::detached())
     }
 }
 

@@ -78,6 +78,22 @@ impl FakeGateway {
         FakeGateway::start_on("127.0.0.1:0".parse().unwrap(), Arc::default())
     }
 
+    /// Starts a gateway on `addr` (another loopback address such as
+    /// 127.0.0.3, and a port 0 or given), for DNS tests where every gateway
+    /// shares one port. Panics if the address is taken.
+    #[allow(dead_code)] // Used by the balance tests.
+    pub fn start_at(addr: SocketAddr) -> FakeGateway {
+        FakeGateway::start_on(addr, Arc::default())
+    }
+
+    /// Like [`FakeGateway::start_at`], but `None` when the address is taken.
+    #[allow(dead_code)] // Used by the balance tests.
+    pub fn try_start_at(addr: SocketAddr) -> Option<FakeGateway> {
+        let listener = TcpListener::bind(addr).ok()?;
+        drop(listener);
+        Some(FakeGateway::start_on(addr, Arc::default()))
+    }
+
     fn start_on(addr: SocketAddr, state: Arc<Mutex<State>>) -> FakeGateway {
         let (addr, stop, thread) = listen(addr, state.clone());
         FakeGateway {

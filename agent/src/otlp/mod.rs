@@ -10,8 +10,6 @@
 pub mod proto;
 pub mod wire;
 
-use std::io::Write;
-
 use proto::common::v1::{any_value, AnyValue, KeyValue};
 
 /// A string attribute.
@@ -96,8 +94,9 @@ fn gzip_with(deflate: &mut flate2::Compress, raw: &[u8]) -> Encoded {
         }
     }
     out.extend_from_slice(&crc32fast::hash(raw).to_le_bytes());
-    // ISIZE is the length modulo 2^32, by definition.
-    out.extend_from_slice(&(raw.len() as u64 as u32).to_le_bytes());
+    // ISIZE is the length modulo 2^32, by definition (RFC 1952, 2.3.1).
+    let isize = u32::try_from(raw.len() as u64 % (1 << 32)).unwrap_or(0);
+    out.extend_from_slice(&isize.to_le_bytes());
     Encoded {
         gzip: out,
         raw_len: raw.len(),
@@ -132,7 +131,7 @@ mod compress_tests {
     fn gzip_members_round_trip_at_every_size() {
         for len in [0usize, 1, 10, 100, 1000, 70_000, 1 << 20] {
             let raw: Vec<u8> = (0..len)
-                .map(|i| (i * 7 % 251) as u8 ^ (i / 1000) as u8)
+                .map(|i| ((i * 7 % 251) ^ (i / 1000 % 256)).to_le_bytes()[0])
                 .collect();
             for _ in 0..2 {
                 let e = compress(&raw);

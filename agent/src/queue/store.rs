@@ -225,6 +225,12 @@ impl Queue {
         self.push_with_policy(lane, batch, self.inner.options.full_policy)
     }
 
+    /// The configured [`Options::full_policy`], for callers that route one
+    /// batch into several pushes.
+    pub fn full_policy(&self) -> FullPolicy {
+        self.inner.options.full_policy
+    }
+
     /// Stores a batch in `lane`, handling a full queue with `policy` instead of
     /// the configured one; the OTLP receiver passes [`FullPolicy::Reject`].
     ///

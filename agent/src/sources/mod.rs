@@ -11,12 +11,16 @@ pub mod prometheus;
 
 use std::sync::Arc;
 
+use crate::export::route::Routes;
+use crate::export::split::{split, Split};
 use crate::otlp::Encoded;
-use crate::queue::{Checkpoint, Dropped, FullPolicy, Lane, NewBatch, Queue, QueueError, Signal};
+use crate::queue::{
+    Checkpoint, Dropped, FullPolicy, Lane, NewBatch, Pushed, Queue, QueueError, Signal,
+};
 use crate::telemetry::Metrics;
 
-/// The lane destination used while tern sends to one gateway; the load
-/// balancer will add one lane per gateway.
+/// The lane destination of batches queued while no gateway is known (and of
+/// every batch before load balancing): the exporter routes them once one is.
 pub const DEFAULT_DESTINATION: &str = "default";
 
 /// Where sources put their batches: the queue, plus the counting and the
@@ -26,6 +30,7 @@ pub struct Sink {
     queue: Queue,
     metrics: Arc<Metrics>,
     debug: bool,
+    routes: Routes,
 }
 
 impl Sink {
@@ -35,21 +40,81 @@ impl Sink {
             queue,
             metrics,
             debug,
+            routes: Routes::default(),
         }
+    }
+
+    /// The same sink, splitting each batch by routing key over the gateways
+    /// of `routes`, one part per gateway lane. Without it (or with no gateway
+    /// known) batches go to the [`DEFAULT_DESTINATION`] lane.
+    pub fn with_routes(mut self, routes: Routes) -> Sink {
+        self.routes = routes;
+        self
+    }
+
+    /// Splits `batch` by routing key and stores each part in its gateway's
+    /// lane under `policy`; the checkpoint goes with the last part. The result
+    /// has the last part's id (`None` if the policy refused it) and every
+    /// drop. A part stored before a later one fails stays stored: the source
+    /// sends it again on retry (at least once, never lost).
+    fn store(
+        &self,
+        signal: Signal,
+        batch: &Encoded,
+        items: usize,
+        checkpoint: Option<Checkpoint<'_>>,
+        policy: FullPolicy,
+    ) -> Result<Pushed, QueueError> {
+        let table = self.routes.current();
+        let created = std::time::SystemTime::now();
+        let destination = |g: usize| {
+            table
+                .members
+                .get(g)
+                .map_or(DEFAULT_DESTINATION, |m| m.destination.as_str())
+        };
+        let parts = match split(&table, signal, &batch.gzip) {
+            Split::Whole(g) => {
+                let new = NewBatch {
+                    payload: &batch.gzip,
+                    items: items as u64,
+                    created,
+                    checkpoint,
+                };
+                return self.queue.push_with_policy(
+                    &Lane::new(signal, destination(g)),
+                    new,
+                    policy,
+                );
+            }
+            Split::Parts(parts) => parts,
+        };
+        let mut dropped = Vec::new();
+        let mut id = None;
+        let last = parts.len().saturating_sub(1);
+        for (i, part) in parts.iter().enumerate() {
+            let new = NewBatch {
+                payload: &part.encoded.gzip,
+                items: part.items as u64,
+                created,
+                checkpoint: if i == last { checkpoint } else { None },
+            };
+            let pushed = self.queue.push_with_policy(
+                &Lane::new(signal, destination(part.gateway)),
+                new,
+                policy,
+            )?;
+            dropped.extend(pushed.dropped);
+            id = pushed.id;
+        }
+        Ok(Pushed { id, dropped })
     }
 
     /// Queues one metrics batch from a scrape of `job`/`instance`. Returns
     /// whether it was accepted; a failure is logged and counted here.
     pub fn push_metrics(&self, batch: Encoded, points: usize, job: &str, instance: &str) -> bool {
         let signal = Signal::Metrics;
-        let lane = Lane::new(signal, DEFAULT_DESTINATION);
-        let new = NewBatch {
-            payload: &batch.gzip,
-            items: points as u64,
-            created: std::time::SystemTime::now(),
-            checkpoint: None,
-        };
-        match self.queue.push(&lane, new) {
+        match self.store(signal, &batch, points, None, self.queue.full_policy()) {
             Ok(pushed) => {
                 self.count_drops(&pushed.dropped);
                 let labels = [("signal", signal.as_str())];
@@ -102,14 +167,7 @@ impl Sink {
         checkpoint: Option<Checkpoint<'_>>,
         origin: &str,
     ) -> Result<(), QueueError> {
-        let lane = Lane::new(signal, DEFAULT_DESTINATION);
-        let new = NewBatch {
-            payload: &batch.gzip,
-            items: items as u64,
-            created: std::time::SystemTime::now(),
-            checkpoint,
-        };
-        let pushed = self.queue.push(&lane, new)?;
+        let pushed = self.store(signal, batch, items, checkpoint, self.queue.full_policy())?;
         self.count_drops(&pushed.dropped);
         if pushed.id.is_some() {
             let labels = [("signal", signal.as_str())];
@@ -152,14 +210,7 @@ impl Sink {
         origin: &str,
         policy: FullPolicy,
     ) -> Result<bool, QueueError> {
-        let lane = Lane::new(signal, DEFAULT_DESTINATION);
-        let new = NewBatch {
-            payload: &batch.gzip,
-            items: items as u64,
-            created: std::time::SystemTime::now(),
-            checkpoint: None,
-        };
-        let pushed = self.queue.push_with_policy(&lane, new, policy)?;
+        let pushed = self.store(signal, batch, items, None, policy)?;
         self.count_drops(&pushed.dropped);
         if pushed.id.is_none() {
             return Ok(false);

@@ -105,6 +105,46 @@ const DESCRIPTORS: &[(&str, Kind, &str)] = &[
         "Time spent in requests to a gateway.",
     ),
     (
+        "tern_export_queued_batches",
+        Kind::Gauge,
+        "Batches waiting in the disk queue for each gateway.",
+    ),
+    (
+        "tern_export_queued_bytes",
+        Kind::Gauge,
+        "Bytes of batches waiting in the disk queue for each gateway (compressed).",
+    ),
+    (
+        "tern_export_rerouted_batches_total",
+        Kind::Counter,
+        "Queued batches routed again to the current gateways, by the gateway they left and why (left, failover).",
+    ),
+    (
+        "tern_export_rerouted_points_total",
+        Kind::Counter,
+        "Points, records or spans in re-routed batches.",
+    ),
+    (
+        "tern_export_gateways",
+        Kind::Gauge,
+        "Gateways in the resolved set.",
+    ),
+    (
+        "tern_export_gateway_up",
+        Kind::Gauge,
+        "0 while a gateway is failed over (its keys go to the next gateway), else 1.",
+    ),
+    (
+        "tern_export_gateway_changes_total",
+        Kind::Counter,
+        "Changes of the gateway set (reload or DNS answer).",
+    ),
+    (
+        "tern_export_resolve_failures_total",
+        Kind::Counter,
+        "DNS resolutions of the gateways that failed or came back empty; the set was kept.",
+    ),
+    (
         "tern_scrape_up",
         Kind::Gauge,
         "1 if the last scrape of the target succeeded, else 0.",

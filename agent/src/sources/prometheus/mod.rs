@@ -4,3 +4,4 @@
 pub mod convert;
 pub mod parse;
 pub mod scrape;
+pub mod stale;

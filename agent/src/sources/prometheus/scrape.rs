@@ -22,7 +22,8 @@ use crate::sources::Sink;
 use crate::telemetry::{Metrics, RateLimit, Shutdown};
 
 use super::convert::{Builder, TargetInfo};
-use super::parse::{Family, Format, Limits, Parser};
+use super::parse::{Format, Limits, Parser};
+use super::stale::SeriesMemory;
 
 /// What tern asks exporters for: OpenMetrics first, as Prometheus does.
 const ACCEPT: &str =
@@ -114,13 +115,11 @@ pub struct Scraper {
     metrics: Arc<Metrics>,
     limits: Limits,
     errors: RateLimit,
-    /// The previous successful body and its sorted series hashes, to find
-    /// series that disappear and mark them stale.
-    previous: Option<Previous>,
-    /// The buffer the next body is read into: the body before last, kept so
-    /// that a large target costs two allocations for its life, not two per
-    /// scrape (which also fragments the heap).
-    spare: Vec<u8>,
+    /// The series of the last good scrape, to mark vanished ones stale.
+    memory: SeriesMemory,
+    /// The buffer bodies are read into, kept so that a large target costs one
+    /// allocation for its life, not one per scrape (which also fragments the heap).
+    buffer: Vec<u8>,
 }
 
 impl std::fmt::Debug for Scraper {
@@ -129,12 +128,6 @@ impl std::fmt::Debug for Scraper {
             .field("url", &self.target.url)
             .finish()
     }
-}
-
-struct Previous {
-    body: Vec<u8>,
-    format: Format,
-    hashes: Vec<u64>,
 }
 
 impl Scraper {
@@ -162,8 +155,8 @@ impl Scraper {
             metrics,
             limits: Limits::default(),
             errors: RateLimit::new(Duration::from_secs(60)),
-            previous: None,
-            spare: Vec::new(),
+            memory: SeriesMemory::default(),
+            buffer: Vec::new(),
         }
     }
 
@@ -199,25 +192,16 @@ impl Scraper {
             Err(_) => Vec::new(),
         };
         let mut builder = Builder::new(self.info.resource(&target_info), now_nanos);
-        let result =
-            fetched.and_then(
-                |(body, format)| match self.convert(&body, format, &mut builder) {
-                    Ok((samples, hashes)) => {
-                        let replaced = self.previous.replace(Previous {
-                            body,
-                            format,
-                            hashes,
-                        });
-                        // The body before last is the buffer for the next scrape.
-                        self.spare = replaced.map(|p| p.body).unwrap_or_default();
-                        Ok(samples)
-                    }
-                    Err(e) => {
-                        self.spare = body;
-                        Err(e)
-                    }
-                },
-            );
+        let result = fetched.and_then(|(body, format)| {
+            let result = self
+                .convert(&body, format, &mut builder)
+                .map(|(samples, hashes)| {
+                    self.memory.remember(hashes, &body, format, &self.limits);
+                    samples
+                });
+            self.buffer = body;
+            result
+        });
         let duration = started.elapsed().as_secs_f64();
         let (up, samples) = match &result {
             Ok(n) => (1.0, *n),
@@ -231,9 +215,8 @@ impl Scraper {
                     );
                 }
                 // Every series of the last good scrape is stale now.
-                if let Some(previous) = self.previous.take() {
-                    emit_stale(&previous, None, &mut builder);
-                }
+                self.memory.emit_stale(None, series_hash, &mut builder);
+                self.memory.clear();
                 (0.0, 0)
             }
         };
@@ -280,7 +263,7 @@ impl Scraper {
                 &self.target.url,
                 &headers,
                 self.job.body_size_limit,
-                std::mem::take(&mut self.spare),
+                std::mem::take(&mut self.buffer),
             )
             .map_err(|e| match e {
                 FetchError::TooLarge(limit) => ScrapeError::TooLarge(limit),
@@ -303,8 +286,7 @@ impl Scraper {
         format: Format,
         builder: &mut Builder,
     ) -> Result<(usize, Vec<u64>), ScrapeError> {
-        let mut hashes =
-            Vec::with_capacity(self.previous.as_ref().map_or(1024, |p| p.hashes.len()));
+        let mut hashes = Vec::with_capacity(1024);
         for family in Parser::new(body, format, &self.limits) {
             let family = family.map_err(|e| ScrapeError::Parse(e.to_string()))?;
             for sample in &family.samples {
@@ -315,16 +297,9 @@ impl Scraper {
         let samples = hashes.len();
         hashes.sort_unstable();
         hashes.dedup();
-        if let Some(previous) = &self.previous {
-            let gone: Vec<u64> = previous
-                .hashes
-                .iter()
-                .copied()
-                .filter(|h| hashes.binary_search(h).is_err())
-                .collect();
-            if !gone.is_empty() {
-                emit_stale(previous, Some(&gone), builder);
-            }
+        let gone = self.memory.vanished(&hashes);
+        if !gone.is_empty() {
+            self.memory.emit_stale(Some(&gone), series_hash, builder);
         }
         Ok((samples, hashes))
     }
@@ -349,23 +324,6 @@ impl Scraper {
             }
         }
         Vec::new()
-    }
-}
-
-/// Emits stale points for the series of `previous` whose hash is in `gone`
-/// (every series when `gone` is None).
-fn emit_stale(previous: &Previous, gone: Option<&[u64]>, builder: &mut Builder) {
-    let limits = Limits::default();
-    for family in Parser::new(&previous.body, previous.format, &limits).flatten() {
-        let samples: Vec<_> = family
-            .samples
-            .into_iter()
-            .filter(|s| gone.map_or(true, |g| g.binary_search(&series_hash(s)).is_ok()))
-            .collect();
-        if !samples.is_empty() {
-            let stale = Family { samples, ..family };
-            builder.family(&stale, true);
-        }
     }
 }
 

@@ -1,0 +1,642 @@
+//! Splitting one encoded OTLP request into one part per gateway, by the
+//! signal's routing key.
+//!
+//! The most common batches have a single key (a scrape under `resource`, a
+//! receiver request from one service), so the split first finds out whether
+//! a batch needs splitting at all and then keeps it whole: nothing is
+//! re-encoded or re-compressed. Under `resource` the top-level resource
+//! entries are grouped as raw protobuf bytes (no decoding of the data
+//! inside); the other keys decode with prost, group, and re-encode each part.
+
+use std::io::Read;
+
+use prost::Message;
+
+use crate::config::RoutingKey;
+use crate::otlp::proto::collector::logs::v1::ExportLogsServiceRequest;
+use crate::otlp::proto::collector::metrics::v1::ExportMetricsServiceRequest;
+use crate::otlp::proto::collector::trace::v1::ExportTraceServiceRequest;
+use crate::otlp::proto::common::v1::{any_value, KeyValue};
+use crate::otlp::proto::metrics::v1::{metric::Data, Metric};
+use crate::otlp::proto::resource::v1::Resource;
+use crate::otlp::{compress, encode, Encoded};
+use crate::queue::Signal;
+
+use super::route::{fnv1a, key_hash, mix, Table, SEED};
+
+/// Largest decompressed batch the router decodes: a stored batch is at most
+/// a few MiB, so more is damage; such a batch is routed whole.
+const MAX_RAW: u64 = 256 << 20;
+
+/// Where a batch goes.
+#[derive(Debug)]
+pub enum Split {
+    /// All of it to the gateway at this index of the table.
+    Whole(usize),
+    /// One part per gateway, in gateway order.
+    Parts(Vec<Part>),
+}
+
+/// The share of a batch bound for one gateway.
+#[derive(Debug)]
+pub struct Part {
+    /// The gateway's index in the table.
+    pub gateway: usize,
+    /// The part, encoded and compressed.
+    pub encoded: Encoded,
+    /// Spans, log records or data points in it.
+    pub items: usize,
+}
+
+/// Routes the gzip-compressed request `gzip` of `signal` over `table`.
+/// A table of one gateway keeps every batch whole without looking inside;
+/// an empty table gives `Whole(0)`, which the caller must not index.
+pub fn split(table: &Table, signal: Signal, gzip: &[u8]) -> Split {
+    if table.members.len() <= 1 {
+        return Split::Whole(0);
+    }
+    let whole_fallback = || Split::Whole(table.pick(key_hash(gzip)).unwrap_or(0));
+    let Some(raw) = gunzip(gzip) else {
+        return whole_fallback();
+    };
+    split_raw(table, signal, &raw).unwrap_or_else(whole_fallback)
+}
+
+/// Routes an uncompressed request; `None` when it does not decode.
+pub fn split_raw(table: &Table, signal: Signal, raw: &[u8]) -> Option<Split> {
+    let n = table.members.len();
+    if n <= 1 {
+        return Some(Split::Whole(0));
+    }
+    let pick = |key: u64| table.pick(key).unwrap_or(0);
+    match table.key_of(signal) {
+        RoutingKey::Resource | RoutingKey::Metric | RoutingKey::StreamId
+            if table.key_of(signal) == RoutingKey::Resource =>
+        {
+            split_by_resource(signal, raw, n, pick)
+        }
+        key => match signal {
+            Signal::Traces => split_traces(raw, key, n, pick),
+            Signal::Logs => split_logs(raw, key, n, pick),
+            Signal::Metrics => split_metrics(raw, key, n, pick),
+        },
+    }
+}
+
+fn gunzip(gzip: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(gzip.len().saturating_mul(4));
+    flate2::read::GzDecoder::new(gzip)
+        .take(MAX_RAW)
+        .read_to_end(&mut out)
+        .ok()?;
+    Some(out)
+}
+
+/// Items grouped by gateway index, or all of them with the one gateway they
+/// all go to.
+type Grouped<T> = Result<Vec<(usize, Vec<T>)>, (usize, Vec<T>)>;
+
+/// A top-level protobuf field: number, whole encoding, body.
+type Field<'a> = (u64, &'a [u8], &'a [u8]);
+
+/// Groups `items` by gateway, keeping their order. Returns `Err(items)` when
+/// they all go to one gateway, with that gateway, so nothing is copied.
+fn group<T>(items: Vec<T>, n: usize, mut gateway: impl FnMut(&T) -> usize) -> Grouped<T> {
+    let gateways: Vec<usize> = items.iter().map(&mut gateway).collect();
+    let first = gateways.first().copied().unwrap_or(0);
+    if gateways.iter().all(|g| *g == first) {
+        return Err((first, items));
+    }
+    let mut groups: Vec<Vec<T>> = (0..n).map(|_| Vec::new()).collect();
+    for (item, g) in items.into_iter().zip(gateways) {
+        if let Some(v) = groups.get_mut(g) {
+            v.push(item);
+        }
+    }
+    Ok(groups
+        .into_iter()
+        .enumerate()
+        .filter(|(_, v)| !v.is_empty())
+        .collect())
+}
+
+/// Puts each group into its gateway's slot.
+fn scatter<T>(grouped: Grouped<T>, mut put: impl FnMut(usize, Vec<T>)) {
+    match grouped {
+        Ok(groups) => {
+            for (g, v) in groups {
+                put(g, v);
+            }
+        }
+        Err((g, v)) => put(g, v),
+    }
+}
+
+/// The parts, or `Whole` when only one gateway got anything.
+fn finish<R: Message>(parts: Vec<(R, usize)>, nonempty: impl Fn(&R) -> bool) -> Split {
+    let mut out: Vec<Part> = Vec::new();
+    for (gateway, (request, items)) in parts.into_iter().enumerate() {
+        if nonempty(&request) {
+            out.push(Part {
+                gateway,
+                encoded: encode(&request),
+                items,
+            });
+        }
+    }
+    if out.len() == 1 {
+        if let Some(p) = out.first() {
+            return Split::Whole(p.gateway);
+        }
+    }
+    Split::Parts(out)
+}
+
+/// The string value of `key` among `attrs`, or "".
+fn attribute<'a>(attrs: &'a [KeyValue], key: &str) -> &'a str {
+    attrs
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| match &v.value {
+            Some(any_value::Value::StringValue(s)) => Some(s.as_str()),
+            _ => None,
+        })
+        .unwrap_or("")
+}
+
+fn service_key(resource: Option<&Resource>) -> u64 {
+    let attrs = resource.map_or(&[][..], |r| &r.attributes[..]);
+    key_hash(attribute(attrs, "service.name").as_bytes())
+}
+
+fn resource_key(resource: Option<&Resource>) -> u64 {
+    key_hash(&resource.map(Message::encode_to_vec).unwrap_or_default())
+}
+
+/// A hash of attributes that does not depend on their order.
+fn attributes_hash(mut state: u64, attrs: &[KeyValue]) -> u64 {
+    let mut sorted: Vec<&KeyValue> = attrs.iter().collect();
+    sorted.sort_by(|a, b| a.key.cmp(&b.key));
+    for kv in sorted {
+        state = fnv1a(state, kv.key.as_bytes());
+        state = fnv1a(state, &[0xff]);
+        state = fnv1a(
+            state,
+            &kv.value
+                .as_ref()
+                .map(Message::encode_to_vec)
+                .unwrap_or_default(),
+        );
+        state = fnv1a(state, &[0xfe]);
+    }
+    state
+}
+
+/// One top-level field of a request as raw bytes: its number and its whole
+/// encoding (tag, length and body).
+fn top_level_fields(raw: &[u8]) -> Option<Vec<Field<'_>>> {
+    let mut out = Vec::new();
+    let mut rest = raw;
+    while !rest.is_empty() {
+        let start = rest;
+        let mut cursor = rest;
+        let tag = prost::encoding::decode_varint(&mut cursor).ok()?;
+        let field = tag >> 3;
+        let body: &[u8] = match tag & 7 {
+            0 => {
+                prost::encoding::decode_varint(&mut cursor).ok()?;
+                &[]
+            }
+            1 => cursor.get(8..).map(|_| &[][..]).and_then(|b| {
+                cursor = cursor.get(8..)?;
+                Some(b)
+            })?,
+            2 => {
+                let len =
+                    usize::try_from(prost::encoding::decode_varint(&mut cursor).ok()?).ok()?;
+                let body = cursor.get(..len)?;
+                cursor = cursor.get(len..)?;
+                body
+            }
+            5 => {
+                cursor = cursor.get(4..)?;
+                &[]
+            }
+            _ => return None,
+        };
+        let used = start.len() - cursor.len();
+        out.push((field, start.get(..used)?, body));
+        rest = cursor;
+    }
+    Some(out)
+}
+
+/// The raw bytes of field 1 (the resource) inside a Resource* message, or "".
+fn resource_bytes(body: &[u8]) -> Option<&[u8]> {
+    Some(
+        top_level_fields(body)?
+            .into_iter()
+            .find(|(f, _, _)| *f == 1)
+            .map_or(&[][..], |(_, _, b)| b),
+    )
+}
+
+/// Under `resource`: groups the top-level Resource* entries by the hash of
+/// their resource's bytes, as raw protobuf, and counts items only when the
+/// batch really splits.
+fn split_by_resource(
+    signal: Signal,
+    raw: &[u8],
+    n: usize,
+    pick: impl Fn(u64) -> usize,
+) -> Option<Split> {
+    let fields = top_level_fields(raw)?;
+    let mut parts: Vec<Vec<u8>> = (0..n).map(|_| Vec::new()).collect();
+    let mut first: Option<usize> = None;
+    let mut several = false;
+    for (field, whole, body) in fields {
+        // Field 1 is resource_metrics, resource_logs or resource_spans; others
+        // (none today) go with the first gateway's part.
+        let g = if field == 1 {
+            pick(key_hash(resource_bytes(body)?))
+        } else {
+            first.unwrap_or(0)
+        };
+        several |= first.is_some_and(|f| f != g);
+        first.get_or_insert(g);
+        parts.get_mut(g)?.extend_from_slice(whole);
+    }
+    if !several {
+        return Some(Split::Whole(first.unwrap_or(0)));
+    }
+    let mut out = Vec::new();
+    for (gateway, bytes) in parts.into_iter().enumerate() {
+        if bytes.is_empty() {
+            continue;
+        }
+        let items = count_items(signal, &bytes)?;
+        out.push(Part {
+            gateway,
+            encoded: compress(&bytes),
+            items,
+        });
+    }
+    Some(Split::Parts(out))
+}
+
+/// Spans, log records or data points in an uncompressed request.
+pub fn count_items(signal: Signal, raw: &[u8]) -> Option<usize> {
+    Some(match signal {
+        Signal::Traces => ExportTraceServiceRequest::decode(raw)
+            .ok()?
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum(),
+        Signal::Logs => ExportLogsServiceRequest::decode(raw)
+            .ok()?
+            .resource_logs
+            .iter()
+            .flat_map(|r| &r.scope_logs)
+            .map(|s| s.log_records.len())
+            .sum(),
+        Signal::Metrics => ExportMetricsServiceRequest::decode(raw)
+            .ok()?
+            .resource_metrics
+            .iter()
+            .flat_map(|r| &r.scope_metrics)
+            .flat_map(|s| &s.metrics)
+            .map(points)
+            .sum(),
+    })
+}
+
+fn points(m: &Metric) -> usize {
+    match &m.data {
+        Some(Data::Gauge(g)) => g.data_points.len(),
+        Some(Data::Sum(s)) => s.data_points.len(),
+        Some(Data::Histogram(h)) => h.data_points.len(),
+        Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+        Some(Data::Summary(s)) => s.data_points.len(),
+        None => 0,
+    }
+}
+
+fn split_traces(
+    raw: &[u8],
+    key: RoutingKey,
+    n: usize,
+    pick: impl Fn(u64) -> usize,
+) -> Option<Split> {
+    let request = ExportTraceServiceRequest::decode(raw).ok()?;
+    let mut parts: Vec<(ExportTraceServiceRequest, usize)> =
+        (0..n).map(|_| Default::default()).collect();
+    for mut rs in request.resource_spans {
+        let resource_gw = match key {
+            RoutingKey::Service => Some(pick(service_key(rs.resource.as_ref()))),
+            RoutingKey::Resource => Some(pick(resource_key(rs.resource.as_ref()))),
+            _ => None,
+        };
+        if let Some(g) = resource_gw {
+            let items = rs.scope_spans.iter().map(|s| s.spans.len()).sum::<usize>();
+            let slot = parts.get_mut(g)?;
+            slot.0.resource_spans.push(rs);
+            slot.1 += items;
+            continue;
+        }
+        let scopes = std::mem::take(&mut rs.scope_spans);
+        let mut per: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
+        for mut ss in scopes {
+            let spans = std::mem::take(&mut ss.spans);
+            scatter(
+                group(spans, n, |s| pick(key_hash(&s.trace_id))),
+                |g, spans| {
+                    if let Some(slot) = per.get_mut(g) {
+                        let mut part = ss.clone();
+                        part.spans = spans;
+                        slot.push(part);
+                    }
+                },
+            );
+        }
+        for (g, scopes) in per.into_iter().enumerate() {
+            if scopes.is_empty() {
+                continue;
+            }
+            let items = scopes.iter().map(|s| s.spans.len()).sum::<usize>();
+            let mut part = rs.clone();
+            part.scope_spans = scopes;
+            let slot = parts.get_mut(g)?;
+            slot.0.resource_spans.push(part);
+            slot.1 += items;
+        }
+    }
+    Some(finish(parts, |r| !r.resource_spans.is_empty()))
+}
+
+fn split_logs(raw: &[u8], key: RoutingKey, n: usize, pick: impl Fn(u64) -> usize) -> Option<Split> {
+    let request = ExportLogsServiceRequest::decode(raw).ok()?;
+    let mut parts: Vec<(ExportLogsServiceRequest, usize)> =
+        (0..n).map(|_| Default::default()).collect();
+    for mut rl in request.resource_logs {
+        let resource_gw = match key {
+            RoutingKey::Service => Some(pick(service_key(rl.resource.as_ref()))),
+            RoutingKey::Resource => Some(pick(resource_key(rl.resource.as_ref()))),
+            _ => None,
+        };
+        if let Some(g) = resource_gw {
+            let items = rl
+                .scope_logs
+                .iter()
+                .map(|s| s.log_records.len())
+                .sum::<usize>();
+            let slot = parts.get_mut(g)?;
+            slot.0.resource_logs.push(rl);
+            slot.1 += items;
+            continue;
+        }
+        let scopes = std::mem::take(&mut rl.scope_logs);
+        let mut per: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
+        for mut sl in scopes {
+            let records = std::mem::take(&mut sl.log_records);
+            // Records without a trace id spread evenly.
+            scatter(
+                group(records, n, |r| {
+                    if r.trace_id.is_empty() {
+                        pick(fastrand::u64(..))
+                    } else {
+                        pick(key_hash(&r.trace_id))
+                    }
+                }),
+                |g, records| {
+                    if let Some(slot) = per.get_mut(g) {
+                        let mut part = sl.clone();
+                        part.log_records = records;
+                        slot.push(part);
+                    }
+                },
+            );
+        }
+        for (g, scopes) in per.into_iter().enumerate() {
+            if scopes.is_empty() {
+                continue;
+            }
+            let items = scopes.iter().map(|s| s.log_records.len()).sum::<usize>();
+            let mut part = rl.clone();
+            part.scope_logs = scopes;
+            let slot = parts.get_mut(g)?;
+            slot.0.resource_logs.push(part);
+            slot.1 += items;
+        }
+    }
+    Some(finish(parts, |r| !r.resource_logs.is_empty()))
+}
+
+/// Splits one metric's data points by stream (name and point attributes).
+fn split_streams(mut m: Metric, n: usize, pick: &impl Fn(u64) -> usize) -> Vec<(usize, Metric)> {
+    let name = fnv1a(SEED, m.name.as_bytes());
+    let gw = |attrs: &[KeyValue]| pick(mix(attributes_hash(name, attrs)));
+    let mut out = Vec::new();
+    macro_rules! by_points {
+        ($variant:ident, $inner:expr) => {{
+            let mut inner = $inner;
+            let pts = std::mem::take(&mut inner.data_points);
+            scatter(group(pts, n, |p| gw(&p.attributes)), |g, pts| {
+                let mut part = m.clone();
+                let mut data = inner.clone();
+                data.data_points = pts;
+                part.data = Some(Data::$variant(data));
+                out.push((g, part));
+            });
+        }};
+    }
+    match m.data.take() {
+        Some(Data::Gauge(x)) => by_points!(Gauge, x),
+        Some(Data::Sum(x)) => by_points!(Sum, x),
+        Some(Data::Histogram(x)) => by_points!(Histogram, x),
+        Some(Data::ExponentialHistogram(x)) => by_points!(ExponentialHistogram, x),
+        Some(Data::Summary(x)) => by_points!(Summary, x),
+        None => out.push((pick(mix(name)), m)),
+    }
+    out
+}
+
+fn split_metrics(
+    raw: &[u8],
+    key: RoutingKey,
+    n: usize,
+    pick: impl Fn(u64) -> usize,
+) -> Option<Split> {
+    let request = ExportMetricsServiceRequest::decode(raw).ok()?;
+    let mut parts: Vec<(ExportMetricsServiceRequest, usize)> =
+        (0..n).map(|_| Default::default()).collect();
+    for mut rm in request.resource_metrics {
+        let resource_gw = match key {
+            RoutingKey::Service => Some(pick(service_key(rm.resource.as_ref()))),
+            RoutingKey::Resource | RoutingKey::TraceId => {
+                Some(pick(resource_key(rm.resource.as_ref())))
+            }
+            RoutingKey::Metric | RoutingKey::StreamId => None,
+        };
+        if let Some(g) = resource_gw {
+            let items = rm
+                .scope_metrics
+                .iter()
+                .flat_map(|s| &s.metrics)
+                .map(points)
+                .sum::<usize>();
+            let slot = parts.get_mut(g)?;
+            slot.0.resource_metrics.push(rm);
+            slot.1 += items;
+            continue;
+        }
+        let scopes = std::mem::take(&mut rm.scope_metrics);
+        let mut per: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
+        for mut sm in scopes {
+            let metrics = std::mem::take(&mut sm.metrics);
+            let mut by_gateway: Vec<Vec<Metric>> = (0..n).map(|_| Vec::new()).collect();
+            for m in metrics {
+                if key == RoutingKey::StreamId {
+                    for (g, part) in split_streams(m, n, &pick) {
+                        by_gateway.get_mut(g)?.push(part);
+                    }
+                } else {
+                    let g = pick(key_hash(m.name.as_bytes()));
+                    by_gateway.get_mut(g)?.push(m);
+                }
+            }
+            for (g, metrics) in by_gateway.into_iter().enumerate() {
+                if metrics.is_empty() {
+                    continue;
+                }
+                let mut part = sm.clone();
+                part.metrics = metrics;
+                per.get_mut(g)?.push(part);
+            }
+        }
+        for (g, scopes) in per.into_iter().enumerate() {
+            if scopes.is_empty() {
+                continue;
+            }
+            let items = scopes
+                .iter()
+                .flat_map(|s| &s.metrics)
+                .map(points)
+                .sum::<usize>();
+            let mut part = rm.clone();
+            part.scope_metrics = scopes;
+            let slot = parts.get_mut(g)?;
+            slot.0.resource_metrics.push(part);
+            slot.1 += items;
+        }
+    }
+    Some(finish(parts, |r| !r.resource_metrics.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Routing;
+    use crate::otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    fn table(n: usize, routing: Routing) -> Table {
+        let d: Vec<String> = (0..n).map(|i| format!("http://10.0.0.{i}:4318")).collect();
+        Table::new(&d, routing)
+    }
+
+    fn traces(ids: impl Iterator<Item = u64>) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![crate::otlp::kv("service.name", "a")],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans: ids
+                        .map(|i| Span {
+                            trace_id: i.to_be_bytes().repeat(2),
+                            name: format!("s{i}"),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn splits_spans_by_trace_and_keeps_single_keys_whole() {
+        let t = table(3, Routing::default());
+        // Two spans per trace, 300 traces.
+        let req = traces((0..300u64).chain(0..300u64));
+        let Split::Parts(parts) = split(&t, Signal::Traces, &encode(&req).gzip) else {
+            panic!("expected parts");
+        };
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts.iter().map(|p| p.items).sum::<usize>(), 600);
+        let mut seen = std::collections::HashMap::new();
+        for p in &parts {
+            let raw = gunzip(&p.encoded.gzip).unwrap();
+            let r = ExportTraceServiceRequest::decode(&raw[..]).unwrap();
+            for s in &r.resource_spans[0].scope_spans[0].spans {
+                let g = seen.entry(s.trace_id.clone()).or_insert(p.gateway);
+                assert_eq!(*g, p.gateway, "a trace was split");
+            }
+        }
+        assert_eq!(seen.len(), 300);
+        // One trace: whole.
+        let one = traces([7u64, 7, 7].into_iter());
+        assert!(matches!(
+            split(&t, Signal::Traces, &encode(&one).gzip),
+            Split::Whole(_)
+        ));
+        // Under service: whole.
+        let by_service = Routing {
+            traces: RoutingKey::Service,
+            ..Routing::default()
+        };
+        let t = table(3, by_service);
+        assert!(matches!(
+            split(&t, Signal::Traces, &encode(&req).gzip),
+            Split::Whole(_)
+        ));
+    }
+
+    #[test]
+    fn resource_split_works_on_raw_entries() {
+        let t = table(4, Routing::default());
+        let mut req = ExportMetricsServiceRequest::default();
+        for i in 0..40 {
+            req.resource_metrics
+                .push(crate::otlp::proto::metrics::v1::ResourceMetrics {
+                    resource: Some(Resource {
+                        attributes: vec![crate::otlp::kv("instance", format!("h{i}"))],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+        }
+        let Split::Parts(parts) = split(&t, Signal::Metrics, &encode(&req).gzip) else {
+            panic!("expected parts");
+        };
+        let mut total = 0;
+        for p in parts {
+            let raw = gunzip(&p.encoded.gzip).unwrap();
+            let r = ExportMetricsServiceRequest::decode(&raw[..]).unwrap();
+            for rm in &r.resource_metrics {
+                assert_eq!(t.pick(resource_key(rm.resource.as_ref())), Some(p.gateway));
+            }
+            total += r.resource_metrics.len();
+        }
+        assert_eq!(total, 40);
+        // Garbage is routed whole, never lost.
+        assert!(matches!(
+            split(&t, Signal::Metrics, b"not gzip"),
+            Split::Whole(_)
+        ));
+    }
+}

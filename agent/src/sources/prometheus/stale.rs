@@ -1,0 +1,193 @@
+//! Staleness: what the last good scrape of a target exposed, kept compactly,
+//! so that a series that disappears gets one point with the NoRecordedValue
+//! flag, and every series does when a scrape fails.
+//!
+//! Keeping the previous body would double a large target's memory (12 MB for
+//! 100k series), so [`SeriesMemory`] keeps the series' identities instead:
+//! interned strings and small index records, about 40 bytes per series. The
+//! set of series rarely changes between scrapes, so the identities are rebuilt
+//! only when the sorted hashes differ; a steady target costs one comparison.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use super::convert::Builder;
+use super::parse::{Family, Format, Label, Limits, MetricType, Parser, Sample};
+
+/// The series of the last good scrape of one target.
+#[derive(Debug, Default)]
+pub struct SeriesMemory {
+    /// Sorted, deduplicated hashes of those series (see `series_hash` in scrape.rs).
+    hashes: Vec<u64>,
+    /// Their identities, in exposition order.
+    table: Table,
+}
+
+/// Interned identities of a scrape's series.
+#[derive(Debug, Default)]
+struct Table {
+    /// Every distinct string, back to back; `StrRef`s point into it.
+    text: String,
+    families: Vec<FamilyRecord>,
+    /// Invariant: each record's `labels` range lies within `labels`.
+    series: Vec<SeriesRecord>,
+    labels: Vec<(StrRef, StrRef)>,
+}
+
+/// A string in [`Table::text`]: offset and length.
+type StrRef = (u32, u32);
+
+#[derive(Debug)]
+struct FamilyRecord {
+    name: StrRef,
+    kind: MetricType,
+    help: Option<StrRef>,
+    unit: Option<StrRef>,
+    /// Its series: a range of [`Table::series`].
+    series: (u32, u32),
+}
+
+#[derive(Debug)]
+struct SeriesRecord {
+    name: StrRef,
+    /// A range of [`Table::labels`].
+    labels: (u32, u32),
+}
+
+impl SeriesMemory {
+    /// Whether nothing is remembered (no good scrape yet, or one failed since).
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+
+    /// Hashes remembered but missing from `current` (sorted): the series that vanished.
+    pub fn vanished(&self, current: &[u64]) -> Vec<u64> {
+        self.hashes
+            .iter()
+            .copied()
+            .filter(|h| current.binary_search(h).is_err())
+            .collect()
+    }
+
+    /// Remembers the series of a good scrape: `hashes` (sorted, deduplicated)
+    /// and, only when they differ from what is remembered, the identities
+    /// read again from `body`.
+    pub fn remember(&mut self, hashes: Vec<u64>, body: &[u8], format: Format, limits: &Limits) {
+        if hashes != self.hashes {
+            self.table = Table::build(body, format, limits);
+        }
+        self.hashes = hashes;
+    }
+
+    /// Forgets everything (after the stale points of a failed scrape went out).
+    pub fn clear(&mut self) {
+        *self = SeriesMemory::default();
+    }
+
+    /// Writes a stale point for every remembered series whose hash is in
+    /// `gone` (sorted), or for every series when `gone` is None.
+    pub fn emit_stale(
+        &self,
+        gone: Option<&[u64]>,
+        hash: impl Fn(&Sample<'_>) -> u64,
+        builder: &mut Builder,
+    ) {
+        let t = &self.table;
+        for f in &t.families {
+            let samples: Vec<Sample<'_>> = t
+                .series_of(f)
+                .iter()
+                .map(|s| Sample {
+                    name: t.str(s.name),
+                    labels: t
+                        .labels_of(s)
+                        .iter()
+                        .map(|(n, v)| Label {
+                            name: t.str(*n),
+                            value: Cow::Borrowed(t.str(*v)),
+                        })
+                        .collect(),
+                    value: f64::NAN,
+                    timestamp_ms: None,
+                })
+                .filter(|s| gone.map_or(true, |g| g.binary_search(&hash(s)).is_ok()))
+                .collect();
+            if samples.is_empty() {
+                continue;
+            }
+            let family = Family {
+                name: t.str(f.name),
+                kind: f.kind,
+                help: f.help.map(|h| Cow::Borrowed(t.str(h))),
+                unit: f.unit.map(|u| t.str(u)),
+                samples,
+            };
+            builder.family(&family, true);
+        }
+    }
+}
+
+impl Table {
+    fn build(body: &[u8], format: Format, limits: &Limits) -> Table {
+        let mut t = Table::default();
+        let mut interned: HashMap<String, StrRef> = HashMap::new();
+        let mut intern = |text: &mut String, s: &str| -> StrRef {
+            if let Some(r) = interned.get(s) {
+                return *r;
+            }
+            let r = (to_u32(text.len()), to_u32(s.len()));
+            text.push_str(s);
+            interned.insert(s.to_string(), r);
+            r
+        };
+        for family in Parser::new(body, format, limits).flatten() {
+            let first = to_u32(t.series.len());
+            for s in &family.samples {
+                let start = to_u32(t.labels.len());
+                for l in &s.labels {
+                    let pair = (intern(&mut t.text, l.name), intern(&mut t.text, &l.value));
+                    t.labels.push(pair);
+                }
+                t.series.push(SeriesRecord {
+                    name: intern(&mut t.text, s.name),
+                    labels: (start, to_u32(t.labels.len())),
+                });
+            }
+            let record = FamilyRecord {
+                name: intern(&mut t.text, family.name),
+                kind: family.kind,
+                help: family.help.as_deref().map(|h| intern(&mut t.text, h)),
+                unit: family.unit.map(|u| intern(&mut t.text, u)),
+                series: (first, to_u32(t.series.len())),
+            };
+            t.families.push(record);
+        }
+        t.text.shrink_to_fit();
+        t.series.shrink_to_fit();
+        t.labels.shrink_to_fit();
+        t
+    }
+
+    fn str(&self, (offset, len): StrRef) -> &str {
+        let start = offset as usize;
+        self.text.get(start..start + len as usize).unwrap_or("")
+    }
+
+    fn series_of(&self, f: &FamilyRecord) -> &[SeriesRecord] {
+        self.series
+            .get(f.series.0 as usize..f.series.1 as usize)
+            .unwrap_or(&[])
+    }
+
+    fn labels_of(&self, s: &SeriesRecord) -> &[(StrRef, StrRef)] {
+        self.labels
+            .get(s.labels.0 as usize..s.labels.1 as usize)
+            .unwrap_or(&[])
+    }
+}
+
+/// Offsets into one scrape's tables; a body is at most `body_size_limit`,
+/// far below 4 GiB, so this saturates only on a broken invariant.
+fn to_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
