@@ -331,7 +331,7 @@ impl Scraper {
 /// sample, so it reads eight bytes at a time (FxHash's multiply-rotate) and
 /// mixes the result once (murmur3's finalizer); a collision would at worst
 /// miss one staleness marker.
-fn series_hash(sample: &super::parse::Sample<'_>) -> u64 {
+pub(super) fn series_hash(sample: &super::parse::Sample<'_>) -> u64 {
     let mut h = SeriesHasher(0);
     h.bytes(sample.name.as_bytes());
     for l in &sample.labels {

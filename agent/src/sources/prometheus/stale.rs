@@ -4,7 +4,8 @@
 //!
 //! Keeping the previous body would double a large target's memory (12 MB for
 //! 100k series), so [`SeriesMemory`] keeps the series' identities instead:
-//! interned strings and small index records, about 40 bytes per series. The
+//! interned strings and label pairs and small index records, about 16 bytes
+//! plus 4 per label for each series. The
 //! set of series rarely changes between scrapes, so the identities are rebuilt
 //! only when the sorted hashes differ; a steady target costs one comparison.
 
@@ -31,7 +32,10 @@ struct Table {
     families: Vec<FamilyRecord>,
     /// Invariant: each record's `labels` range lies within `labels`.
     series: Vec<SeriesRecord>,
-    labels: Vec<(StrRef, StrRef)>,
+    /// Every distinct label (name, value) pair; exporters repeat them a lot.
+    pairs: Vec<(StrRef, StrRef)>,
+    /// The labels of all series, as indexes into `pairs`: 4 bytes a label.
+    labels: Vec<u32>,
 }
 
 /// A string in [`Table::text`]: offset and length.
@@ -102,6 +106,7 @@ impl SeriesMemory {
                     labels: t
                         .labels_of(s)
                         .iter()
+                        .filter_map(|i| t.pairs.get(*i as usize))
                         .map(|(n, v)| Label {
                             name: t.str(*n),
                             value: Cow::Borrowed(t.str(*v)),
@@ -140,13 +145,19 @@ impl Table {
             interned.insert(s.to_string(), r);
             r
         };
+        let mut pair_ids: HashMap<(StrRef, StrRef), u32> = HashMap::new();
         for family in Parser::new(body, format, limits).flatten() {
             let first = to_u32(t.series.len());
             for s in &family.samples {
                 let start = to_u32(t.labels.len());
                 for l in &s.labels {
                     let pair = (intern(&mut t.text, l.name), intern(&mut t.text, &l.value));
-                    t.labels.push(pair);
+                    let next = to_u32(t.pairs.len());
+                    let id = *pair_ids.entry(pair).or_insert(next);
+                    if id == next {
+                        t.pairs.push(pair);
+                    }
+                    t.labels.push(id);
                 }
                 t.series.push(SeriesRecord {
                     name: intern(&mut t.text, s.name),
@@ -165,6 +176,7 @@ impl Table {
         t.text.shrink_to_fit();
         t.series.shrink_to_fit();
         t.labels.shrink_to_fit();
+        t.pairs.shrink_to_fit();
         t
     }
 
@@ -179,7 +191,7 @@ impl Table {
             .unwrap_or(&[])
     }
 
-    fn labels_of(&self, s: &SeriesRecord) -> &[(StrRef, StrRef)] {
+    fn labels_of(&self, s: &SeriesRecord) -> &[u32] {
         self.labels
             .get(s.labels.0 as usize..s.labels.1 as usize)
             .unwrap_or(&[])
@@ -190,4 +202,90 @@ impl Table {
 /// far below 4 GiB, so this saturates only on a broken invariant.
 fn to_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::otlp::proto::collector::metrics::v1::ExportMetricsServiceRequest;
+    use crate::otlp::proto::metrics::v1::{metric, DataPointFlags};
+    use crate::sources::prometheus::convert::TargetInfo;
+    use crate::sources::prometheus::scrape::series_hash;
+    use prost::Message;
+    use std::io::Read;
+
+    fn hashes(body: &str) -> Vec<u64> {
+        let mut h: Vec<u64> =
+            Parser::new(body.as_bytes(), Format::PrometheusText, &Limits::default())
+                .flatten()
+                .flat_map(|f| f.samples.iter().map(series_hash).collect::<Vec<_>>())
+                .collect();
+        h.sort_unstable();
+        h.dedup();
+        h
+    }
+
+    #[test]
+    fn a_vanished_series_gets_one_stale_point_with_its_labels() {
+        let before = "# HELP g Help.\n# TYPE g gauge\ng{s=\"a\"} 1\ng{s=\"b\"} 2\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 1\nh_count 1\nh_sum 1\n";
+        let after = "# TYPE g gauge\ng{s=\"a\"} 1\n";
+        let mut memory = SeriesMemory::default();
+        memory.remember(
+            hashes(before),
+            before.as_bytes(),
+            Format::PrometheusText,
+            &Limits::default(),
+        );
+        let gone = memory.vanished(&hashes(after));
+        assert_eq!(gone.len(), 5, "g{{s=b}} and the four histogram samples");
+
+        let target = TargetInfo {
+            job: "j".into(),
+            instance: "h:1".into(),
+            scheme: "http".into(),
+            extra: vec![],
+        };
+        let mut builder = Builder::new(target.resource(&[]), 1);
+        memory.emit_stale(Some(&gone), series_hash, &mut builder);
+        let batches = builder.finish();
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(batches[0].0.gzip.as_slice())
+            .read_to_end(&mut raw)
+            .unwrap();
+        let request = ExportMetricsServiceRequest::decode(raw.as_slice()).unwrap();
+        let metrics = &request.resource_metrics[0].scope_metrics[0].metrics;
+        assert_eq!(metrics.len(), 2);
+        let Some(metric::Data::Gauge(g)) = &metrics[0].data else {
+            panic!("{metrics:?}")
+        };
+        assert_eq!(metrics[0].description, "Help.");
+        assert_eq!(g.data_points.len(), 1);
+        assert_eq!(g.data_points[0].attributes[0].key, "s");
+        assert_eq!(
+            g.data_points[0].flags,
+            DataPointFlags::NoRecordedValueMask as u32
+        );
+        let Some(metric::Data::Histogram(h)) = &metrics[1].data else {
+            panic!("{metrics:?}")
+        };
+        assert_eq!(
+            h.data_points[0].flags,
+            DataPointFlags::NoRecordedValueMask as u32
+        );
+
+        // The same set again keeps the table; an emptied memory emits nothing.
+        memory.remember(
+            hashes(before),
+            b"",
+            Format::PrometheusText,
+            &Limits::default(),
+        );
+        assert_eq!(
+            memory.vanished(&hashes(after)).len(),
+            5,
+            "identities kept while the set is unchanged"
+        );
+        memory.clear();
+        assert!(memory.is_empty());
+    }
 }
