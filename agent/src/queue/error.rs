@@ -188,7 +188,7 @@ mod tests {
         };
         assert_eq!(
             err.to_string(),
-            "queue format: /q has format 9, this tern reads up to 1"
+            "queue format: /q has format 9, this tern reads up to 2"
         );
     }
 }

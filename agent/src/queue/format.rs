@@ -9,7 +9,11 @@ use super::lane::{Lane, Signal};
 
 /// The version of the layout below. Stored under [`FORMAT_KEY`]; a directory with
 /// a larger number is refused, never guessed at.
-pub(super) const FORMAT_VERSION: u32 = 1;
+///
+/// 2: segment records carry their index record in a trailer ("TQP2"), so the
+/// index can be rebuilt from them. Version 1 directories ("TQP1" records) are
+/// read as they are and marked 2 on open.
+pub(super) const FORMAT_VERSION: u32 = 2;
 
 /// Key of the format version (`u32` big-endian).
 pub(super) const FORMAT_KEY: &[u8] = b"\x00format";
@@ -31,10 +35,18 @@ const INDEX_RECORD_LEN: usize = 1 + 8 * 5;
 /// The longest checkpoint source name, in bytes (stored with a 16-bit length).
 pub(super) const MAX_SOURCE_LEN: usize = u16::MAX as usize;
 
-/// Opens every record in a segment file: "tern queue payload, version 1".
-const SEGMENT_MAGIC: [u8; 4] = *b"TQP1";
+/// Opens every record written now: "tern queue payload, version 2", followed
+/// by a trailer with its index record.
+const SEGMENT_MAGIC: [u8; 4] = *b"TQP2";
+/// Opens records written by format version 1: no trailer.
+const SEGMENT_MAGIC_V1: [u8; 4] = *b"TQP1";
 /// Length of the header in front of each payload in a segment file.
 pub(super) const SEGMENT_HEADER_LEN: usize = 4 + 8 + 8 + 4;
+/// Length of a trailer's fixed part: `[meta_len: u32 BE][crc32 of meta: u32 BE]`.
+pub(super) const TRAILER_HEAD_LEN: usize = 4 + 4;
+/// The longest trailer meta accepted when reading: a lane prefix and an index
+/// record with a checkpoint, all bounded by 16-bit lengths.
+pub(super) const MAX_TRAILER_META: u64 = 4 * 65_536;
 
 /// Creation times after this (year 3000, in ms since the epoch) are taken as garbage.
 pub(super) const MAX_CREATED_MS: u64 = 32_503_680_000_000;
@@ -217,37 +229,110 @@ impl IndexRecord {
 }
 
 /// The header written in front of a payload in a segment file:
-/// `[magic "TQP1"][seq: u64 BE][len: u64 BE][crc32 of payload: u32 BE]`.
+/// `[magic "TQP2"][seq: u64 BE][len: u64 BE][crc32 of payload: u32 BE]`.
 ///
 /// The sequence number and length tie the record to its index entry; the CRC
 /// catches data that never reached the disk (power cut with `fsync` off).
 pub(super) fn segment_header(seq: u64, payload: &[u8]) -> [u8; SEGMENT_HEADER_LEN] {
-    let mut crc = flate2::Crc::new();
-    crc.update(payload);
     let len = u64::try_from(payload.len()).unwrap_or(u64::MAX);
     let mut out = [0; SEGMENT_HEADER_LEN];
     out[..4].copy_from_slice(&SEGMENT_MAGIC);
     out[4..12].copy_from_slice(&seq.to_be_bytes());
     out[12..20].copy_from_slice(&len.to_be_bytes());
-    out[20..].copy_from_slice(&crc.sum().to_be_bytes());
+    out[20..].copy_from_slice(&crc32(payload).to_be_bytes());
     out
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = flate2::Crc::new();
+    crc.update(bytes);
+    crc.sum()
+}
+
+/// A segment record's header, read back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct SegmentHeader {
+    /// Whether a trailer follows the payload (format 2).
+    pub(super) has_trailer: bool,
+    pub(super) seq: u64,
+    /// Payload length.
+    pub(super) len: u64,
+    /// CRC-32 of the payload.
+    pub(super) crc: u32,
+}
+
+/// Decodes a segment record header; `None` if it is not one.
+pub(super) fn parse_segment_header(bytes: &[u8]) -> Option<SegmentHeader> {
+    let (magic, rest) = split_array::<4>(bytes)?;
+    let (seq, rest) = split_array::<8>(rest)?;
+    let (len, rest) = split_array::<8>(rest)?;
+    let (crc, _) = split_array::<4>(rest)?;
+    let has_trailer = match magic {
+        SEGMENT_MAGIC => true,
+        SEGMENT_MAGIC_V1 => false,
+        _ => return None,
+    };
+    Some(SegmentHeader {
+        has_trailer,
+        seq: u64::from_be_bytes(seq),
+        len: u64::from_be_bytes(len),
+        crc: u32::from_be_bytes(crc),
+    })
 }
 
 /// The payload in a segment record read back from disk (header and payload), if
 /// the header names `seq` and `len` and the CRC matches.
 pub(super) fn check_segment_record(record: &[u8], seq: u64, len: u64) -> Option<&[u8]> {
-    let (magic, rest) = split_array::<4>(record)?;
-    let (stored_seq, rest) = split_array::<8>(rest)?;
-    let (stored_len, rest) = split_array::<8>(rest)?;
-    let (stored_crc, payload) = split_array::<4>(rest)?;
-    let mut crc = flate2::Crc::new();
-    crc.update(payload);
-    let valid = magic == SEGMENT_MAGIC
-        && u64::from_be_bytes(stored_seq) == seq
-        && u64::from_be_bytes(stored_len) == len
+    let header = parse_segment_header(record)?;
+    let payload = record.get(SEGMENT_HEADER_LEN..)?;
+    let valid = header.seq == seq
+        && header.len == len
         && u64::try_from(payload.len()).is_ok_and(|n| n == len)
-        && u32::from_be_bytes(stored_crc) == crc.sum();
+        && header.crc == crc32(payload);
     valid.then_some(payload)
+}
+
+/// Whether `payload` is the one `header` was written for.
+pub(super) fn payload_matches(header: &SegmentHeader, payload: &[u8]) -> bool {
+    u64::try_from(payload.len()).is_ok_and(|n| n == header.len) && header.crc == crc32(payload)
+}
+
+/// The trailer written after a payload: the batch's lane prefix and its index
+/// record value, exactly as sled gets them, so that a batch whose index write
+/// was lost in a crash can be indexed again from its segment alone:
+/// `[meta_len: u32 BE][crc32 of meta: u32 BE]` then meta,
+/// `[prefix_len: u16 BE][prefix][index value]`.
+pub(super) fn segment_trailer(prefix: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut meta = Vec::with_capacity(2 + prefix.len() + value.len());
+    // Lane prefixes are bounded by `Lane::MAX_DESTINATION_LEN`, far below u16.
+    let prefix_len = u16::try_from(prefix.len()).unwrap_or(u16::MAX);
+    meta.extend_from_slice(&prefix_len.to_be_bytes());
+    meta.extend_from_slice(prefix);
+    meta.extend_from_slice(value);
+    let meta_len = u32::try_from(meta.len()).unwrap_or(u32::MAX);
+    let mut out = Vec::with_capacity(TRAILER_HEAD_LEN + meta.len());
+    out.extend_from_slice(&meta_len.to_be_bytes());
+    out.extend_from_slice(&crc32(&meta).to_be_bytes());
+    out.extend_from_slice(&meta);
+    out
+}
+
+/// Decodes a trailer's fixed part: the meta's length and CRC.
+pub(super) fn parse_trailer_head(bytes: &[u8]) -> Option<(u64, u32)> {
+    let (len, rest) = split_array::<4>(bytes)?;
+    let (crc, _) = split_array::<4>(rest)?;
+    Some((u64::from(u32::from_be_bytes(len)), u32::from_be_bytes(crc)))
+}
+
+/// Checks a trailer's meta against its CRC and splits it into the lane prefix
+/// and the index value.
+pub(super) fn decode_trailer_meta(meta: &[u8], crc: u32) -> Option<(&[u8], &[u8])> {
+    if crc32(meta) != crc {
+        return None;
+    }
+    let (len, rest) = split_array::<2>(meta)?;
+    let len = usize::from(u16::from_be_bytes(len));
+    (rest.len() >= len).then(|| rest.split_at(len))
 }
 
 /// The file name of segment `id`: 16 hex digits, so names sort by age.
@@ -355,6 +440,12 @@ mod tests {
         let mut record = segment_header(5, b"abc").to_vec();
         record.extend_from_slice(b"abc");
         assert_eq!(check_segment_record(&record, 5, 3), Some(&b"abc"[..]));
+        // Version 1 records read the same.
+        let mut v1 = record.clone();
+        v1[..4].copy_from_slice(b"TQP1");
+        assert_eq!(check_segment_record(&v1, 5, 3), Some(&b"abc"[..]));
+        assert!(!parse_segment_header(&v1).unwrap().has_trailer);
+        assert!(parse_segment_header(&record).unwrap().has_trailer);
         assert_eq!(check_segment_record(&record, 6, 3), None);
         assert_eq!(check_segment_record(&record[..25], 5, 3), None);
         let mut flipped = record.clone();
@@ -366,5 +457,24 @@ mod tests {
             Some(0xabc)
         );
         assert_eq!(parse_segment_file_name("conf"), None);
+    }
+
+    #[test]
+    fn trailers_round_trip_and_reject_damage() {
+        let trailer = segment_trailer(b"\x02\x01\x00\x02gw", b"value");
+        let (len, crc) = parse_trailer_head(&trailer).unwrap();
+        let meta = &trailer[TRAILER_HEAD_LEN..];
+        assert_eq!(len, u64::try_from(meta.len()).unwrap());
+        assert_eq!(
+            decode_trailer_meta(meta, crc),
+            Some((&b"\x02\x01\x00\x02gw"[..], &b"value"[..]))
+        );
+        let mut flipped = meta.to_vec();
+        flipped[3] ^= 1;
+        assert_eq!(decode_trailer_meta(&flipped, crc), None);
+        assert_eq!(parse_trailer_head(&trailer[..7]), None);
+        // A prefix length past the end of the meta.
+        let bad = [0xff, 0xff, 1];
+        assert_eq!(decode_trailer_meta(&bad, crc32(&bad)), None);
     }
 }

@@ -18,11 +18,13 @@
 //!
 //! 1. **An accepted batch is lost.** A push that returned `Ok` with an id, with
 //!    `fsync` on, survives a crash or a power cut until it is acked or dropped
-//!    by a stated policy. Guarded by: payload written and synced before the
-//!    index record that makes it exist; index flushed before `push` returns.
+//!    by a stated policy. Guarded by: the payload and a copy of its index
+//!    record written and synced before `push` returns; `open` indexes again
+//!    what sled had not flushed.
 //! 2. **A gap or a duplicate at a source.** A source's checkpoint (a journal
-//!    cursor) and the batch made up to it are stored in one sled key, so after
-//!    a crash both are there or neither is.
+//!    cursor) and the batch made up to it are stored in one sled key, and in
+//!    one CRC-checked segment record, so after a crash both are there or
+//!    neither is.
 //! 3. **A silent drop.** Every batch that leaves unacked is reported with its
 //!    lane, items, bytes and reason; a retry is never a drop.
 //! 4. **Garbage sent as data.** A payload whose header or CRC does not match
@@ -62,8 +64,15 @@
 //!     checkpoint: Option<{ source_len: u16, source: [u8], value: [u8] }>,
 //! }
 //!
-//! // data/<id>.seg: SegmentRecords back to back, appended, never rewritten
-//! struct SegmentRecord { magic: "TQP1", seq: u64, len: u64, crc32: u32, payload: [u8; len] }
+//! // data/<id>.seg: SegmentRecords, appended, never rewritten
+//! struct SegmentRecord {
+//!     magic: "TQP2", seq: u64, len: u64, crc32: u32, // of the payload
+//!     payload: [u8; len],
+//!     meta_len: u32, meta_crc32: u32,
+//!     meta: { prefix_len: u16, prefix: [u8], index_record: IndexRecord }, // the sled key's lane and value
+//!     padding: [0u8],  // with fsync on, records of 4 KiB and more fill whole pages
+//! }
+//! // Format 1 wrote "TQP1" records without meta; they are still read.
 //! ```
 //!
 //! A lane is a key prefix, so reading a lane in order is one range scan, and
@@ -76,20 +85,21 @@
 //!
 //! # What "accepted" means
 //!
-//! A push does, under the queue's lock: append the payload to the lane's
-//! segment (and `fdatasync` it with `fsync` on; a new segment's directory entry
-//! too), then insert the index record into sled. Then, with `fsync` on, it
-//! flushes sled (write and fsync of sled's log) before returning. So:
+//! A push does, under the queue's lock: append the payload and its index
+//! record to the lane's segment (and `fdatasync` it with `fsync` on; a new
+//! segment's directory entry too), then insert the index record into sled,
+//! which writes its log in the background every [`Options::flush_interval`]
+//! (default 1 s). One sync per push: the segment record is the write-ahead
+//! copy, and [`Queue::open`] indexes again every record that sled lost. So:
 //!
 //! - `fsync` on (the default): `Ok` means on disk. A crash or power cut after
 //!   it loses nothing.
-//! - `fsync` off: `Ok` means in the queue. sled flushes the index every
-//!   [`Options::flush_interval`] (default 1 s) in the background, and a push
-//!   syncs its lane's segment when the last sync is that old. A process crash
-//!   loses nothing the kernel has; a power cut loses about the last interval
-//!   (the last pushes of a lane that went quiet may wait for the kernel's own
-//!   writeback, 30 s by default). A record whose payload never reached the
-//!   disk fails its CRC and is dropped as `Corrupt`, never sent.
+//! - `fsync` off: `Ok` means in the queue. A push syncs its lane's segment
+//!   when the last sync is [`Options::flush_interval`] old. A process crash
+//!   loses nothing (the kernel has the segment); a power cut loses about the
+//!   last interval (the last pushes of a lane that went quiet may wait for the
+//!   kernel's own writeback, 30 s by default). A record whose payload never
+//!   reached the disk fails its CRC and is dropped as `Corrupt`, never sent.
 //!
 //! The OTLP receiver answers 200 only after `push` returned.
 //!
@@ -137,8 +147,18 @@
 //! once (small records, never the payloads) to rebuild the counters per lane,
 //! the next sequence number and the newest checkpoints. A record that does not
 //! decode, or points outside its segment file, is deleted and returned as a
-//! `Corrupt` drop. Then segment files that no record names (drained, or written
-//! by a push that never committed) are deleted. Payloads are checked (header,
+//! `Corrupt` drop.
+//!
+//! Then the records sled lost: sled recovers a prefix of its writes, and every
+//! removal of the newest batch first stores `NextSeqKey`, so the next sequence
+//! number found is above every batch sled still has or ever removed. Segment
+//! records from that number on were pushed after the last write sled kept:
+//! each segment is read from its last indexed record on (whole when none),
+//! up to the first torn or damaged record, and those records (payload CRC and
+//! meta CRC checked) are indexed again from their meta, checkpoints included.
+//! A removal lost with them (an ack) means the batch is sent again, as with
+//! any unflushed ack. Then segment files that no record names (drained, or
+//! written by a push that failed) are deleted. Payloads are checked (header,
 //! CRC) when read. [`Queue::inspect`] does the same scan without changing
 //! anything, for `tern queue` on a stopped agent.
 //!
@@ -158,31 +178,35 @@
 //!
 //! | scenario | pushes/s | written per byte pushed |
 //! | --- | --- | --- |
-//! | 20 KiB, fsync off | 8,000 – 19,000 | 1.03 |
-//! | 20 KiB, fsync on | 500 – 2,500 | 1.42 |
-//! | 20 KiB + checkpoint, fsync on | 300 – 650 | 1.44 |
-//! | 20 KiB, fsync off, 100 MiB backlog | 9,000 – 21,000 | 1.23 |
-//! | 2 KiB + checkpoint, fsync off | 33,000 – 64,000 | 1.55 |
-//! | 2 KiB, fsync on | 970 – 1,050 | 5.2 |
+//! | 20 KiB, fsync off | 19,700 | 1.04 |
+//! | 20 KiB, fsync on | 3,340 | 1.22 |
+//! | 20 KiB + checkpoint, fsync on | 3,240 | 1.24 |
+//! | 20 KiB, fsync off, 100 MiB backlog | 22,400 | 1.24 |
+//! | 2 KiB + checkpoint, fsync off | 44,900 | 1.67 |
+//! | 2 KiB, fsync on | 4,270 | 3.25 |
 //!
-//! Rates are from runs while other builds shared the machine, hence the
-//! ranges; with `fsync` on each push waits for one `fdatasync` of its segment
-//! and one sled flush, so the disk's sync latency sets the rate.
+//! With `fsync` on each push waits for one `fdatasync` of its segment, so the
+//! disk's sync latency sets the rate. Format 1 also flushed sled on every
+//! push: two syncs, 500 to 2,500 pushes/s of 20 KiB at 1.42, and 5.2 for
+//! 2 KiB batches.
 //!
-//! With `fsync` on every push writes two partial pages (the segment's last
-//! page and sled's log), about 8 KiB on top of the payload, so the budget of 2
-//! holds for batches from about 8 KiB up; smaller batches with `fsync` on
-//! should be merged by the source. Disk use is the queued payload plus about
-//! 1 MiB per lane and the index (13 MiB on disk for 9.8 MiB queued). Memory is
-//! counters per lane plus sled's cache: the whole test process peaked at 6 to
-//! 8 MB RSS in these runs, 100 MiB backlog included.
+//! With `fsync` on, records of 4 KiB and more fill whole pages, so a push
+//! writes its pages once; sled's log adds about one page per flush interval
+//! for the index writes and acks of that interval together. Smaller batches
+//! each rewrite the segment's partial last page: the budget of 2 holds from
+//! about 4 KiB up, and smaller batches with `fsync` on should be merged by
+//! the source. Disk use is the queued payload plus about 1 MiB per lane and
+//! the index (13.4 MiB on disk for 9.8 MiB queued). Memory is counters per
+//! lane plus sled's cache: the whole test process peaked at 7 to 17 MB RSS
+//! in these runs, 100 MiB backlog included.
 //!
 //! Payloads are not in sled because sled 0.34 rewrites whole B-tree leaves
 //! (up to 16 values) on every split and every tenth update: keeping the
 //! payloads in sled measured 3.3 to 5.6 bytes passed to `write` per byte
 //! pushed (4 to 20 reaching the disk), and 100 to 340 MiB on disk for 10 MiB
-//! queued, for any sled segment size from 512 KiB to 16 MiB. sled also forces two synchronous log writes per multi-key batch,
-//! which is why nothing on the push and ack paths uses one.
+//! queued, for any sled segment size from 512 KiB to 16 MiB. sled also
+//! forces two synchronous log writes per multi-key batch, which is why nothing
+//! on the push and ack paths uses one.
 //!
 //! sled settings: `cache_capacity` from [`Options::cache_capacity`] (4 MiB,
 //! not sled's 1 GiB), `flush_every_ms` from [`Options::flush_interval`], no

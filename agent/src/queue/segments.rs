@@ -13,8 +13,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::format::{
-    check_segment_record, parse_segment_file_name, segment_file_name, segment_header, IndexRecord,
-    SEGMENT_HEADER_LEN,
+    check_segment_record, decode_trailer_meta, parse_segment_file_name, parse_segment_header,
+    parse_trailer_head, payload_matches, segment_file_name, segment_header, segment_trailer,
+    IndexRecord, MAX_TRAILER_META, SEGMENT_HEADER_LEN, TRAILER_HEAD_LEN,
 };
 
 /// A lane starts a new segment once its current one has reached this size; a
@@ -22,6 +23,19 @@ use super::format::{
 /// that drains in order frees disk space every few dozen batches, large enough
 /// that a 256 MiB queue is a few hundred files.
 const SEGMENT_TARGET: u64 = 1024 * 1024;
+
+/// With `fsync` on, a record of at least this many bytes starts on a page
+/// boundary and is padded with zeros to the next one: appending after a
+/// synced partial page writes that page again (and extending a file past a
+/// partial last page makes the kernel zero and write it), so an 11 KiB batch
+/// would cost four pages instead of three. Smaller records are packed
+/// (aligning them would cost disk space and save no write).
+const PAGE: u64 = 4096;
+
+/// `at` rounded up to a multiple of [`PAGE`].
+fn page_align(at: u64) -> u64 {
+    at.div_ceil(PAGE).saturating_mul(PAGE)
+}
 
 /// The payload files of one queue and what the index says about them.
 ///
@@ -47,6 +61,9 @@ struct FileInfo {
     len: u64,
     /// Index records naming it.
     live: u64,
+    /// The offset of the last record in it that the index named on open (or
+    /// since): records before it need no recovery.
+    indexed_from: Option<u64>,
 }
 
 struct Active {
@@ -93,7 +110,13 @@ impl Segments {
             .map_or(0, |&id| id.saturating_add(1));
         let files = files
             .iter()
-            .map(|(&id, &len)| (id, FileInfo { len, live: 0 }))
+            .map(|(&id, &len)| {
+                let info = FileInfo {
+                    len,
+                    ..FileInfo::default()
+                };
+                (id, info)
+            })
             .collect();
         Segments {
             files,
@@ -109,11 +132,12 @@ impl Segments {
         matches!((len, record.end()), (Some(len), Some(end)) if end <= len)
     }
 
-    /// Counts an index record naming `segment` (on open, and after a push's
+    /// Counts an index record naming its segment (on open, and after a push's
     /// sled write succeeded).
-    pub(super) fn reference(&mut self, segment: u64) {
-        if let Some(info) = self.files.get_mut(&segment) {
+    pub(super) fn reference(&mut self, record: &IndexRecord) {
+        if let Some(info) = self.files.get_mut(&record.segment) {
             info.live += 1;
+            info.indexed_from = info.indexed_from.max(Some(record.offset));
         }
     }
 
@@ -141,22 +165,27 @@ impl Segments {
     }
 
     /// Appends batch `seq`'s payload to lane `lane`'s segment, starting a new
-    /// segment when there is none or it is full. With `fsync`, returns once the
-    /// payload (and a new file's name) is on disk; without, syncs the segment
-    /// when it was last synced `interval` ago or more, so that what a power cut
-    /// can take does not grow with the kernel's writeback delay.
+    /// segment when there is none or it is full, followed by a trailer with the
+    /// lane's `prefix` and the index value `index_value` makes for the place
+    /// the record got; returns the place and that value. With `fsync`,
+    /// returns once the record (and a new file's name) is on disk; without,
+    /// syncs the segment when it was last synced `interval` ago or more, so
+    /// that what a power cut can take does not grow with the kernel's
+    /// writeback delay.
     ///
     /// The record only counts once [`Segments::reference`] is called; after a
     /// failure here or in the sled write, call [`Segments::abandon`].
+    #[allow(clippy::too_many_arguments)] // One call site; a struct would only rename them.
     pub(super) fn append(
         &mut self,
         dir: &Path,
         lane: usize,
         seq: u64,
         payload: &[u8],
+        (prefix, index_value): (&[u8], impl FnOnce(Appended) -> Vec<u8>),
         fsync: bool,
         interval: Duration,
-    ) -> io::Result<Appended> {
+    ) -> io::Result<(Appended, Vec<u8>)> {
         let full = match self.active.get(&lane) {
             Some(active) => self
                 .files
@@ -187,9 +216,29 @@ impl Segments {
             return Err(io::Error::other("segment for lane vanished"));
         };
         let id = active.id;
-        let offset = self.files.get(&id).map_or(0, |info| info.len);
+        let end = self.files.get(&id).map_or(0, |info| info.len);
+        let header_len = SEGMENT_HEADER_LEN as u64;
+        let payload_len = u64::try_from(payload.len()).unwrap_or(u64::MAX);
+        // The trailer is short (a lane prefix and an index record): its length
+        // does not change whether the record is worth aligning.
+        let aligned = fsync && header_len.saturating_add(payload_len) >= PAGE;
+        let offset = if aligned { page_align(end) } else { end };
+        let appended = Appended {
+            segment: id,
+            offset,
+        };
+        let value = index_value(appended);
         let header = segment_header(seq, payload);
-        let header_len = u64::try_from(header.len()).unwrap_or(u64::MAX);
+        let mut trailer = segment_trailer(prefix, &value);
+        let payload_end = offset
+            .saturating_add(header_len)
+            .saturating_add(payload_len);
+        if aligned {
+            let trailer_len = u64::try_from(trailer.len()).unwrap_or(u64::MAX);
+            let record_end = payload_end.saturating_add(trailer_len);
+            let padding = page_align(record_end).saturating_sub(record_end);
+            trailer.resize(trailer.len() + usize::try_from(padding).unwrap_or(0), 0);
+        }
         let written = active
             .file
             .write_all_at(&header, offset)
@@ -198,6 +247,7 @@ impl Segments {
                     .file
                     .write_all_at(payload, offset.saturating_add(header_len))
             })
+            .and_then(|()| active.file.write_all_at(&trailer, payload_end))
             .and_then(|()| {
                 if fsync || active.synced.elapsed() >= interval {
                     active.synced = Instant::now();
@@ -211,15 +261,38 @@ impl Segments {
             return Err(err);
         }
         if let Some(info) = self.files.get_mut(&id) {
-            let payload_len = u64::try_from(payload.len()).unwrap_or(u64::MAX);
-            info.len = offset
-                .saturating_add(header_len)
-                .saturating_add(payload_len);
+            let trailer_len = u64::try_from(trailer.len()).unwrap_or(u64::MAX);
+            info.len = payload_end.saturating_add(trailer_len);
         }
-        Ok(Appended {
-            segment: id,
-            offset,
-        })
+        Ok((appended, value))
+    }
+
+    /// Finds the batches in the segment files that the index does not hold:
+    /// pushed, but their index write was lost in a crash (the index is flushed
+    /// in the background; the segment is synced by the push). They are the
+    /// records with a sequence number of `next_seq` or more, `next_seq` being
+    /// one past every batch the index holds or ever removed. Each file is read
+    /// from its last indexed record on (whole if none), and up to its first
+    /// record that is torn or damaged: nothing after that was acknowledged
+    /// with `fsync` on, and appends never resume in a file found on open.
+    ///
+    /// Returns `(seq, lane prefix, index value)` in sequence order.
+    pub(super) fn unindexed(&self, dir: &Path, next_seq: u64) -> io::Result<Vec<Unindexed>> {
+        let mut found = Vec::new();
+        for (&id, info) in &self.files {
+            let from = info.indexed_from.unwrap_or(0);
+            if from >= info.len {
+                continue;
+            }
+            let file = match File::open(dir.join(segment_file_name(id))) {
+                Ok(file) => file,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(err),
+            };
+            scan_file(&file, id, from, info.len, next_seq, &mut found)?;
+        }
+        found.sort_by_key(|u| u.seq);
+        Ok(found)
     }
 
     /// Syncs every segment being appended to: for an explicit flush.
@@ -263,6 +336,116 @@ impl Segments {
     pub(super) fn disk_bytes(&self) -> u64 {
         self.files.values().map(|info| info.len).sum()
     }
+}
+
+/// A batch found in a segment file that the index does not hold.
+#[derive(Debug)]
+pub(super) struct Unindexed {
+    pub(super) seq: u64,
+    /// Its lane's index key prefix.
+    pub(super) prefix: Vec<u8>,
+    /// Its index record value, checkpoint included.
+    pub(super) value: Vec<u8>,
+}
+
+/// Reads `len` bytes at `at`; `None` when the file ends first.
+fn read_at(file: &File, at: u64, len: u64) -> io::Result<Option<Vec<u8>>> {
+    // Callers check `at + len` against the file's length first, so this is
+    // bounded by the file.
+    let Ok(len) = usize::try_from(len) else {
+        return Ok(None);
+    };
+    let mut buf = vec![0; len];
+    match file.read_exact_at(&mut buf, at) {
+        Ok(()) => Ok(Some(buf)),
+        Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+/// Walks the records of segment `id` from `pos` to `len` (see
+/// [`Segments::unindexed`]), adding those from `next_seq` on to `found`.
+fn scan_file(
+    file: &File,
+    id: u64,
+    mut pos: u64,
+    len: u64,
+    next_seq: u64,
+    found: &mut Vec<Unindexed>,
+) -> io::Result<()> {
+    const HEADER: u64 = SEGMENT_HEADER_LEN as u64;
+    const TRAILER_HEAD: u64 = TRAILER_HEAD_LEN as u64;
+    let fits = |at: u64, n: u64| at.checked_add(n).is_some_and(|end| end <= len);
+    while fits(pos, HEADER) {
+        let read_header = |at| -> io::Result<_> {
+            let bytes = if fits(at, HEADER) {
+                read_at(file, at, HEADER)?
+            } else {
+                None
+            };
+            Ok(bytes.as_deref().and_then(parse_segment_header))
+        };
+        // A record follows the previous one directly, or on the next page
+        // boundary (see `PAGE`); the gap between reads as zeros.
+        let header = match read_header(pos)? {
+            Some(header) => header,
+            None if pos % PAGE != 0 => {
+                pos = page_align(pos);
+                match read_header(pos)? {
+                    Some(header) => header,
+                    None => break,
+                }
+            }
+            None => break,
+        };
+        let payload_at = pos + HEADER;
+        if !fits(payload_at, header.len) {
+            break;
+        }
+        let payload_end = payload_at + header.len;
+        if !header.has_trailer {
+            // Format 1: indexed before its push returned; nothing to recover.
+            pos = payload_end;
+            continue;
+        }
+        if !fits(payload_end, TRAILER_HEAD) {
+            break;
+        }
+        let Some((meta_len, meta_crc)) = read_at(file, payload_end, TRAILER_HEAD)?
+            .as_deref()
+            .and_then(parse_trailer_head)
+        else {
+            break;
+        };
+        let meta_at = payload_end + TRAILER_HEAD;
+        if meta_len > MAX_TRAILER_META || !fits(meta_at, meta_len) {
+            break;
+        }
+        let Some(meta) = read_at(file, meta_at, meta_len)? else {
+            break;
+        };
+        let Some((prefix, value)) = decode_trailer_meta(&meta, meta_crc) else {
+            break;
+        };
+        if header.seq >= next_seq {
+            let Some(payload) = read_at(file, payload_at, header.len)? else {
+                break;
+            };
+            let placed = IndexRecord::decode(value).is_some_and(|record| {
+                record.segment == id && record.offset == pos && record.len == header.len
+            });
+            if !placed || !payload_matches(&header, &payload) {
+                break;
+            }
+            found.push(Unindexed {
+                seq: header.seq,
+                prefix: prefix.to_vec(),
+                value: value.to_vec(),
+            });
+        }
+        pos = meta_at + meta_len;
+    }
+    Ok(())
 }
 
 /// Reads batch `seq`'s payload back; `None` if its file or record is missing,

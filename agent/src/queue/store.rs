@@ -130,13 +130,29 @@ impl Queue {
             path: data.clone(),
             source,
         };
-        if !check_format(&db, &path)? {
+        if check_format(&db, &path)? != Some(FORMAT_VERSION) {
+            // New, or version 1, whose records this version reads as they are.
             db.insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes()[..])
                 .map_err(sled_err)?;
         }
         std::fs::create_dir_all(&data).map_err(data_err)?;
         let files = Segments::list(&data).map_err(data_err)?;
         let Scan { mut state, corrupt } = Scan::run(&db, &path, &files, true)?;
+        let found = state
+            .segments
+            .unindexed(&data, state.next_seq)
+            .map_err(data_err)?;
+        let recovered = state.adopt(found);
+        for (key, value) in &recovered {
+            db.insert(&key[..], &value[..]).map_err(sled_err)?;
+        }
+        if !recovered.is_empty() {
+            log::warn!(
+                "Indexed batches again from their segment files after a crash path={} batches={}",
+                path.display(),
+                recovered.len()
+            );
+        }
 
         let mut dropped = Vec::with_capacity(corrupt.len());
         for (key, drop) in corrupt {
@@ -203,10 +219,19 @@ impl Queue {
         check_format(&db, &path)?;
         let data = path.join(DATA_DIR);
         let files = Segments::list(&data).map_err(|source| QueueError::Storage {
-            path: data.into(),
+            path: data.clone().into(),
             source,
         })?;
-        let scan = Scan::run(&db, &path, &files, false)?;
+        let mut scan = Scan::run(&db, &path, &files, false)?;
+        let found = scan
+            .state
+            .segments
+            .unindexed(&data, scan.state.next_seq)
+            .map_err(|source| QueueError::Storage {
+                path: data.clone().into(),
+                source,
+            })?;
+        scan.state.adopt(found);
         Ok(scan.state.stats())
     }
 
@@ -288,27 +313,41 @@ impl Queue {
             // The payload first: the index record written next is what makes
             // the batch exist, so it must never point at bytes not yet written.
             let (fsync, interval) = (inner.options.fsync, inner.options.flush_interval);
-            let appended = state
-                .segments
-                .append(&inner.data, lane_idx, seq, batch.payload, fsync, interval)
-                .map_err(|source| inner.data_err(source))?;
-            let record = IndexRecord {
+            let lane_state = state.lane(lane_idx);
+            let key = index_key(&lane_state.prefix, seq);
+            let prefix = lane_state.prefix.clone();
+            let make_record = |at: segments::Appended| IndexRecord {
                 created_ms: millis(batch.created),
                 items: batch.items,
                 len,
-                segment: appended.segment,
-                offset: appended.offset,
+                segment: at.segment,
+                offset: at.offset,
             };
-            let key = index_key(&state.lane(lane_idx).prefix, seq);
+            let index_value = |at| make_record(at).encode(checkpoint);
+            let (appended, value) = state
+                .segments
+                .append(
+                    &inner.data,
+                    lane_idx,
+                    seq,
+                    batch.payload,
+                    (&prefix, index_value),
+                    fsync,
+                    interval,
+                )
+                .map_err(|source| inner.data_err(source))?;
+            let record = make_record(appended);
             // One key holds the batch and its checkpoint: sled writes a key
             // atomically, without the forced writes of its multi-key batches.
-            if let Err(err) = inner.db.insert(key, record.encode(checkpoint)) {
+            // Not flushed here: the segment record, synced, carries the same
+            // value, and `open` indexes it again if this write is lost.
+            if let Err(err) = inner.db.insert(key, value) {
                 state.segments.abandon(lane_idx);
                 return Err(inner.sled_err(err));
             }
             state.next_seq = seq + 1;
             state.remember(lane_idx, seq, record);
-            state.segments.reference(record.segment);
+            state.segments.reference(&record);
             if let Some((source, value)) = checkpoint {
                 state.note_checkpoint(source, seq, value, false);
             }
@@ -335,7 +374,9 @@ impl Queue {
         let dead = state.segments.take_dead();
         drop(state);
 
-        let flushed = (store || checkpoint.is_some()) && inner.options.fsync;
+        // A stored batch is on disk once its segment is synced; a checkpoint
+        // stored alone is on disk once sled is.
+        let flushed = !store && checkpoint.is_some() && inner.options.fsync;
         if flushed {
             inner.flush()?;
         }
@@ -1017,6 +1058,35 @@ impl State {
     }
 
     /// Chooses the globally oldest batches whose payloads add up to `need` bytes.
+    /// Takes in batches found by [`Segments::unindexed`] as if pushed now;
+    /// returns the index entries to write for them. Any that does not decode
+    /// is left out (its file is then deleted as unreferenced).
+    fn adopt(&mut self, found: Vec<segments::Unindexed>) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut entries = Vec::with_capacity(found.len());
+        for segments::Unindexed { seq, prefix, value } in found {
+            let Some(lane) = decode_lane_prefix(&prefix) else {
+                continue;
+            };
+            let Some((record, checkpoint)) = IndexRecord::decode_with_checkpoint(&value)
+                .filter(|(record, _)| self.segments.contains(record))
+            else {
+                continue;
+            };
+            let idx = match self.by_lane.get(&lane) {
+                Some(&idx) => idx,
+                None => self.add_lane(lane, prefix.clone()),
+            };
+            self.remember(idx, seq, record);
+            self.segments.reference(&record);
+            if let Some((source, checkpoint)) = checkpoint {
+                self.note_checkpoint(source, seq, checkpoint, false);
+            }
+            self.next_seq = self.next_seq.max(seq.saturating_add(1));
+            entries.push((index_key(&prefix, seq), value));
+        }
+        entries
+    }
+
     fn plan_eviction(&self, inner: &Inner, need: u64) -> Result<Vec<(usize, Head)>, QueueError> {
         let mut heads: Vec<Option<Head>> = self.lanes.iter().map(|lane| lane.head).collect();
         let mut victims = Vec::new();
@@ -1151,7 +1221,7 @@ impl Scan {
             match (split, decoded, lane_idx) {
                 (Some((_, seq)), Some((record, checkpoint)), Some(idx)) => {
                     state.remember(idx, seq, record);
-                    state.segments.reference(record.segment);
+                    state.segments.reference(&record);
                     if let Some((source, value)) = checkpoint {
                         state.note_checkpoint(source, seq, value, false);
                     }
@@ -1208,16 +1278,16 @@ pub(super) fn open_db(
         .map_err(|e| QueueError::from_sled(path, e))
 }
 
-/// Checks the format version; returns whether it was present.
-fn check_format(db: &sled::Db, path: &Path) -> Result<bool, QueueError> {
+/// Checks the format version; returns it, or `None` for a new queue.
+fn check_format(db: &sled::Db, path: &Path) -> Result<Option<u32>, QueueError> {
     let Some(value) = db
         .get(FORMAT_KEY)
         .map_err(|e| QueueError::from_sled(path, e))?
     else {
-        return Ok(false);
+        return Ok(None);
     };
     match format::decode_u32(&value) {
-        Some(FORMAT_VERSION) => Ok(true),
+        Some(found @ 1..=FORMAT_VERSION) => Ok(Some(found)),
         Some(found) if found > FORMAT_VERSION => Err(QueueError::NewerFormat {
             path: path.into(),
             found,
