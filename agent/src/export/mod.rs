@@ -75,7 +75,7 @@ pub fn spawn(
         return Ok(None);
     }
     // Checks the TLS files once, so that a bad one fails the start or reload.
-    sender::Client::new(&config.tls, config.timeout)?;
+    sender::Client::new(&config.tls, config.timeout, false)?;
     let (updates, received) = mpsc::channel();
     let dns = match &config.dns {
         Some(d) => Some(spawn_dns(

@@ -5,6 +5,7 @@
 //! No `ureq::` type leaves this file.
 
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prost::Message;
@@ -151,8 +152,10 @@ impl fmt::Display for FetchError {
 impl std::error::Error for FetchError {}
 
 impl Client {
-    /// A client whose requests take at most `timeout` each.
-    pub fn new(tls: &TlsConfig, timeout: Duration) -> Result<Client, TlsSetupError> {
+    /// A client whose requests take at most `timeout` each. `https`: whether
+    /// it will talk TLS at all; a plain-HTTP client does not load the system's
+    /// root certificates (about 200 KB of heap on a Debian box).
+    pub fn new(tls: &TlsConfig, timeout: Duration, https: bool) -> Result<Client, TlsSetupError> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(timeout))
@@ -160,7 +163,7 @@ impl Client {
             .max_idle_connections_per_host(1)
             .max_redirects(0)
             .user_agent(concat!("tern/", env!("CARGO_PKG_VERSION")))
-            .tls_config(tls_config(tls)?)
+            .tls_config(tls_config(tls, https)?)
             .build()
             .into();
         Ok(Client { agent })
@@ -237,7 +240,7 @@ impl Sender {
     pub fn new(endpoint: &str, config: &ExportConfig) -> Result<Sender, TlsSetupError> {
         Ok(Sender {
             endpoint: endpoint.trim_end_matches('/').to_string(),
-            client: Client::new(&config.tls, config.timeout)?,
+            client: Client::new(&config.tls, config.timeout, is_https(endpoint))?,
             compression: config.compression,
             headers: config
                 .headers
@@ -384,6 +387,12 @@ fn rejection_message(body: &[u8], is_protobuf: bool) -> String {
     line.trim().to_string()
 }
 
+/// Whether `url` needs TLS.
+pub fn is_https(url: &str) -> bool {
+    url.get(..8)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+}
+
 fn gunzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut out = Vec::new();
@@ -391,35 +400,54 @@ fn gunzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
-fn tls_config(tls: &TlsConfig) -> Result<ureq::tls::TlsConfig, TlsSetupError> {
+/// The system's root certificates, read once per process and shared by every
+/// client that talks TLS; `None` when the system has none.
+fn system_roots() -> Option<Arc<Vec<ureq::tls::Certificate<'static>>>> {
+    static ROOTS: OnceLock<Option<Arc<Vec<ureq::tls::Certificate<'static>>>>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let native = rustls_native_certs::load_native_certs();
+            let roots: Vec<_> = native
+                .certs
+                .iter()
+                .map(|cert| ureq::tls::Certificate::from_der(cert.as_ref()).to_owned())
+                .collect();
+            (!roots.is_empty()).then(|| Arc::new(roots))
+        })
+        .clone()
+}
+
+fn tls_config(tls: &TlsConfig, https: bool) -> Result<ureq::tls::TlsConfig, TlsSetupError> {
     use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts};
     let mut builder =
         ureq::tls::TlsConfig::builder().disable_verification(tls.insecure_skip_verify);
-    let mut roots: Vec<Certificate<'static>> = Vec::new();
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
-        roots.push(Certificate::from_der(cert.as_ref()).to_owned());
-    }
+    let mut extra: Vec<Certificate<'static>> = Vec::new();
     if let Some(path) = &tls.ca_file {
         let pem =
             std::fs::read(path).map_err(|e| TlsSetupError(format!("{}: {e}", path.display())))?;
-        let before = roots.len();
         for item in ureq::tls::parse_pem(&pem) {
             if let Ok(ureq::tls::PemItem::Certificate(c)) = item {
-                roots.push(c);
+                extra.push(c);
             }
         }
-        if roots.len() == before {
+        if extra.is_empty() {
             return Err(TlsSetupError(format!(
                 "{}: no PEM certificate found",
                 path.display()
             )));
         }
     }
-    builder = builder.root_certs(if roots.is_empty() {
-        RootCerts::WebPki
-    } else {
-        RootCerts::new_with_certs(&roots)
+    // The compiled-in webpki roots cost no heap until a TLS connection: what a
+    // plain-HTTP client gets, and the fallback on a system without roots.
+    let system = if https { system_roots() } else { None };
+    builder = builder.root_certs(match (system, extra.is_empty()) {
+        (None, true) => RootCerts::WebPki,
+        (Some(system), true) => RootCerts::Specific(system),
+        (system, false) => {
+            let mut roots = system.map(|s| s.to_vec()).unwrap_or_default();
+            roots.extend(extra);
+            RootCerts::new_with_certs(&roots)
+        }
     });
     if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
         let read = |p: &std::path::Path| {

@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{ScrapeConfig, ScrapeTarget};
-use crate::export::sender::{Client, FetchError};
+use crate::export::sender::{is_https, Client, FetchError};
 use crate::sources::Sink;
 use crate::telemetry::{Metrics, RateLimit, Shutdown};
 
@@ -78,7 +78,8 @@ pub fn spawn_job(
     metrics: Arc<Metrics>,
     shutdown: Arc<Shutdown>,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
-    let client = Client::new(&job.tls, job.timeout).map_err(|e| {
+    let https = job.targets.iter().any(|t| is_https(&t.url));
+    let client = Client::new(&job.tls, job.timeout, https).map_err(|e| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!("scrape job {}: {e}", job.job),
