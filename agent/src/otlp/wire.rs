@@ -40,6 +40,12 @@ impl Writer {
         }
     }
 
+    /// An empty writer that writes into `buf` (cleared), keeping its allocation.
+    pub fn from_vec(mut buf: Vec<u8>) -> Writer {
+        buf.clear();
+        Writer { buf }
+    }
+
     /// The bytes written so far.
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf

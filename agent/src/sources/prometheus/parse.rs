@@ -415,6 +415,21 @@ impl<'a> Parser<'a> {
         self.strict = true;
         self
     }
+
+    /// Gives back the sample vector of a family the caller is done with: it
+    /// and its samples' label vectors hold the next families' samples. musl's
+    /// allocator unmaps a page as soon as the blocks on it are freed, so a
+    /// scrape that frees and allocates again every family's vectors made
+    /// thousands of mmap/munmap calls (a fifth of the CPU at 100k series).
+    pub fn recycle(&mut self, mut samples: Vec<Sample<'a>>) {
+        let (spare, pool) = match &mut self.state {
+            State::Text(st) => (&mut st.spare, &mut st.label_pool),
+            State::OpenMetrics(st) => (&mut st.spare, &mut st.label_pool),
+            State::Failed(_) => return,
+        };
+        text::recycle_samples(&mut samples, pool);
+        *spare = samples;
+    }
 }
 
 impl<'a> Iterator for Parser<'a> {

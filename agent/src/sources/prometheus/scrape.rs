@@ -121,6 +121,10 @@ pub struct Scraper {
     /// The buffer bodies are read into, kept so that a large target costs one
     /// allocation for its life, not one per scrape (which also fragments the heap).
     buffer: Vec<u8>,
+    /// The same for the batch being encoded (up to a few MiB)...
+    batch_buffer: Vec<u8>,
+    /// ... and the series hashes of a scrape (8 bytes a series).
+    hashes: Vec<u64>,
 }
 
 impl std::fmt::Debug for Scraper {
@@ -158,6 +162,8 @@ impl Scraper {
             errors: RateLimit::new(Duration::from_secs(60)),
             memory: SeriesMemory::default(),
             buffer: Vec::new(),
+            batch_buffer: Vec::new(),
+            hashes: Vec::new(),
         }
     }
 
@@ -192,14 +198,19 @@ impl Scraper {
             Ok((body, format)) => self.target_info(body, *format),
             Err(_) => Vec::new(),
         };
-        let mut builder = Builder::new(self.info.resource(&target_info), now_nanos);
+        let mut builder = Builder::with_buffer(
+            self.info.resource(&target_info),
+            now_nanos,
+            std::mem::take(&mut self.batch_buffer),
+        );
         let result = fetched.and_then(|(body, format)| {
-            let result = self
-                .convert(&body, format, &mut builder)
-                .map(|(samples, hashes)| {
-                    self.memory.remember(hashes, &body, format, &self.limits);
-                    samples
-                });
+            let result = self.convert(&body, format, &mut builder).map(|samples| {
+                let mut hashes = std::mem::take(&mut self.hashes);
+                self.memory
+                    .remember(&mut hashes, &body, format, &self.limits);
+                self.hashes = hashes;
+                samples
+            });
             self.buffer = body;
             result
         });
@@ -232,7 +243,9 @@ impl Scraper {
             "Samples the target exposed.",
             samples as f64,
         );
-        for (batch, points) in builder.finish() {
+        let (batches, batch_buffer) = builder.finish_with_buffer();
+        self.batch_buffer = batch_buffer;
+        for (batch, points) in batches {
             self.sink
                 .push_metrics(batch, points, &self.info.job, &self.info.instance);
         }
@@ -280,29 +293,33 @@ impl Scraper {
         Ok((fetched.body, format))
     }
 
-    /// Parses and converts a body; returns the sample count and the sorted series hashes.
+    /// Parses and converts a body; returns the sample count, and leaves the
+    /// sorted series hashes in `self.hashes`.
     fn convert(
-        &self,
+        &mut self,
         body: &[u8],
         format: Format,
         builder: &mut Builder,
-    ) -> Result<(usize, Vec<u64>), ScrapeError> {
-        let mut hashes = Vec::with_capacity(1024);
-        for family in Parser::new(body, format, &self.limits) {
+    ) -> Result<usize, ScrapeError> {
+        let hashes = &mut self.hashes;
+        hashes.clear();
+        let mut parser = Parser::new(body, format, &self.limits);
+        while let Some(family) = parser.next() {
             let family = family.map_err(|e| ScrapeError::Parse(e.to_string()))?;
             for sample in &family.samples {
                 hashes.push(series_hash(sample));
             }
             builder.family(&family, false);
+            parser.recycle(family.samples);
         }
         let samples = hashes.len();
         hashes.sort_unstable();
         hashes.dedup();
-        let gone = self.memory.vanished(&hashes);
+        let gone = self.memory.vanished(hashes);
         if !gone.is_empty() {
             self.memory.emit_stale(Some(&gone), series_hash, builder);
         }
-        Ok((samples, hashes))
+        Ok(samples)
     }
 
     /// The labels of the `target_info` metric, if the body has one. Only

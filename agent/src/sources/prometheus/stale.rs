@@ -75,12 +75,19 @@ impl SeriesMemory {
 
     /// Remembers the series of a good scrape: `hashes` (sorted, deduplicated)
     /// and, only when they differ from what is remembered, the identities
-    /// read again from `body`.
-    pub fn remember(&mut self, hashes: Vec<u64>, body: &[u8], format: Format, limits: &Limits) {
-        if hashes != self.hashes {
+    /// read again from `body`. `hashes` gets the previous scrape's vector back,
+    /// for the caller to fill next time.
+    pub fn remember(
+        &mut self,
+        hashes: &mut Vec<u64>,
+        body: &[u8],
+        format: Format,
+        limits: &Limits,
+    ) {
+        if *hashes != self.hashes {
             self.table = Table::build(body, format, limits);
         }
-        self.hashes = hashes;
+        std::mem::swap(&mut self.hashes, hashes);
     }
 
     /// Forgets everything (after the stale points of a failed scrape went out).
@@ -231,7 +238,7 @@ mod tests {
         let after = "# TYPE g gauge\ng{s=\"a\"} 1\n";
         let mut memory = SeriesMemory::default();
         memory.remember(
-            hashes(before),
+            &mut hashes(before),
             before.as_bytes(),
             Format::PrometheusText,
             &Limits::default(),
@@ -275,7 +282,7 @@ mod tests {
 
         // The same set again keeps the table; an emptied memory emits nothing.
         memory.remember(
-            hashes(before),
+            &mut hashes(before),
             b"",
             Format::PrometheusText,
             &Limits::default(),

@@ -217,14 +217,15 @@ struct Builder<'a> {
 }
 
 impl<'a> Builder<'a> {
-    fn new(name: &'a str, from_sample: bool) -> Builder<'a> {
+    /// `samples`: an empty vector to fill (one given back, or new).
+    fn new(name: &'a str, from_sample: bool, samples: Vec<Sample<'a>>) -> Builder<'a> {
         Builder {
             family: Family {
                 name,
                 kind: MetricType::Unknown,
                 help: None,
                 unit: None,
-                samples: Vec::new(),
+                samples,
             },
             type_seen: false,
             help_seen: false,
@@ -551,6 +552,10 @@ pub(super) struct OmState<'a> {
     eof: bool,
     /// Reused for exemplar labels, which are checked and dropped.
     exemplar_labels: Vec<Label<'a>>,
+    /// An empty sample vector given back by the caller, for the next family.
+    pub(super) spare: Vec<Sample<'a>>,
+    /// Empty label vectors given back by the caller, for the next samples.
+    pub(super) label_pool: Vec<Vec<Label<'a>>>,
 }
 
 impl<'a> OmState<'a> {
@@ -695,7 +700,7 @@ impl<'a> OmState<'a> {
             if !self.names.entry(Name(name), || ()).1 {
                 return metadata("metric family appears twice", name);
             }
-            self.current = Some(Builder::new(name, false));
+            self.current = Some(Builder::new(name, false, std::mem::take(&mut self.spare)));
             done
         };
         let Some(b) = self.current.as_mut() else {
@@ -811,7 +816,7 @@ impl<'a> OmState<'a> {
                         Some(name),
                     ));
                 }
-                self.current = Some(Builder::new(name, true));
+                self.current = Some(Builder::new(name, true, std::mem::take(&mut self.spare)));
                 (done, Role::Value)
             }
         };
@@ -828,7 +833,7 @@ impl<'a> OmState<'a> {
                 limits.max_family_samples,
             ));
         }
-        let labels = take_labels(scratch);
+        let labels = take_labels(scratch, &mut self.label_pool);
         let sample = Sample {
             name,
             labels,

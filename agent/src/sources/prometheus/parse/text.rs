@@ -50,6 +50,10 @@ pub(super) struct TextState<'a> {
     known: NameMap<'a, Known<'a>>,
     /// The family being built; it may have metadata and no samples yet.
     current: Option<Current<'a>>,
+    /// An empty sample vector given back by the caller, for the next family.
+    pub(super) spare: Vec<Sample<'a>>,
+    /// Empty label vectors given back by the caller, for the next samples.
+    pub(super) label_pool: Vec<Vec<Label<'a>>>,
 }
 
 impl<'a> TextState<'a> {
@@ -63,6 +67,8 @@ impl<'a> TextState<'a> {
         TextState {
             known: NameMap::with_capacity((len / BYTES_PER_FAMILY).min(MAX_RESERVED)),
             current: None,
+            spare: Vec::new(),
+            label_pool: Vec::new(),
         }
     }
 
@@ -103,7 +109,10 @@ impl<'a> TextState<'a> {
     }
 
     /// Replaces the family being built; returns the old one if it has samples.
-    fn replace_current(&mut self, family: Family<'a>, known: usize) -> Option<Family<'a>> {
+    fn replace_current(&mut self, mut family: Family<'a>, known: usize) -> Option<Family<'a>> {
+        if family.samples.capacity() == 0 {
+            family.samples = std::mem::take(&mut self.spare);
+        }
         self.current
             .replace(Current { family, known })
             .and_then(Current::finished)
@@ -327,7 +336,7 @@ impl<'a> TextState<'a> {
             }
         };
         check_role(cur, role, scratch)?;
-        let labels = take_labels(scratch);
+        let labels = take_labels(scratch, &mut self.label_pool);
         if let Some(c) = self.current.as_mut() {
             if c.family.samples.len() >= limits.max_family_samples {
                 return Err(cur.limit_error(
@@ -387,14 +396,42 @@ impl<'a> Current<'a> {
     }
 }
 
-/// Moves the labels out of `scratch` into a vector of their own, sized exactly.
-pub(super) fn take_labels<'a>(scratch: &mut Vec<Label<'a>>) -> Vec<Label<'a>> {
+/// Moves the labels out of `scratch` into a vector of their own: one from
+/// `pool` (given back through `Parser::recycle`) when there is one, else one
+/// sized exactly.
+pub(super) fn take_labels<'a>(
+    scratch: &mut Vec<Label<'a>>,
+    pool: &mut Vec<Vec<Label<'a>>>,
+) -> Vec<Label<'a>> {
     if scratch.is_empty() {
         return Vec::new();
     }
-    let mut labels = Vec::with_capacity(scratch.len());
+    let mut labels = match pool.pop() {
+        Some(reused) => reused,
+        None => Vec::with_capacity(scratch.len()),
+    };
     labels.append(scratch);
     labels
+}
+
+/// The most label vectors kept for reuse: a family's worth for typical
+/// exporters, bounded so that one huge family does not pin its memory.
+pub(super) const LABEL_POOL_MAX: usize = 4096;
+
+/// Takes the label vectors out of `samples` into `pool` (emptied, up to
+/// [`LABEL_POOL_MAX`]), then empties `samples`.
+pub(super) fn recycle_samples<'a>(samples: &mut Vec<Sample<'a>>, pool: &mut Vec<Vec<Label<'a>>>) {
+    for sample in samples.iter_mut() {
+        if pool.len() >= LABEL_POOL_MAX {
+            break;
+        }
+        if sample.labels.capacity() > 0 {
+            let mut labels = std::mem::take(&mut sample.labels);
+            labels.clear();
+            pool.push(labels);
+        }
+    }
+    samples.clear();
 }
 
 /// The role of a sample named the family's name plus `rest`, in a family of
