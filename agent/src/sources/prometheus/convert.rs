@@ -28,7 +28,7 @@ use crate::otlp::proto::resource::v1::Resource;
 use crate::otlp::wire::{Mark, Writer};
 use crate::otlp::{compress, kv, Encoded};
 
-use super::parse::{Family, Label, MetricType, Sample};
+use super::parse::{same_bytes, Family, Label, MetricType, Sample};
 
 /// Most data points in one request; about 400 KiB to 1 MiB of protobuf for
 /// typical label sets (60 to 120 KiB gzip), under any gateway's default
@@ -255,7 +255,9 @@ impl Builder {
             }
             // A metric per sample name: histogram-like suffixes of untyped
             // families and counters keep their own names.
-            let same = open.as_ref().is_some_and(|(h, _)| h.name == sample.name);
+            let same = open
+                .as_ref()
+                .is_some_and(|(h, _)| same_bytes(h.name.as_bytes(), sample.name.as_bytes()));
             if !same {
                 if let Some((head, marks)) = open.take() {
                     self.end_metric(&head, marks);

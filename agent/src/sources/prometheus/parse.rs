@@ -108,6 +108,7 @@ mod tests;
 use std::borrow::Cow;
 use std::fmt;
 
+pub(crate) use scan::same_bytes;
 use scan::Cursor;
 
 /// Exposition format of a scrape body, chosen from the response Content-Type.

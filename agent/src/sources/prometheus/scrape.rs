@@ -294,7 +294,7 @@ impl Scraper {
     }
 
     /// Parses and converts a body; returns the sample count, and leaves the
-    /// sorted series hashes in `self.hashes`.
+    /// series hashes in `self.hashes`, in exposition order.
     fn convert(
         &mut self,
         body: &[u8],
@@ -313,8 +313,6 @@ impl Scraper {
             parser.recycle(family.samples);
         }
         let samples = hashes.len();
-        hashes.sort_unstable();
-        hashes.dedup();
         let gone = self.memory.vanished(hashes);
         if !gone.is_empty() {
             self.memory.emit_stale(Some(&gone), series_hash, builder);

@@ -82,6 +82,27 @@ fn find_any(hay: &[u8], from: usize, needles: [u8; 3]) -> usize {
     hay.len()
 }
 
+/// `a == b`, eight bytes at a time. Slice equality calls `memcmp`, which musl
+/// runs a byte at a time, and names are compared for every sample (a sample
+/// against its family, a point against its metric), mostly equal and 20 to 60
+/// bytes long.
+pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    if a.len() < 8 {
+        return a.iter().zip(b).all(|(x, y)| x == y);
+    }
+    let word = |s: &[u8], at: usize| {
+        s.get(at..at + 8)
+            .and_then(|c| <[u8; 8]>::try_from(c).ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    let last = a.len() - 8;
+    // Whole words, then the last eight bytes (which may overlap the last word).
+    (0..last).step_by(8).all(|i| word(a, i) == word(b, i)) && word(a, last) == word(b, last)
+}
+
 /// True when every byte of `s` may appear in a metric name (an OpenMetrics UNIT).
 pub(super) fn is_metric_name_chars(s: &str) -> bool {
     s.bytes().all(|b| class(b) & METRIC_CONT != 0)
@@ -166,7 +187,10 @@ impl<'a> Cursor<'a> {
     /// Consumes `s` if it is next.
     pub(super) fn eat_str(&mut self, s: &str) -> bool {
         let rest = self.src.as_bytes().get(self.pos..).unwrap_or(&[]);
-        if rest.starts_with(s.as_bytes()) {
+        if rest
+            .get(..s.len())
+            .is_some_and(|r| same_bytes(r, s.as_bytes()))
+        {
             self.pos += s.len();
             true
         } else {
@@ -549,7 +573,11 @@ pub(super) fn check_unique_labels<'a>(labels: &[Label<'a>]) -> Result<(), &'a st
     const QUADRATIC_MAX: usize = 16;
     if labels.len() <= QUADRATIC_MAX {
         for (i, a) in labels.iter().enumerate() {
-            if labels.iter().skip(i + 1).any(|b| b.name == a.name) {
+            if labels
+                .iter()
+                .skip(i + 1)
+                .any(|b| same_bytes(b.name.as_bytes(), a.name.as_bytes()))
+            {
                 return Err(a.name);
             }
         }
@@ -566,6 +594,21 @@ pub(super) fn check_unique_labels<'a>(labels: &[Label<'a>]) -> Result<(), &'a st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_bytes_is_slice_equality() {
+        let base: Vec<u8> = (0..40u8).map(|i| b'a' + i % 26).collect();
+        for len in 0..=base.len() {
+            let a = &base[..len];
+            assert!(same_bytes(a, a), "len {len}");
+            assert!(!same_bytes(a, &base[..len.saturating_sub(1)]) || len == 0);
+            for at in 0..len {
+                let mut b = a.to_vec();
+                b[at] ^= 0x20;
+                assert!(!same_bytes(a, &b), "len {len}, differs at {at}");
+            }
+        }
+    }
 
     /// The word-at-a-time scanners agree with byte-at-a-time definitions on
     /// every byte value in every position.
