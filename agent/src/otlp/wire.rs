@@ -151,6 +151,32 @@ impl Writer {
 
     /// A `KeyValue` with a string value, as field `field` of the enclosing message.
     pub fn string_attribute(&mut self, field: u32, key: &str, value: &str) {
+        // Almost every label is short: every tag and length is one byte, known
+        // up front, and three copies write the lot (the general path below
+        // pushes ten bytes one by one).
+        let short_any = 2 + value.len();
+        let short_kv = 2 + key.len() + 2 + short_any;
+        if field < 16 && !key.is_empty() && short_kv < 128 {
+            // All below 128, so each fits its byte (and the casts keep it).
+            #[allow(clippy::cast_possible_truncation)]
+            let (tag, kv, k, any, v) = (
+                (field << 3 | LEN) as u8,
+                short_kv as u8,
+                key.len() as u8,
+                short_any as u8,
+                value.len() as u8,
+            );
+            // Tags of fields 1 and 2 with wire type LEN: KeyValue.key and
+            // .value, then AnyValue.string_value.
+            const FIELD_1: u8 = 1 << 3 | 2;
+            const FIELD_2: u8 = 2 << 3 | 2;
+            self.buf.reserve(2 + short_kv);
+            self.buf.extend_from_slice(&[tag, kv, FIELD_1, k]);
+            self.buf.extend_from_slice(key.as_bytes());
+            self.buf.extend_from_slice(&[FIELD_2, any, FIELD_1, v]);
+            self.buf.extend_from_slice(value.as_bytes());
+            return;
+        }
         // AnyValue { string_value = 1 } always carries its oneof member, even "".
         let any_len = 1 + varint_len(value.len() as u64) + value.len();
         let key_len = if key.is_empty() {
@@ -230,7 +256,18 @@ mod tests {
 
     #[test]
     fn a_string_attribute_decodes_as_a_key_value() {
-        for (k, v) in [("a", "b"), ("", ""), ("key", &"x".repeat(300) as &str)] {
+        let long_key = "k".repeat(200);
+        let longest_short = "v".repeat(127 - 4 - 3 - 2);
+        for (k, v) in [
+            ("a", "b"),
+            ("", ""),
+            ("", "b"),
+            ("a", ""),
+            ("key", &"x".repeat(300) as &str),
+            ("key", &longest_short),
+            ("key", &(longest_short.clone() + "v")),
+            (&long_key, "v"),
+        ] {
             let mut w = Writer::default();
             w.string_attribute(1, k, v);
             // Field 1 of a wrapper: skip its tag and length to get the KeyValue.
