@@ -382,13 +382,8 @@ impl SeriesHasher {
             w.copy_from_slice(c);
             self.word(u64::from_le_bytes(w));
         }
-        let rest = chunks.remainder();
-        let mut w = [0u8; 8];
-        if let Some(d) = w.get_mut(..rest.len()) {
-            d.copy_from_slice(rest);
-        }
         // The length separates "ab","c" from "a","bc".
-        self.word(u64::from_le_bytes(w) ^ (b.len() as u64) << 56);
+        self.word(tail_word(b) ^ (b.len() as u64) << 56);
     }
 
     fn finish(&self) -> u64 {
@@ -398,6 +393,35 @@ impl SeriesHasher {
         h ^= h >> 33;
         h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
         h ^ (h >> 33)
+    }
+}
+
+/// The last `b.len() % 8` bytes of `b` as a little-endian word, zero above.
+/// Read with loads from `b` itself: copying them into a zeroed array first
+/// (a call to memcpy, then a wide load of narrow stores) stalled the hash on
+/// every string.
+fn tail_word(b: &[u8]) -> u64 {
+    let len = b.len();
+    let n = len % 8;
+    let word = |at: usize| {
+        b.get(at..at + 8)
+            .and_then(|c| <[u8; 8]>::try_from(c).ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    let half = |at: usize| {
+        b.get(at..at + 4)
+            .and_then(|c| <[u8; 4]>::try_from(c).ok())
+            .map_or(0, |c| u64::from(u32::from_le_bytes(c)))
+    };
+    let byte = |at: usize| b.get(at).map_or(0, |&x| u64::from(x));
+    match n {
+        0 => 0,
+        // The last eight bytes, shifted down to the last n.
+        _ if len >= 8 => word(len - 8) >> (8 * (8 - n)),
+        // Two overlapping halves; the bytes they share are the same.
+        4..=7 => half(0) | half(n - 4) << (8 * (n - 4)),
+        // First, middle and last byte, which cover one to three.
+        _ => byte(0) | byte(n / 2) << (8 * (n / 2)) | byte(n - 1) << (8 * (n - 1)),
     }
 }
 
@@ -479,6 +503,18 @@ mod tests {
                 timestamp_ms: None,
             };
             assert!(seen.insert(series_hash(&s)), "collision at series {i}");
+        }
+    }
+
+    #[test]
+    fn tail_words_are_the_zero_padded_last_bytes() {
+        let text: Vec<u8> = (1..=40).collect();
+        for len in 0..=text.len() {
+            let b = &text[..len];
+            let mut padded = [0u8; 8];
+            let rest = &b[len - len % 8..];
+            padded[..rest.len()].copy_from_slice(rest);
+            assert_eq!(tail_word(b), u64::from_le_bytes(padded), "len {len}");
         }
     }
 
