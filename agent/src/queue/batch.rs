@@ -49,23 +49,32 @@ pub struct Batch {
 pub enum DropReason {
     /// The queue was at `max_size` and the full policy chose this batch.
     QueueFull,
+    /// The filesystem under `state_dir` ran short of free space (below the
+    /// queue's reserve) before the queue reached `max_size`, and the full
+    /// policy chose this batch.
+    DiskFull,
     /// A gateway rejected the batch for good (a 4xx other than 429).
     Permanent,
     /// Retrying took longer than the exporter's `max_elapsed_time`.
     Expired,
     /// The stored batch could not be decoded (damaged or foreign data on disk).
     Corrupt,
+    /// A gateway answered 413 to a request holding a single item that cannot
+    /// be split further.
+    TooLarge,
 }
 
 impl DropReason {
-    /// The snake_case name used as the `reason` label: `queue_full`, `permanent`,
-    /// `expired`, `corrupt`.
+    /// The snake_case name used as the `reason` label: `queue_full`,
+    /// `disk_full`, `permanent`, `expired`, `corrupt`, `too_large`.
     pub fn as_str(self) -> &'static str {
         match self {
             DropReason::QueueFull => "queue_full",
+            DropReason::DiskFull => "disk_full",
             DropReason::Permanent => "permanent",
             DropReason::Expired => "expired",
             DropReason::Corrupt => "corrupt",
+            DropReason::TooLarge => "too_large",
         }
     }
 }
