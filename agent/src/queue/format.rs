@@ -37,7 +37,7 @@ pub(super) const MAX_SOURCE_LEN: usize = u16::MAX as usize;
 
 /// Opens every record written now: "tern queue payload, version 2", followed
 /// by a trailer with its index record.
-const SEGMENT_MAGIC: [u8; 4] = *b"TQP2";
+pub(super) const SEGMENT_MAGIC: [u8; 4] = *b"TQP2";
 /// Opens records written by format version 1: no trailer.
 const SEGMENT_MAGIC_V1: [u8; 4] = *b"TQP1";
 /// Length of the header in front of each payload in a segment file.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use super::format::{
     check_segment_record, decode_trailer_meta, parse_segment_file_name, parse_segment_header,
     parse_trailer_head, payload_matches, segment_file_name, segment_header, segment_trailer,
-    IndexRecord, MAX_TRAILER_META, SEGMENT_HEADER_LEN, TRAILER_HEAD_LEN,
+    IndexRecord, MAX_TRAILER_META, SEGMENT_HEADER_LEN, SEGMENT_MAGIC, TRAILER_HEAD_LEN,
 };
 
 /// A lane starts a new segment once its current one has reached this size; a
@@ -84,7 +84,13 @@ pub(super) struct Appended {
 
 impl Segments {
     /// Lists the segment files in `dir` with their lengths; none if `dir` is missing.
-    pub(super) fn list(dir: &Path) -> io::Result<BTreeMap<u64, u64>> {
+    ///
+    /// A file that cannot be opened or read (permissions, I/O error) is named
+    /// in an ERROR line and left out, so that the rest of the queue is still
+    /// delivered; with `set_aside`, it is also renamed to `<name>.unreadable`,
+    /// kept for a person to look at, and never read again. The batches the
+    /// index places in it then count as `Corrupt` drops.
+    pub(super) fn list(dir: &Path, set_aside: bool) -> io::Result<BTreeMap<u64, u64>> {
         let mut files = BTreeMap::new();
         let entries = match fs::read_dir(dir) {
             Ok(entries) => entries,
@@ -94,8 +100,23 @@ impl Segments {
         for entry in entries {
             let entry = entry?;
             let name = entry.file_name();
-            if let Some(id) = name.to_str().and_then(parse_segment_file_name) {
-                files.insert(id, entry.metadata()?.len());
+            let Some(id) = name.to_str().and_then(parse_segment_file_name) else {
+                continue;
+            };
+            let path = entry.path();
+            match readable_len(&path) {
+                Ok(len) => {
+                    files.insert(id, len);
+                }
+                Err(err) => {
+                    let aside = path.with_extension("seg.unreadable");
+                    let moved = set_aside && fs::rename(&path, &aside).is_ok();
+                    log::error!(
+                        "Set aside an unreadable queue segment; its batches are dropped as corrupt file={} error={err} moved_to={}",
+                        path.display(),
+                        if moved { aside.display().to_string() } else { "-".into() }
+                    );
+                }
             }
         }
         Ok(files)
@@ -272,27 +293,47 @@ impl Segments {
     /// in the background; the segment is synced by the push). They are the
     /// records with a sequence number of `next_seq` or more, `next_seq` being
     /// one past every batch the index holds or ever removed. Each file is read
-    /// from its last indexed record on (whole if none), and up to its first
-    /// record that is torn or damaged: nothing after that was acknowledged
-    /// with `fsync` on, and appends never resume in a file found on open.
+    /// from its last indexed record on (whole if none).
     ///
-    /// Returns `(seq, lane prefix, index value)` in sequence order.
-    pub(super) fn unindexed(&self, dir: &Path, next_seq: u64) -> io::Result<Vec<Unindexed>> {
-        let mut found = Vec::new();
+    /// A damaged record does not end the scan: records are framed by a magic
+    /// and CRC-checked, so the scan looks for the next record header after it
+    /// and goes on, and every intact record after a damaged one is kept. What
+    /// was lost is returned in [`Recovered::lost`]: a record whose trailer
+    /// still reads tells its lane and items; bytes that no header explains,
+    /// followed by an intact record, count as one batch of unknown size. Bytes
+    /// after the last intact record of a file are a torn tail (a push that
+    /// never returned) and are not a loss. A file that cannot be read is
+    /// named in an ERROR line and skipped.
+    pub(super) fn unindexed(&self, dir: &Path, next_seq: u64) -> io::Result<Recovered> {
+        let mut recovered = Recovered::default();
         for (&id, info) in &self.files {
             let from = info.indexed_from.unwrap_or(0);
             if from >= info.len {
                 continue;
             }
-            let file = match File::open(dir.join(segment_file_name(id))) {
-                Ok(file) => file,
-                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
-                Err(err) => return Err(err),
-            };
-            scan_file(&file, id, from, info.len, next_seq, &mut found)?;
+            let path = dir.join(segment_file_name(id));
+            let scanned = File::open(&path).and_then(|file| {
+                let mut scan = FileScan {
+                    file: &file,
+                    id,
+                    len: info.len,
+                    next_seq,
+                    indexed: info.indexed_from,
+                    out: &mut recovered,
+                };
+                scan.run(from)
+            });
+            match scanned {
+                Ok(()) => {}
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) => log::error!(
+                    "Could not read a queue segment to recover its batches file={} error={err}",
+                    path.display()
+                ),
+            }
         }
-        found.sort_by_key(|u| u.seq);
-        Ok(found)
+        recovered.found.sort_by_key(|u| u.seq);
+        Ok(recovered)
     }
 
     /// Syncs every segment being appended to: for an explicit flush.
@@ -363,119 +404,298 @@ fn read_at(file: &File, at: u64, len: u64) -> io::Result<Option<Vec<u8>>> {
     }
 }
 
-/// Walks the records of segment `id` from `pos` to `len` (see
-/// [`Segments::unindexed`]), adding those from `next_seq` on to `found`.
-fn scan_file(
-    file: &File,
+/// What [`Segments::unindexed`] found.
+#[derive(Debug, Default)]
+pub(super) struct Recovered {
+    /// Intact records the index does not hold, in sequence order.
+    pub(super) found: Vec<Unindexed>,
+    /// Records that were pushed after the index's last write and are damaged.
+    pub(super) lost: Vec<Lost>,
+}
+
+/// A damaged record found by [`Segments::unindexed`]: lost data to count.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Lost {
+    /// The segment it was in.
+    pub(super) segment: u64,
+    /// Where the damage starts.
+    pub(super) offset: u64,
+    /// Its lane's index key prefix, when its trailer still reads.
+    pub(super) prefix: Option<Vec<u8>>,
+    /// Items it held (0 when unknown).
+    pub(super) items: u64,
+    /// Payload bytes (when known), else the length of the damaged stretch.
+    pub(super) bytes: u64,
+}
+
+/// One record as read at an offset.
+enum Record {
+    /// Intact: its header, payload and trailer check out. `meta` is `None`
+    /// for format-1 records, which have no trailer.
+    Intact {
+        seq: u64,
+        len: u64,
+        meta: Option<(Vec<u8>, Vec<u8>)>,
+        end: u64,
+    },
+    /// The header and trailer read, but the payload fails its CRC.
+    Damaged {
+        seq: u64,
+        prefix: Vec<u8>,
+        value: Vec<u8>,
+        len: u64,
+    },
+    /// Nothing here reads as a record.
+    Garbage,
+}
+
+/// Walks one segment file for [`Segments::unindexed`].
+struct FileScan<'a> {
+    file: &'a File,
     id: u64,
-    mut pos: u64,
     len: u64,
     next_seq: u64,
-    found: &mut Vec<Unindexed>,
-) -> io::Result<()> {
-    const HEADER: u64 = SEGMENT_HEADER_LEN as u64;
-    const TRAILER_HEAD: u64 = TRAILER_HEAD_LEN as u64;
-    let fits = |at: u64, n: u64| at.checked_add(n).is_some_and(|end| end <= len);
-    while fits(pos, HEADER) {
-        let read_header = |at| -> io::Result<_> {
-            let bytes = if fits(at, HEADER) {
-                read_at(file, at, HEADER)?
-            } else {
-                None
-            };
-            Ok(bytes.as_deref().and_then(parse_segment_header))
-        };
-        // A record follows the previous one directly, or on the next page
-        // boundary (see `PAGE`); the gap between reads as zeros.
-        let header = match read_header(pos)? {
-            Some(header) => header,
-            None if pos % PAGE != 0 => {
-                pos = page_align(pos);
-                match read_header(pos)? {
-                    Some(header) => header,
-                    None => break,
+    /// The offset of the last record the index holds, if any: damage there is
+    /// found (and counted) when the batch is read.
+    indexed: Option<u64>,
+    out: &'a mut Recovered,
+}
+
+impl FileScan<'_> {
+    fn run(&mut self, mut pos: u64) -> io::Result<()> {
+        const HEADER: u64 = SEGMENT_HEADER_LEN as u64;
+        while self.fits(pos, HEADER) {
+            let mut record = self.read_record(pos)?;
+            if matches!(record, Record::Garbage) && pos % PAGE != 0 {
+                // A record follows the previous one directly, or on the next
+                // page boundary (see `PAGE`); the gap between reads as zeros.
+                let aligned = page_align(pos);
+                if self.fits(aligned, HEADER) {
+                    if let next @ Record::Intact { .. } = self.read_record(aligned)? {
+                        pos = aligned;
+                        record = next;
+                    }
                 }
             }
-            None => break,
+            match record {
+                Record::Intact {
+                    seq,
+                    len,
+                    meta,
+                    end,
+                } => {
+                    if let Some((prefix, value)) = meta {
+                        let placed = IndexRecord::decode(&value).is_some_and(|record| {
+                            record.segment == self.id && record.offset == pos && record.len == len
+                        });
+                        if seq >= self.next_seq && placed {
+                            self.out.found.push(Unindexed { seq, prefix, value });
+                        }
+                    }
+                    pos = end;
+                }
+                Record::Damaged {
+                    seq,
+                    prefix,
+                    value,
+                    len,
+                } => {
+                    if seq >= self.next_seq && Some(pos) != self.indexed {
+                        let items = IndexRecord::decode(&value).map_or(0, |r| r.items);
+                        self.out.lost.push(Lost {
+                            segment: self.id,
+                            offset: pos,
+                            prefix: Some(prefix),
+                            items,
+                            bytes: len,
+                        });
+                    }
+                    let Some(next) = self.next_header(pos + 1)? else {
+                        break;
+                    };
+                    pos = next;
+                }
+                Record::Garbage => {
+                    let Some(next) = self.next_header(pos + 1)? else {
+                        // A torn tail: the push writing it never returned.
+                        log::warn!(
+                            "Ignored the torn end of a queue segment segment={:016x} offset={pos} bytes={}",
+                            self.id,
+                            self.len - pos
+                        );
+                        break;
+                    };
+                    if Some(pos) != self.indexed {
+                        self.out.lost.push(Lost {
+                            segment: self.id,
+                            offset: pos,
+                            prefix: None,
+                            items: 0,
+                            bytes: next - pos,
+                        });
+                    }
+                    pos = next;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn fits(&self, at: u64, n: u64) -> bool {
+        at.checked_add(n).is_some_and(|end| end <= self.len)
+    }
+
+    fn read(&self, at: u64, n: u64) -> io::Result<Option<Vec<u8>>> {
+        if !self.fits(at, n) {
+            return Ok(None);
+        }
+        read_at(self.file, at, n)
+    }
+
+    /// Reads the record whose header starts at `pos`.
+    fn read_record(&self, pos: u64) -> io::Result<Record> {
+        const HEADER: u64 = SEGMENT_HEADER_LEN as u64;
+        const TRAILER_HEAD: u64 = TRAILER_HEAD_LEN as u64;
+        let Some(header) = self
+            .read(pos, HEADER)?
+            .as_deref()
+            .and_then(parse_segment_header)
+        else {
+            return Ok(Record::Garbage);
         };
         let payload_at = pos + HEADER;
-        if !fits(payload_at, header.len) {
-            break;
+        if !self.fits(payload_at, header.len) {
+            return Ok(Record::Garbage);
         }
         let payload_end = payload_at + header.len;
         if !header.has_trailer {
             // Format 1: indexed before its push returned; nothing to recover.
-            pos = payload_end;
-            continue;
+            let Some(payload) = self.read(payload_at, header.len)? else {
+                return Ok(Record::Garbage);
+            };
+            return Ok(if payload_matches(&header, &payload) {
+                Record::Intact {
+                    seq: header.seq,
+                    len: header.len,
+                    meta: None,
+                    end: payload_end,
+                }
+            } else {
+                Record::Garbage
+            });
         }
-        if !fits(payload_end, TRAILER_HEAD) {
-            break;
-        }
-        let Some((meta_len, meta_crc)) = read_at(file, payload_end, TRAILER_HEAD)?
+        let Some((meta_len, meta_crc)) = self
+            .read(payload_end, TRAILER_HEAD)?
             .as_deref()
             .and_then(parse_trailer_head)
         else {
-            break;
+            return Ok(Record::Garbage);
         };
         let meta_at = payload_end + TRAILER_HEAD;
-        if meta_len > MAX_TRAILER_META || !fits(meta_at, meta_len) {
-            break;
+        if meta_len > MAX_TRAILER_META {
+            return Ok(Record::Garbage);
         }
-        let Some(meta) = read_at(file, meta_at, meta_len)? else {
-            break;
+        let Some(meta) = self.read(meta_at, meta_len)? else {
+            return Ok(Record::Garbage);
         };
         let Some((prefix, value)) = decode_trailer_meta(&meta, meta_crc) else {
-            break;
+            return Ok(Record::Garbage);
         };
-        if header.seq >= next_seq {
-            let Some(payload) = read_at(file, payload_at, header.len)? else {
-                break;
-            };
-            let placed = IndexRecord::decode(value).is_some_and(|record| {
-                record.segment == id && record.offset == pos && record.len == header.len
-            });
-            if !placed || !payload_matches(&header, &payload) {
-                break;
-            }
-            found.push(Unindexed {
+        let (prefix, value) = (prefix.to_vec(), value.to_vec());
+        let Some(payload) = self.read(payload_at, header.len)? else {
+            return Ok(Record::Garbage);
+        };
+        Ok(if payload_matches(&header, &payload) {
+            Record::Intact {
                 seq: header.seq,
-                prefix: prefix.to_vec(),
-                value: value.to_vec(),
-            });
-        }
-        pos = meta_at + meta_len;
+                len: header.len,
+                meta: Some((prefix, value)),
+                end: meta_at + meta_len,
+            }
+        } else {
+            Record::Damaged {
+                seq: header.seq,
+                prefix,
+                value,
+                len: header.len,
+            }
+        })
     }
-    Ok(())
+
+    /// The offset of the next intact record at or after `from`, found by
+    /// looking for record magics and checking each candidate whole.
+    fn next_header(&self, mut from: u64) -> io::Result<Option<u64>> {
+        const CHUNK: u64 = 64 * 1024;
+        let finder = memchr::memmem::Finder::new(&SEGMENT_MAGIC);
+        while from < self.len {
+            let n = CHUNK.min(self.len - from);
+            let Some(chunk) = self.read(from, n)? else {
+                return Ok(None);
+            };
+            for at in finder.find_iter(&chunk) {
+                let candidate = from + at as u64;
+                if let Record::Intact { .. } = self.read_record(candidate)? {
+                    return Ok(Some(candidate));
+                }
+            }
+            // Overlap by the magic's length less one, so that a magic across
+            // two chunks is found.
+            let step = n.saturating_sub(SEGMENT_MAGIC.len() as u64 - 1).max(1);
+            from += step;
+        }
+        Ok(None)
+    }
 }
 
 /// Reads batch `seq`'s payload back; `None` if its file or record is missing,
-/// short or does not match (damaged, or deleted meanwhile).
-pub(super) fn read_payload(
-    dir: &Path,
-    seq: u64,
-    record: &IndexRecord,
-) -> io::Result<Option<Vec<u8>>> {
-    let file = match File::open(dir.join(segment_file_name(record.segment))) {
+/// short, unreadable or does not match (damaged, or deleted meanwhile). An
+/// unreadable file (permissions, I/O error) is named in an ERROR line: the
+/// caller drops the batch as corrupt instead of stopping the whole lane.
+pub(super) fn read_payload(dir: &Path, seq: u64, record: &IndexRecord) -> Option<Vec<u8>> {
+    let path = dir.join(segment_file_name(record.segment));
+    let unreadable = |err: io::Error| {
+        log::error!(
+            "Could not read a batch from the disk queue file={} offset={} error={err}",
+            path.display(),
+            record.offset
+        );
+    };
+    let file = match File::open(&path) {
         Ok(file) => file,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(err) => return Err(err),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return None,
+        Err(err) => {
+            unreadable(err);
+            return None;
+        }
     };
     // The length was checked against the file's length on open or written by
     // this process, so this allocation is bounded by the file.
-    let Some(total) = usize::try_from(record.len)
+    let total = usize::try_from(record.len)
         .ok()
-        .and_then(|len| len.checked_add(SEGMENT_HEADER_LEN))
-    else {
-        return Ok(None);
-    };
+        .and_then(|len| len.checked_add(SEGMENT_HEADER_LEN))?;
     let mut buf = vec![0; total];
     match file.read_exact_at(&mut buf, record.offset) {
         Ok(()) => {}
-        Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(err) => return Err(err),
+        Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return None,
+        Err(err) => {
+            unreadable(err);
+            return None;
+        }
     }
     let valid = check_segment_record(&buf, seq, record.len).is_some();
-    Ok(valid.then(|| buf.split_off(SEGMENT_HEADER_LEN)))
+    valid.then(|| buf.split_off(SEGMENT_HEADER_LEN))
+}
+
+/// The length of the file at `path`, once it has been opened and its first
+/// byte read: a segment that fails this would fail every read later.
+fn readable_len(path: &Path) -> io::Result<u64> {
+    let file = File::open(path)?;
+    let len = file.metadata()?.len();
+    if len > 0 {
+        let mut first = [0u8; 1];
+        file.read_exact_at(&mut first, 0)?;
+    }
+    Ok(len)
 }
 
 /// Deletes segment files; a file already gone is fine.

@@ -26,7 +26,7 @@ use super::stats::{Backlog, LaneStats, Stats};
 /// The queue's directory under the agent's `state_dir`.
 pub(super) const DIR_NAME: &str = "queue";
 /// sled's directory (the index, checkpoints, counters) inside the queue's.
-const INDEX_DIR: &str = "index";
+pub(super) const INDEX_DIR: &str = "index";
 /// The segment files' directory inside the queue's.
 pub(super) const DATA_DIR: &str = "data";
 
@@ -136,9 +136,9 @@ impl Queue {
                 .map_err(sled_err)?;
         }
         std::fs::create_dir_all(&data).map_err(data_err)?;
-        let files = Segments::list(&data).map_err(data_err)?;
+        let files = Segments::list(&data, true).map_err(data_err)?;
         let Scan { mut state, corrupt } = Scan::run(&db, &path, &files, true)?;
-        let found = state
+        let segments::Recovered { found, lost } = state
             .segments
             .unindexed(&data, state.next_seq)
             .map_err(data_err)?;
@@ -154,10 +154,26 @@ impl Queue {
             );
         }
 
-        let mut dropped = Vec::with_capacity(corrupt.len());
+        let mut dropped = Vec::with_capacity(corrupt.len() + lost.len());
         for (key, drop) in corrupt {
             db.remove(key).map_err(sled_err)?;
             dropped.push(drop);
+        }
+        for lost in lost {
+            log::error!(
+                "Dropped a damaged batch found in a queue segment segment={:016x} offset={} points={} bytes={}",
+                lost.segment,
+                lost.offset,
+                lost.items,
+                lost.bytes
+            );
+            dropped.push(Dropped {
+                id: None,
+                lane: lost.prefix.as_deref().and_then(decode_lane_prefix),
+                items: lost.items,
+                bytes: lost.bytes,
+                reason: DropReason::Corrupt,
+            });
         }
         if !dropped.is_empty() {
             log::error!(
@@ -218,12 +234,12 @@ impl Queue {
         let db = open_db(&path, INSPECT_CACHE, None)?;
         check_format(&db, &path)?;
         let data = path.join(DATA_DIR);
-        let files = Segments::list(&data).map_err(|source| QueueError::Storage {
+        let files = Segments::list(&data, false).map_err(|source| QueueError::Storage {
             path: data.clone().into(),
             source,
         })?;
         let mut scan = Scan::run(&db, &path, &files, false)?;
-        let found = scan
+        let segments::Recovered { found, .. } = scan
             .state
             .segments
             .unindexed(&data, scan.state.next_seq)
@@ -855,8 +871,7 @@ impl Inner {
         seq: u64,
         record: IndexRecord,
     ) -> Result<Option<Batch>, QueueError> {
-        let payload =
-            segments::read_payload(&self.data, seq, &record).map_err(|e| self.data_err(e))?;
+        let payload = segments::read_payload(&self.data, seq, &record);
         Ok(payload.map(|payload| Batch {
             id: BatchId {
                 lane: lane_id(lane_idx),
@@ -1204,6 +1219,7 @@ impl Scan {
                 // Even a damaged record's number stays used.
                 state.next_seq = state.next_seq.max(seq.saturating_add(1));
             }
+            let undecoded = IndexRecord::decode(&value);
             let decoded = IndexRecord::decode_with_checkpoint(&value)
                 .filter(|(record, _)| state.segments.contains(record));
             let lane_idx = match (split, &decoded, current) {
@@ -1228,12 +1244,15 @@ impl Scan {
                     current = Some(idx);
                 }
                 _ if collect_corrupt => {
+                    // A record that decodes but whose payload is gone (its
+                    // segment deleted, truncated or set aside) still says
+                    // what was lost.
                     let lane = split.and_then(|(prefix, _)| decode_lane_prefix(prefix));
                     let drop = Dropped {
                         id: None,
                         lane,
-                        items: 0,
-                        bytes: 0,
+                        items: undecoded.map_or(0, |r| r.items),
+                        bytes: undecoded.map_or(0, |r| r.len),
                         reason: DropReason::Corrupt,
                     };
                     scan.corrupt.push((key, drop));

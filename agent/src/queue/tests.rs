@@ -11,7 +11,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::format::{self, index_key, lane_prefix, IndexRecord, SEGMENT_HEADER_LEN};
-use super::store::{open_db, DIR_NAME};
+use super::store::{open_db, DIR_NAME, INDEX_DIR};
 use super::*;
 
 /// A directory of its own for one test, removed on drop.
@@ -756,8 +756,182 @@ fn torn_segment_tails_are_not_recovered() {
         db.remove(index_key(&prefix, entries[2].0)).unwrap();
         db.remove(format::NEXT_SEQ_KEY).unwrap();
     });
-    let queue = open(&dir, &opts(1 << 20));
+    // Its trailer still reads: the loss is counted with its lane and items.
+    let (queue, dropped) = unlocked(|| Queue::open(dir.path(), &opts(1 << 20))).unwrap();
     assert_eq!(payloads(&queue, &logs()).len(), 2);
+    assert_eq!(
+        dropped,
+        vec![Dropped {
+            id: None,
+            lane: Some(logs()),
+            items: 1,
+            bytes: 5000,
+            reason: DropReason::Corrupt,
+        }]
+    );
+}
+
+/// The segment file of a lane's only segment, read whole.
+fn only_segment(dir: &TempDir) -> PathBuf {
+    let names = segment_files(dir);
+    assert_eq!(names.len(), 1, "{names:?}");
+    dir.path().join(DIR_NAME).join("data").join(&names[0])
+}
+
+#[test]
+fn damage_inside_a_segment_loses_only_the_damaged_record() {
+    // The index lost whole (as after `rm -r index`), one segment of 40 records.
+    let build = |name: &str| {
+        let dir = TempDir::new(name);
+        {
+            let queue = open(&dir, &opts(1 << 20));
+            for i in 0..40u8 {
+                let pushed = queue.push(&logs(), new_batch(&[i; 700], 10)).unwrap();
+                assert!(pushed.id.is_some());
+            }
+        }
+        let entries = index_entries(&dir, &logs());
+        let offsets: Vec<u64> = entries
+            .iter()
+            .map(|(_, v)| IndexRecord::decode(v).unwrap().offset)
+            .collect();
+        std::fs::remove_dir_all(dir.path().join(DIR_NAME).join(INDEX_DIR)).unwrap();
+        (dir, offsets)
+    };
+    let want_without = |lost: u8| -> Vec<Vec<u8>> {
+        (0..40u8)
+            .filter(|&i| i != lost)
+            .map(|i| vec![i; 700])
+            .collect()
+    };
+
+    // A flipped payload byte in record 7: its trailer tells what was lost.
+    let (dir, offsets) = build("damage-payload");
+    let file = only_segment(&dir);
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[usize::try_from(offsets[7]).unwrap() + SEGMENT_HEADER_LEN + 300] ^= 0x40;
+    std::fs::write(&file, &bytes).unwrap();
+    let (queue, dropped) = unlocked(|| Queue::open(dir.path(), &opts(1 << 20))).unwrap();
+    assert_eq!(payloads(&queue, &logs()), want_without(7));
+    assert_eq!(dropped.len(), 1, "{dropped:?}");
+    assert_eq!(
+        (dropped[0].lane.clone(), dropped[0].items, dropped[0].bytes),
+        (Some(logs()), 10, 700)
+    );
+    drop(queue);
+
+    // Record 20's header zeroed: nothing tells what it was, but it counts.
+    let (dir, offsets) = build("damage-header");
+    let file = only_segment(&dir);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = usize::try_from(offsets[20]).unwrap();
+    bytes[at..at + SEGMENT_HEADER_LEN].fill(0);
+    std::fs::write(&file, &bytes).unwrap();
+    let (queue, dropped) = unlocked(|| Queue::open(dir.path(), &opts(1 << 20))).unwrap();
+    assert_eq!(payloads(&queue, &logs()), want_without(20));
+    assert_eq!(dropped.len(), 1, "{dropped:?}");
+    assert_eq!(dropped[0].reason, DropReason::Corrupt);
+    assert_eq!(dropped[0].bytes, offsets[21] - offsets[20]);
+    drop(queue);
+
+    // Every byte of record 3 flipped in turn, one at a time: never a panic,
+    // never a damaged payload returned, and the other 39 always come back.
+    let (dir, offsets) = build("damage-every-byte");
+    let file = only_segment(&dir);
+    let pristine = std::fs::read(&file).unwrap();
+    let (start, end) = (
+        usize::try_from(offsets[3]).unwrap(),
+        usize::try_from(offsets[4]).unwrap(),
+    );
+    let index = dir.path().join(DIR_NAME).join(INDEX_DIR);
+    for at in (start..end).step_by(37) {
+        let mut bytes = pristine.clone();
+        bytes[at] ^= 0xff;
+        std::fs::write(&file, &bytes).unwrap();
+        let _ = std::fs::remove_dir_all(&index);
+        let (queue, dropped) = unlocked(|| Queue::open(dir.path(), &opts(1 << 20))).unwrap();
+        let got = payloads(&queue, &logs());
+        assert_eq!(got, want_without(3), "byte {at}");
+        assert_eq!(dropped.len(), 1, "byte {at}: {dropped:?}");
+        drop(queue);
+    }
+}
+
+#[test]
+fn truncated_or_deleted_segments_count_what_the_index_knew() {
+    let dir = TempDir::new("truncated");
+    {
+        let queue = open(&dir, &opts(1 << 20));
+        for i in 0..5u8 {
+            assert!(queue
+                .push(&logs(), new_batch(&[i; 1000], 25))
+                .unwrap()
+                .id
+                .is_some());
+        }
+    }
+    let file = only_segment(&dir);
+    let len = std::fs::metadata(&file).unwrap().len();
+    // Cut into the fourth record: the fourth and fifth are gone.
+    let entries = index_entries(&dir, &logs());
+    let fourth = IndexRecord::decode(&entries[3].1).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(fourth.offset + 100)
+        .unwrap();
+    assert!(fourth.offset + 100 < len);
+    let (queue, dropped) = unlocked(|| Queue::open(dir.path(), &opts(1 << 20))).unwrap();
+    assert_eq!(dropped.len(), 2, "{dropped:?}");
+    assert!(dropped
+        .iter()
+        .all(|d| d.items == 25 && d.bytes == 1000 && d.lane == Some(logs())));
+    assert_eq!(payloads(&queue, &logs()).len(), 3);
+    drop(queue);
+
+    // The file deleted: what the index knew of its three batches is counted.
+    std::fs::remove_file(&file).unwrap();
+    let (queue, dropped) = unlocked(|| Queue::open(dir.path(), &opts(1 << 20))).unwrap();
+    assert_eq!(dropped.iter().map(|d| d.items).sum::<u64>(), 75);
+    assert_eq!(queue.stats().total().batches, 0);
+}
+
+#[test]
+fn an_unreadable_segment_is_set_aside_and_the_rest_delivered() {
+    let dir = TempDir::new("unreadable");
+    {
+        let queue = open(&dir, &opts(1 << 20));
+        push(&queue, &logs(), b"in the logs segment");
+        push(&queue, &metrics(), b"in the metrics segment");
+    }
+    let entries = index_entries(&dir, &logs());
+    let record = IndexRecord::decode(&entries[0].1).unwrap();
+    let data = dir.path().join(DIR_NAME).join("data");
+    let file = data.join(format::segment_file_name(record.segment));
+    // Tests may run as root, which reads a mode-000 file: a directory in the
+    // file's place opens but fails every read, as an unreadable file does.
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    let (queue, dropped) = unlocked(|| Queue::open(dir.path(), &opts(1 << 20))).unwrap();
+    assert_eq!(dropped.len(), 1, "{dropped:?}");
+    assert_eq!(
+        (dropped[0].lane.clone(), dropped[0].reason),
+        (Some(logs()), DropReason::Corrupt)
+    );
+    assert_eq!(
+        payloads(&queue, &metrics()),
+        vec![b"in the metrics segment".to_vec()]
+    );
+    assert!(data
+        .join(format!(
+            "{}.unreadable",
+            format::segment_file_name(record.segment)
+        ))
+        .exists());
+    // Pushes go on.
+    push(&queue, &logs(), b"after");
+    assert_eq!(payloads(&queue, &logs()), vec![b"after".to_vec()]);
 }
 
 #[test]
