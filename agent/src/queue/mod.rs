@@ -30,18 +30,27 @@
 //! 4. **Garbage sent as data.** A payload whose header or CRC does not match
 //!    its index record is never returned; it is deleted and reported `Corrupt`.
 //! 5. **Resource exhaustion.** Payload bytes are bounded by
-//!    [`Options::max_size`]; memory holds counters per lane, not per batch;
-//!    sled's page cache is bounded by [`Options::cache_capacity`].
-//! 6. **SD-card wear.** At most 2 bytes written to disk per byte accepted (the
+//!    [`Options::max_size`] and by the free space of the filesystem (see
+//!    "Full disks"); memory holds counters per lane, not per batch; sled's
+//!    page cache is bounded by [`Options::cache_capacity`].
+//! 6. **A stuck queue.** A full disk, a damaged record or an unreadable file
+//!    never stops the rest of the queue from being delivered: acks and
+//!    deletes keep working on a full disk, recovery skips damage and keeps
+//!    every intact record, and an unreadable file is set aside.
+//! 7. **SD-card wear.** At most 2 bytes written to disk per byte accepted (the
 //!    DESIGN budget); see "Limits" for the measurements.
-//! 7. **A crash on bad bytes.** Nothing read back from disk reaches `unwrap`,
+//! 8. **A crash on bad bytes.** Nothing read back from disk reaches `unwrap`,
 //!    slice indexing or an unchecked cast; undecodable records become drops.
 //!
 //! # Layout
 //!
 //! `<state_dir>/queue/` holds two directories. `index/` is a sled database (one
-//! tree, keys below); `data/` holds segment files with the payloads. sled's
-//! exclusive lock on `index/` also guards `data/`.
+//! tree, keys below); `data/` holds segment files with the payloads. Beside
+//! them: `lock`, whose exclusive flock says the queue is open (taken before
+//! sled's own lock, and released as soon as the queue is dropped, while
+//! sled's background threads may hold theirs a moment longer: `open` then
+//! waits for sled's, up to 30 s); `acks.0` and `acks.1`, the ack log (see
+//! "Read, ack and delete"); and `reserve`, 4 MiB of zeros (see "Full disks").
 //!
 //! ```text
 //! // sled keys, one byte of kind first, big-endian numbers throughout
@@ -95,11 +104,17 @@
 //! - `fsync` on (the default): `Ok` means on disk. A crash or power cut after
 //!   it loses nothing.
 //! - `fsync` off: `Ok` means in the queue. A push syncs its lane's segment
-//!   when the last sync is [`Options::flush_interval`] old. A process crash
-//!   loses nothing (the kernel has the segment); a power cut loses about the
-//!   last interval (the last pushes of a lane that went quiet may wait for the
-//!   kernel's own writeback, 30 s by default). A record whose payload never
-//!   reached the disk fails its CRC and is dropped as `Corrupt`, never sent.
+//!   when the last sync is [`Options::flush_interval`] old, a lane syncs its
+//!   old segment before it starts a new one, and the background flush syncs
+//!   every segment being appended to before it writes the index, so the
+//!   index on disk never names a record that is not. A process crash loses
+//!   nothing (the kernel has the segment); a power cut loses about the last
+//!   interval. A record whose payload never reached the disk fails its CRC
+//!   and is dropped as `Corrupt`, never sent.
+//!
+//! sled's own background flush is off: the queue's thread `tern-queue-flush`
+//! does it every [`Options::flush_interval`], in this order: read the free
+//! space, switch the ack log's file, sync the segments, flush sled.
 //!
 //! The OTLP receiver answers 200 only after `push` returned.
 //!
@@ -122,9 +137,19 @@
 //! reads badly is looked at again under the lock before it is called damaged.
 //! [`Queue::ack`] deletes the index record; when a segment has no live record
 //! left (and no lane appends to it) its file is deleted, after a sled flush so
-//! that no record on disk can still name it. Acks are not flushed: an ack lost
-//! in a crash means the batch is sent again (at-least-once delivery). The
-//! exporter drops batches with [`Queue::drop_batch`] (`Permanent`, `Expired`).
+//! that no record on disk can still name it. The exporter drops batches with
+//! [`Queue::drop_batch`] (`Permanent`, `Expired`, `Corrupt`, `TooLarge`).
+//!
+//! Every removal from the index (ack, drop, eviction) is also appended to the
+//! ack log, one `write` of about 40 bytes without a sync, because sled keeps
+//! its writes in memory until the next flush: without it a SIGKILL brought
+//! back every batch acked in the last second, and they were sent again. Two
+//! files take turns: the background flush switches files (emptying the one
+//! whose removals the previous flush made durable), then flushes sled. `open`
+//! replays both before it reads the index, and does not take back from the
+//! segments a batch the log says was removed. So after a SIGKILL, only
+//! batches in flight (sent, not yet acked) are sent again; after a power cut,
+//! at most those acked in the last flush interval.
 //!
 //! # Drop policies
 //!
@@ -137,8 +162,29 @@
 //! - [`FullPolicy::Reject`], through [`Queue::push_with_policy`], refuses with
 //!   [`QueueError::Full`] and changes nothing: for callers that push back.
 //!
-//! Both drop policies report every dropped batch with reason `QueueFull`. A
+//! Both drop policies report every dropped batch with reason `QueueFull`, or
+//! `DiskFull` when the limit that applied was the filesystem's (below). A
 //! batch larger than `max_size` is refused alone (or `TooLarge` under Reject).
+//!
+//! # Full disks
+//!
+//! A queue that fills its filesystem cannot get out by itself: sled could not
+//! write the removal of a delivered batch, and once sled has seen one write
+//! fail it refuses every later one until it is opened again. So:
+//!
+//! - The payload never takes the last `keep_free` bytes of the filesystem
+//!   (about 3% of it, between 2 MiB and 64 MiB): the queue's limit is
+//!   `min(max_size, bytes queued + bytes available - keep_free)`, read at
+//!   open (a WARN line says when that is below `max_size`) and at most
+//!   every 500 ms while pushing. A batch refused or evicted for this limit is
+//!   counted with reason `DiskFull`.
+//! - `reserve` (4 MiB of real blocks) is deleted when the filesystem is
+//!   nearly full anyway (another program filled it: under half of
+//!   `keep_free` available) or a write fails with ENOSPC, giving sled room
+//!   for acks and deletes; it is made again once there is room. `open` and
+//!   `tern queue` delete it when sled cannot open for lack of space.
+//! - A push that fails on a full disk leaves no file behind: a segment no
+//!   index record ever named is deleted at once.
 //!
 //! # Recovery
 //!
@@ -149,18 +195,28 @@
 //! decode, or points outside its segment file, is deleted and returned as a
 //! `Corrupt` drop.
 //!
-//! Then the records sled lost: sled recovers a prefix of its writes, and every
-//! removal of the newest batch first stores `NextSeqKey`, so the next sequence
-//! number found is above every batch sled still has or ever removed. Segment
-//! records from that number on were pushed after the last write sled kept:
-//! each segment is read from its last indexed record on (whole when none),
-//! up to the first torn or damaged record, and those records (payload CRC and
-//! meta CRC checked) are indexed again from their meta, checkpoints included.
-//! A removal lost with them (an ack) means the batch is sent again, as with
-//! any unflushed ack. Then segment files that no record names (drained, or
-//! written by a push that failed) are deleted. Payloads are checked (header,
-//! CRC) when read. [`Queue::inspect`] does the same scan without changing
-//! anything, for `tern queue` on a stopped agent.
+//! Before that scan, the removals in the ack log are done again (a record
+//! that carries its source's newest checkpoint gives it to the checkpoint key
+//! first). Then the records sled lost: sled recovers a prefix of its writes,
+//! and every removal of the newest batch first stores `NextSeqKey`, so the
+//! next sequence number found is above every batch sled still has or ever
+//! removed. Segment records from that number on were pushed after the last
+//! write sled kept: each segment is read from its last indexed record on
+//! (whole when none), and those records (payload CRC and meta CRC checked)
+//! are indexed again from their meta, checkpoints included, unless the ack
+//! log removed them. A damaged record does not end the scan: it looks for
+//! the next record magic and checks each candidate whole, so every intact
+//! record after the damage comes back; a damaged record whose trailer reads
+//! is dropped as `Corrupt` with its lane and items, a stretch no header
+//! explains counts as one `Corrupt` batch, and the torn end of a file (a
+//! push that never returned) is not a loss. A segment file that cannot be
+//! opened or read is named in an ERROR line and renamed `<name>.unreadable`,
+//! and the batches the index places in it are dropped as `Corrupt` with the
+//! items the index knew. Then segment files that no record names (drained,
+//! or written by a push that failed) are deleted. Payloads are checked
+//! (header, CRC) when read; one that cannot be read is dropped as `Corrupt`
+//! and the lane goes on. [`Queue::inspect`] does the same scan without
+//! changing anything, for `tern queue` on a stopped agent.
 //!
 //! # Format version
 //!
@@ -209,24 +265,27 @@
 //! on the push and ack paths uses one.
 //!
 //! sled settings: `cache_capacity` from [`Options::cache_capacity`] (4 MiB,
-//! not sled's 1 GiB), `flush_every_ms` from [`Options::flush_interval`], no
+//! not sled's 1 GiB), no `flush_every_ms` (the queue flushes it), no
 //! compression (payloads are gzip already; the index is small), sled's default
 //! 512 KiB log segments, and `Mode::LowSpace`, which sled 0.34.7 stores but
 //! never reads.
 //!
 //! # Implementation
 //!
-//! sled starts a flusher thread and writes from a pool of background threads
-//! of its own. The pool may keep sled's files, and so its lock, for a moment
-//! after the last [`Queue`] clone is dropped: reopening in the same process
-//! can briefly see [`QueueError::Locked`].
+//! The queue runs one thread, `tern-queue-flush`, stopped and joined when the
+//! last [`Queue`] clone is dropped. sled writes from a pool of background
+//! threads of its own, which may keep sled's files, and so its lock, for a
+//! moment after that: `open` waits for it (up to 30 s) once the queue's own
+//! lock is free, so a reopen in the same process does not fail.
 
+mod acklog;
 mod batch;
 mod error;
 mod format;
 mod lane;
 mod options;
 mod segments;
+mod space;
 mod stats;
 mod store;
 #[cfg(test)]

@@ -215,6 +215,14 @@ impl Segments {
             None => true,
         };
         if full {
+            if !fsync {
+                // The old segment is synced before the index can name a
+                // record in the new one: the index is flushed in the
+                // background, and must never point past what is on disk.
+                if let Some(active) = self.active.get_mut(&lane) {
+                    active.file.sync_data()?;
+                }
+            }
             self.retire(lane);
             let id = self.next_id;
             self.next_id = id.saturating_add(1);
@@ -228,7 +236,7 @@ impl Segments {
             if fsync {
                 // The new name must be on disk before a record points into it.
                 if let Err(err) = File::open(dir).and_then(|d| d.sync_all()) {
-                    self.abandon(lane);
+                    self.abandon(dir, lane);
                     return Err(err);
                 }
             }
@@ -278,7 +286,7 @@ impl Segments {
                 }
             });
         if let Err(err) = written {
-            self.abandon(lane);
+            self.abandon(dir, lane);
             return Err(err);
         }
         if let Some(info) = self.files.get_mut(&id) {
@@ -345,10 +353,37 @@ impl Segments {
         Ok(())
     }
 
+    /// Handles of the segments being appended to, to sync without holding
+    /// the queue's lock; marks them synced.
+    pub(super) fn active_handles(&mut self) -> Vec<File> {
+        let now = Instant::now();
+        self.active
+            .values_mut()
+            .filter_map(|active| {
+                active.synced = now;
+                active.file.try_clone().ok()
+            })
+            .collect()
+    }
+
     /// Stops appending to lane `lane`'s segment after a failed write: whatever
-    /// was half-written there is never named by the index.
-    pub(super) fn abandon(&mut self, lane: usize) {
+    /// was half-written there is never named by the index. A segment that no
+    /// index record ever named is deleted at once (no flush can be needed
+    /// first), so that failing pushes on a full disk leave no files behind.
+    pub(super) fn abandon(&mut self, dir: &Path, lane: usize) {
+        let Some(id) = self.active.get(&lane).map(|active| active.id) else {
+            return;
+        };
+        let never_named = self
+            .files
+            .get(&id)
+            .is_some_and(|info| info.indexed_from.is_none() && info.live == 0);
         self.retire(lane);
+        if never_named {
+            self.dead.retain(|&dead| dead != id);
+            self.files.remove(&id);
+            let _ = fs::remove_file(dir.join(segment_file_name(id)));
+        }
     }
 
     /// Closes lane `lane`'s segment for appends; dead if nothing refers to it.

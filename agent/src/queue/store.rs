@@ -1,17 +1,19 @@
 //! The [`Queue`]: sled, the segment files, the in-memory counters, and every
 //! operation on them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::fs::File;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use event_listener::{Event, EventListener, Listener};
 
+use super::acklog::AckLog;
 use super::batch::{Batch, Checkpoint, DropReason, Dropped, NewBatch, Peeked, Pushed};
 use super::error::QueueError;
 use super::format::{
@@ -21,6 +23,7 @@ use super::format::{
 use super::lane::{BatchId, Lane};
 use super::options::{FullPolicy, Options};
 use super::segments::{self, Segments};
+use super::space::{self, is_disk_full, Space};
 use super::stats::{Backlog, LaneStats, Stats};
 
 /// The queue's directory under the agent's `state_dir`.
@@ -29,6 +32,8 @@ pub(super) const DIR_NAME: &str = "queue";
 pub(super) const INDEX_DIR: &str = "index";
 /// The segment files' directory inside the queue's.
 pub(super) const DATA_DIR: &str = "data";
+/// The file whose flock says the queue is open, inside the queue's directory.
+const LOCK_NAME: &str = "lock";
 
 /// How many batches one sled write moves during [`Queue::reroute`]: bounds the
 /// memory of one write while keeping each step atomic.
@@ -44,10 +49,19 @@ const INSPECT_CACHE: u64 = 1024 * 1024;
 /// never on an executor thread. [`Queue::listen`] is the one async entry point.
 #[derive(Clone)]
 pub struct Queue {
+    // Declared before `inner`, so dropped first: the last handle stops and
+    // joins the flusher thread, and `Inner` (sled, the directory lock) is then
+    // dropped on the caller's thread, so that the queue can be opened again
+    // as soon as the drop returns.
+    _flusher: Arc<Flusher>,
     inner: Arc<Inner>,
 }
 
 struct Inner {
+    /// The flock on `<state_dir>/queue/lock`, held while the queue is open:
+    /// released when this is dropped, unlike sled's own lock, which its
+    /// background threads may hold a moment longer.
+    _dir_lock: File,
     db: sled::Db,
     /// `<state_dir>/queue`, named in errors.
     path: Box<Path>,
@@ -78,6 +92,14 @@ struct State {
     checkpoints: HashMap<String, Latest>,
     /// The payload files.
     segments: Segments,
+    /// Every removal from the index since the last flush, for crash recovery.
+    /// `None` while the queue is being opened (and in `inspect`).
+    acks: Option<AckLog>,
+    /// Whether a flush of the index completed since the ack log last switched
+    /// files: only then may it switch (and empty the other file).
+    flushed_since_switch: bool,
+    /// The filesystem's free space; `None` in `inspect`.
+    space: Option<Space>,
 }
 
 struct LaneState {
@@ -124,7 +146,11 @@ impl Queue {
     pub fn open(state_dir: &Path, options: &Options) -> Result<(Queue, Vec<Dropped>), QueueError> {
         let path: Box<Path> = state_dir.join(DIR_NAME).into();
         let data: Box<Path> = path.join(DATA_DIR).into();
-        let db = open_db(&path, options.cache_capacity, Some(options.flush_interval))?;
+        let dir_lock = lock_dir(&path)?;
+        // Our lock is ours: a `Locked` from sled now comes from its threads
+        // of a queue this process just dropped (or an older tern without the
+        // lock file), so wait for them a bounded time.
+        let db = open_db_waiting(&path, options.cache_capacity)?;
         let sled_err = |e| QueueError::from_sled(&path, e);
         let data_err = |source| QueueError::Storage {
             path: data.clone(),
@@ -136,12 +162,40 @@ impl Queue {
                 .map_err(sled_err)?;
         }
         std::fs::create_dir_all(&data).map_err(data_err)?;
+        // Removals a crash kept from the index: done again first, so that
+        // batches a gateway already has are not read back.
+        let acked = AckLog::replay(&path).map_err(|source| QueueError::Storage {
+            path: path.clone(),
+            source,
+        })?;
+        for key in &acked {
+            if let Some(value) = db.get(key).map_err(sled_err)? {
+                carry_checkpoint(&db, key, &value).map_err(sled_err)?;
+                db.remove(key).map_err(sled_err)?;
+            }
+        }
+        let acked: HashSet<Vec<u8>> = acked.into_iter().collect();
         let files = Segments::list(&data, true).map_err(data_err)?;
         let Scan { mut state, corrupt } = Scan::run(&db, &path, &files, true)?;
         let segments::Recovered { found, lost } = state
             .segments
             .unindexed(&data, state.next_seq)
             .map_err(data_err)?;
+        // Batches pushed and acked since the index's last write: in their
+        // segment, but delivered. Their checkpoints and numbers still count.
+        let (found, delivered): (Vec<_>, Vec<_>) = found
+            .into_iter()
+            .partition(|u| !acked.contains(&index_key(&u.prefix, u.seq)));
+        for u in &delivered {
+            carry_checkpoint(&db, &index_key(&u.prefix, u.seq), &u.value).map_err(sled_err)?;
+        }
+        let highest_acked = acked
+            .iter()
+            .filter_map(|key| split_index_key(key))
+            .map(|(_, seq)| seq);
+        if let Some(highest) = highest_acked.max() {
+            state.next_seq = state.next_seq.max(highest.saturating_add(1));
+        }
         let recovered = state.adopt(found);
         for (key, value) in &recovered {
             db.insert(&key[..], &value[..]).map_err(sled_err)?;
@@ -188,9 +242,31 @@ impl Queue {
             state.next_seq_stored = state.next_seq;
         }
         db.flush().map_err(sled_err)?;
-        // Only now that the index is on disk: the segments it does not name.
+        // Only now that the index is on disk: the segments it does not name,
+        // and the replayed removals.
         state.segments.mark_unreferenced_dead();
         segments::delete(&data, &state.segments.take_dead()).map_err(data_err)?;
+        let dir_err = |source| QueueError::Storage {
+            path: path.clone(),
+            source,
+        };
+        state.acks = Some(AckLog::create(&path).map_err(dir_err)?);
+        state.flushed_since_switch = true;
+        let space = Space::open(&path).map_err(dir_err)?;
+        let room = state
+            .bytes
+            .saturating_add(space.available().saturating_sub(space.keep_free()));
+        if room < options.max_size {
+            log::warn!(
+                "The disk queue is limited by the free space of its filesystem path={} max_size={} configured_max_size={} available={} keep_free={}",
+                path.display(),
+                room,
+                options.max_size,
+                space.available(),
+                space.keep_free()
+            );
+        }
+        state.space = Some(space);
 
         let total = state.stats().total();
         log::info!(
@@ -200,6 +276,7 @@ impl Queue {
             total.bytes
         );
         let inner = Inner {
+            _dir_lock: dir_lock,
             db,
             path,
             data,
@@ -207,9 +284,15 @@ impl Queue {
             state: Mutex::new(state),
             pushed: Event::new(),
         };
+        let inner = Arc::new(inner);
+        let flusher = Flusher::start(inner.clone()).map_err(|source| QueueError::Storage {
+            path: inner.path.clone(),
+            source,
+        })?;
         Ok((
             Queue {
-                inner: Arc::new(inner),
+                _flusher: Arc::new(flusher),
+                inner,
             },
             dropped,
         ))
@@ -231,7 +314,8 @@ impl Queue {
         if !path.join(INDEX_DIR).exists() {
             return Ok(Stats::default());
         }
-        let db = open_db(&path, INSPECT_CACHE, None)?;
+        let _dir_lock = lock_dir(&path)?;
+        let db = open_db_waiting(&path, INSPECT_CACHE)?;
         check_format(&db, &path)?;
         let data = path.join(DATA_DIR);
         let files = Segments::list(&data, false).map_err(|source| QueueError::Storage {
@@ -295,10 +379,10 @@ impl Queue {
                 return Err(QueueError::InvalidCheckpoint { len: source.len() });
             }
         }
-        let max_size = inner.options.max_size;
-
         let mut state = inner.lock();
         let lane_idx = state.lane_index(lane)?;
+        // The configured size, or less when the filesystem has less room.
+        let (max_size, reason) = state.limit(inner.options.max_size);
         let free = max_size.saturating_sub(state.bytes);
         let mut victims = Vec::new();
         let store = if len <= free {
@@ -340,25 +424,33 @@ impl Queue {
                 offset: at.offset,
             };
             let index_value = |at| make_record(at).encode(checkpoint);
-            let (appended, value) = state
-                .segments
-                .append(
-                    &inner.data,
-                    lane_idx,
-                    seq,
-                    batch.payload,
-                    (&prefix, index_value),
-                    fsync,
-                    interval,
-                )
-                .map_err(|source| inner.data_err(source))?;
+            let appended = state.segments.append(
+                &inner.data,
+                lane_idx,
+                seq,
+                batch.payload,
+                (&prefix, index_value),
+                fsync,
+                interval,
+            );
+            let (appended, value) = match appended {
+                Ok(appended) => appended,
+                Err(source) => {
+                    if is_disk_full(&source) {
+                        if let Some(space) = state.space.as_mut() {
+                            space.release_reserve();
+                        }
+                    }
+                    return Err(inner.data_err(source));
+                }
+            };
             let record = make_record(appended);
             // One key holds the batch and its checkpoint: sled writes a key
             // atomically, without the forced writes of its multi-key batches.
             // Not flushed here: the segment record, synced, carries the same
             // value, and `open` indexes it again if this write is lost.
             if let Err(err) = inner.db.insert(key, value) {
-                state.segments.abandon(lane_idx);
+                state.segments.abandon(&inner.data, lane_idx);
                 return Err(inner.sled_err(err));
             }
             state.next_seq = seq + 1;
@@ -370,7 +462,7 @@ impl Queue {
             // Evicting after the new batch is stored: a failure here leaves the
             // queue over its size until the next push, and never loses more
             // than the policy chose.
-            if let Err(err) = inner.evict(&mut state, &victims, &mut dropped) {
+            if let Err(err) = inner.evict(&mut state, &victims, reason, &mut dropped) {
                 log::error!("Could not make room in the disk queue error={err}");
             }
         } else {
@@ -384,7 +476,7 @@ impl Queue {
                 lane: Some(lane.clone()),
                 items: batch.items,
                 bytes: len,
-                reason: DropReason::QueueFull,
+                reason,
             });
         }
         let dead = state.segments.take_dead();
@@ -769,11 +861,84 @@ impl Inner {
         self.db.flush().map(drop).map_err(|e| self.sled_err(e))
     }
 
+    /// Deletes index key `key` and records the removal in the ack log, so
+    /// that a crash before the next flush does not bring the batch back. A
+    /// failed append is logged and costs at most a duplicate after a crash.
+    fn remove_key(&self, state: &mut State, key: &[u8]) -> Result<(), QueueError> {
+        self.db.remove(key).map_err(|e| self.sled_err(e))?;
+        if let Some(acks) = state.acks.as_mut() {
+            let mut appended = acks.append(key);
+            if appended.as_ref().is_err_and(is_disk_full)
+                && state.space.as_mut().is_some_and(Space::release_reserve)
+            {
+                appended = acks.append(key);
+            }
+            if let Err(err) = appended {
+                log::warn!(
+                    "Could not record an ack; a crash before the next flush sends the batch again path={} error={err}",
+                    self.path.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The background flush, every `flush_interval`: reads the free space,
+    /// switches the ack log's file, syncs the segments being appended to
+    /// and then flushes the index, in that order, so that the index on disk
+    /// never names a record that is not.
+    fn tick(&self) {
+        let handles = {
+            let mut state = self.lock();
+            if let Some(space) = state.space.as_mut() {
+                space.refresh();
+            }
+            if state.flushed_since_switch {
+                let switched = state.acks.as_mut().map_or(Ok(()), AckLog::switch);
+                match switched {
+                    Ok(()) => state.flushed_since_switch = false,
+                    Err(err) => log::warn!(
+                        "Could not switch the queue's ack log file path={} error={err}",
+                        self.path.display()
+                    ),
+                }
+            }
+            state.segments.active_handles()
+        };
+        let synced = handles.iter().try_for_each(File::sync_data);
+        let result = synced
+            .map_err(|source| self.data_err(source))
+            .and_then(|()| self.flush_with_room());
+        match result {
+            Ok(()) => self.lock().flushed_since_switch = true,
+            Err(err) => log::error!(
+                "Writing the disk queue's index failed; acks and pushes of the last interval may be lost in a power cut error={err}"
+            ),
+        }
+    }
+
+    /// Flushes the index; on a full disk, releases the reserve and tries once more.
+    fn flush_with_room(&self) -> Result<(), QueueError> {
+        match self.flush() {
+            Err(QueueError::Storage { ref source, .. })
+                if is_disk_full(source)
+                    && self
+                        .lock()
+                        .space
+                        .as_mut()
+                        .is_some_and(Space::release_reserve) =>
+            {
+                self.flush()
+            }
+            other => other,
+        }
+    }
+
     /// Syncs the segments being appended to, then flushes the index.
     fn flush_all(&self) -> Result<(), QueueError> {
         let synced = self.lock().segments.sync_active();
         synced.map_err(|source| self.data_err(source))?;
-        self.flush()
+        self.flush_with_room()
     }
 
     /// Deletes segments no index record names any more, once their records'
@@ -784,7 +949,11 @@ impl Inner {
         if dead.is_empty() {
             return;
         }
-        let result = if flushed { Ok(()) } else { self.flush() };
+        let result = if flushed {
+            Ok(())
+        } else {
+            self.flush_with_room()
+        };
         let result = result.and_then(|()| {
             segments::delete(&self.data, &dead).map_err(|source| self.data_err(source))
         });
@@ -840,12 +1009,13 @@ impl Inner {
         &self,
         state: &mut State,
         victims: &[(usize, Head)],
+        reason: DropReason,
         dropped: &mut Vec<Dropped>,
     ) -> Result<(), QueueError> {
         for &(idx, head) in victims {
             self.before_remove(state, head.seq)?;
             let key = index_key(&state.lane(idx).prefix, head.seq);
-            self.db.remove(key).map_err(|e| self.sled_err(e))?;
+            self.remove_key(state, &key)?;
             state.forget(idx, head.record);
             state.segments.release(head.record.segment);
             dropped.push(Dropped {
@@ -856,7 +1026,7 @@ impl Inner {
                 lane: Some(state.lane(idx).lane.clone()),
                 items: head.record.items,
                 bytes: head.record.len,
-                reason: DropReason::QueueFull,
+                reason,
             });
             self.refresh_head(state, idx, head.seq)?;
         }
@@ -899,7 +1069,7 @@ impl Inner {
             }
         }
         self.before_remove(&mut state, seq)?;
-        self.db.remove(key).map_err(|e| self.sled_err(e))?;
+        self.remove_key(&mut state, &key)?;
         if let Some(record) = record {
             state.forget(lane_idx, record);
             state.segments.release(record.segment);
@@ -941,7 +1111,7 @@ impl Inner {
             },
         };
         self.before_remove(&mut state, id.seq)?;
-        self.db.remove(key).map_err(|e| self.sled_err(e))?;
+        self.remove_key(&mut state, &key)?;
         state.forget(lane_idx, record);
         state.segments.release(record.segment);
         self.refresh_head(&mut state, lane_idx, id.seq)?;
@@ -987,6 +1157,27 @@ impl State {
             bytes: 0,
             checkpoints: HashMap::new(),
             segments,
+            acks: None,
+            flushed_since_switch: false,
+            space: None,
+        }
+    }
+
+    /// The most payload the queue may hold now: `max_size`, or less when the
+    /// filesystem has less room than that beyond what the queue keeps free;
+    /// with the drop reason that applies when a batch does not fit.
+    fn limit(&mut self, max_size: u64) -> (u64, DropReason) {
+        let Some(space) = self.space.as_mut() else {
+            return (max_size, DropReason::QueueFull);
+        };
+        space.refresh();
+        let room = self
+            .bytes
+            .saturating_add(space.available().saturating_sub(space.keep_free()));
+        if room < max_size {
+            (room, DropReason::DiskFull)
+        } else {
+            (max_size, DropReason::QueueFull)
         }
     }
 
@@ -1282,6 +1473,9 @@ pub(super) fn open_db(
         path: path.into(),
         source,
     })?;
+    // The queue flushes sled itself (see `Inner::tick`), after syncing the
+    // segments: sled's own timer would write an index naming records that
+    // may not be on disk yet.
     let flush_every_ms =
         flush_interval.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1));
     sled::Config::new()
@@ -1353,4 +1547,105 @@ fn millis(time: SystemTime) -> u64 {
 
 fn created(record: IndexRecord) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(record.created_ms)
+}
+
+/// How long `open` waits for sled's lock when the queue's own lock is free.
+const SLED_LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// Takes the exclusive lock on `<state_dir>/queue/lock`, creating the
+/// directory; [`QueueError::Locked`] at once if another process holds it.
+fn lock_dir(path: &Path) -> Result<File, QueueError> {
+    let storage = |source| QueueError::Storage {
+        path: path.into(),
+        source,
+    };
+    std::fs::create_dir_all(path).map_err(storage)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path.join(LOCK_NAME))
+        .map_err(storage)?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(QueueError::Locked { path: path.into() }),
+        Err(err) => Err(storage(err.into())),
+    }
+}
+
+/// Opens the index, waiting up to [`SLED_LOCK_WAIT`] for sled's lock (held a
+/// moment by the background threads of a queue this process dropped), and
+/// releasing the reserve if the filesystem is too full to open it.
+fn open_db_waiting(path: &Path, cache_capacity: u64) -> Result<sled::Db, QueueError> {
+    let deadline = Instant::now() + SLED_LOCK_WAIT;
+    let mut released = false;
+    loop {
+        match open_db(path, cache_capacity, None) {
+            Err(QueueError::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(QueueError::Storage { ref source, .. }) if is_disk_full(source) && !released => {
+                released = true;
+                if !space::release_reserve_in(path) {
+                    return open_db(path, cache_capacity, None);
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Copies the checkpoint carried by index value `value` (of `key`) to its
+/// source's checkpoint key, unless that key holds a newer one: for an index
+/// record about to be deleted during recovery.
+fn carry_checkpoint(db: &sled::Db, key: &[u8], value: &[u8]) -> Result<(), sled::Error> {
+    let (Some((_, seq)), Some((_, Some((source, checkpoint))))) = (
+        split_index_key(key),
+        IndexRecord::decode_with_checkpoint(value),
+    ) else {
+        return Ok(());
+    };
+    let stored = db.get(checkpoint_key(source))?;
+    let newer = stored
+        .as_deref()
+        .and_then(format::decode_checkpoint_value)
+        .map_or(true, |(known, _)| known < seq);
+    if newer {
+        let value = format::encode_checkpoint_value(seq, checkpoint);
+        db.insert(checkpoint_key(source), value)?;
+    }
+    Ok(())
+}
+
+/// The background flush thread (`tern-queue-flush`) of one open queue.
+struct Flusher {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Flusher {
+    fn start(inner: Arc<Inner>) -> std::io::Result<Flusher> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let interval = inner.options.flush_interval;
+        let thread = std::thread::Builder::new()
+            .name("tern-queue-flush".into())
+            .spawn(move || {
+                while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                    inner.tick();
+                }
+            })?;
+        Ok(Flusher {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
