@@ -12,6 +12,12 @@ use crate::config::RetryConfig;
 /// misconfigured, and the batch would sit idle for longer than most outages.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
+/// The shortest wait tern makes before trying again, whatever the settings
+/// (`initial_interval = "0s"`, a jitter near 1) or the gateway
+/// (`Retry-After: 0`) say: a send that fails at once must never turn into a
+/// loop of requests without a pause.
+pub const MIN_DELAY: Duration = Duration::from_millis(100);
+
 /// The backoff state of one batch: how long to wait before the next attempt.
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -27,14 +33,19 @@ impl Backoff {
     pub fn new(config: RetryConfig) -> Backoff {
         Backoff {
             config,
-            interval: config.initial_interval,
+            // From MIN_DELAY at least, so that a zero interval still grows.
+            interval: config
+                .initial_interval
+                .max(MIN_DELAY)
+                .min(config.max_interval.max(MIN_DELAY)),
             elapsed: Duration::ZERO,
         }
     }
 
     /// The wait before the next attempt, or `None` when `max_elapsed_time` is
     /// set and would be passed. A gateway's Retry-After replaces the computed
-    /// wait (capped at [`MAX_RETRY_AFTER`]), as the Collector does.
+    /// wait (capped at [`MAX_RETRY_AFTER`]), as the Collector does. Never less
+    /// than [`MIN_DELAY`].
     pub fn next_delay(&mut self, retry_after: Option<Duration>) -> Option<Duration> {
         let delay = match retry_after {
             Some(d) => d.min(MAX_RETRY_AFTER),
@@ -45,11 +56,13 @@ impl Backoff {
                 let jittered = base * (1.0 - f + 2.0 * f * fastrand::f64());
                 Duration::try_from_secs_f64(jittered).unwrap_or(self.config.max_interval)
             }
-        };
+        }
+        .max(MIN_DELAY);
         let grown = self.interval.as_secs_f64() * self.config.multiplier;
         self.interval = Duration::try_from_secs_f64(grown)
             .unwrap_or(self.config.max_interval)
-            .min(self.config.max_interval);
+            .min(self.config.max_interval)
+            .max(MIN_DELAY);
         let max = self.config.max_elapsed_time;
         if !max.is_zero() && self.elapsed + delay > max {
             return None;
@@ -172,6 +185,25 @@ mod tests {
         let mut b = Backoff::new(c);
         assert_eq!(b.next_delay(None), Some(Duration::from_secs(5)));
         assert_eq!(b.next_delay(None), None, "5 + 7.5 passes 10");
+    }
+
+    #[test]
+    fn never_waits_less_than_the_floor() {
+        let mut c = config();
+        c.initial_interval = Duration::ZERO;
+        c.randomization_factor = 1.0;
+        let mut b = Backoff::new(c);
+        for _ in 0..50 {
+            assert!(b.next_delay(None).unwrap() >= MIN_DELAY);
+        }
+        assert_eq!(b.next_delay(Some(Duration::ZERO)), Some(MIN_DELAY));
+        // A zero interval grows like any other, from the floor.
+        let mut c = config();
+        c.initial_interval = Duration::ZERO;
+        c.randomization_factor = 0.0;
+        let mut b = Backoff::new(c);
+        assert_eq!(b.next_delay(None), Some(MIN_DELAY));
+        assert_eq!(b.next_delay(None), Some(MIN_DELAY.mul_f64(1.5)));
     }
 
     #[test]
