@@ -1,12 +1,20 @@
 //! One OTLP/HTTP sender per gateway: ureq with rustls, one keep-alive
-//! connection, and the classification of every answer into success, retry or
-//! permanent failure.
+//! connection, and the classification of every answer into success, retry,
+//! split (413), permanent failure or local fault.
+//!
+//! Redirects are followed here, by hand rather than by ureq, so that every
+//! hop is seen and checked: at most [`MAX_REDIRECTS`] of them, a relative
+//! `Location` resolved against the URL of the request, the scheme never
+//! changed (an https endpoint is never redirected to plain http), and the
+//! request kept a POST with the same body and headers for 301, 302, 307 and
+//! 308 alike: an OTLP endpoint never wants a GET. The whole chain shares one
+//! `export.timeout`.
 //!
 //! No `ureq::` type leaves this file.
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prost::Message;
 
@@ -19,6 +27,11 @@ use super::retry::parse_retry_after;
 /// Largest response body read from a gateway; OTLP responses are tiny, a huge
 /// one is a misbehaving peer.
 const MAX_RESPONSE_BYTES: u64 = 64 << 10;
+
+/// Most redirects followed for one request. A chain longer than this is a
+/// loop or a misconfiguration; the request then fails as retryable
+/// ([`ExportError::Redirect`]) and the batch stays queued.
+pub const MAX_REDIRECTS: usize = 5;
 
 /// Why a request to a gateway failed, classed by whose fault it was so that
 /// retry code matches on the class and never on strings.
@@ -38,20 +51,48 @@ pub enum ExportError {
     /// The connection could not be made or broke (refused, reset, DNS, TLS
     /// handshake). Retried.
     Network(String),
-    /// The gateway refused the batch for good (a 4xx other than 408 and 429):
-    /// sending it again cannot help, so it is dropped and counted.
+    /// The gateway refused the batch for good (a 4xx other than 408, 413 and
+    /// 429, or a 3xx tern does not follow): sending it again cannot help, so
+    /// it is dropped and counted.
     Rejected {
         /// The HTTP status.
         status: u16,
         /// The first part of the gateway's message.
         message: String,
     },
+    /// The gateway answered 413: the request is larger than it takes. The
+    /// exporter splits the batch and sends the parts; only a part holding a
+    /// single item is dropped ([`DropReason::TooLarge`](crate::queue::DropReason::TooLarge)).
+    TooLarge {
+        /// The first part of the gateway's message.
+        message: String,
+    },
+    /// A redirect that was not followed: more than [`MAX_REDIRECTS`] hops, no
+    /// or an unusable `Location`, or a change of scheme (an https endpoint
+    /// redirected to http). A configuration problem on either side, but not
+    /// the batch's fault: retried, never dropped.
+    Redirect {
+        /// The status of the redirect not followed.
+        status: u16,
+        /// What was wrong with it, with the Location when there was one.
+        reason: String,
+    },
+    /// A local fault: the stored batch cannot be read (it does not
+    /// decompress or decode). Sending it again cannot help, so it is dropped
+    /// as [`DropReason::Corrupt`](crate::queue::DropReason::Corrupt), never
+    /// retried.
+    Corrupt(String),
 }
 
 impl ExportError {
-    /// Whether sending the same batch again may succeed.
+    /// Whether sending the same batch again, as it is, may succeed: false for
+    /// the gateway's refusals ([`ExportError::Rejected`],
+    /// [`ExportError::TooLarge`]) and for local faults ([`ExportError::Corrupt`]).
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, ExportError::Rejected { .. })
+        !matches!(
+            self,
+            ExportError::Rejected { .. } | ExportError::TooLarge { .. } | ExportError::Corrupt(_)
+        )
     }
 
     /// The Retry-After the gateway asked for.
@@ -62,14 +103,18 @@ impl ExportError {
         }
     }
 
-    /// A short label for the `reason` of self metrics: `http_503`, `timeout`, `network`.
+    /// A short label for the `reason` of self metrics: `http_503`,
+    /// `http_413`, `timeout`, `network`, `redirect`, `corrupt`.
     pub fn reason(&self) -> String {
         match self {
             ExportError::Unavailable { status, .. } | ExportError::Rejected { status, .. } => {
                 format!("http_{status}")
             }
+            ExportError::TooLarge { .. } => "http_413".into(),
             ExportError::Timeout => "timeout".into(),
             ExportError::Network(_) => "network".into(),
+            ExportError::Redirect { .. } => "redirect".into(),
+            ExportError::Corrupt(_) => "corrupt".into(),
         }
     }
 }
@@ -85,6 +130,13 @@ impl fmt::Display for ExportError {
             ExportError::Rejected { status, message } => {
                 write!(f, "rejected: status {status}: {message}")
             }
+            ExportError::TooLarge { message } => {
+                write!(f, "request too large: status 413: {message}")
+            }
+            ExportError::Redirect { status, reason } => {
+                write!(f, "redirect not followed: status {status}: {reason}")
+            }
+            ExportError::Corrupt(e) => write!(f, "stored batch unreadable: {e}"),
         }
     }
 }
@@ -101,6 +153,26 @@ pub struct Accepted {
     pub message: String,
 }
 
+/// A redirect the sender followed, for the caller to count and log.
+#[derive(Debug, Clone, Copy)]
+pub struct Redirect<'a> {
+    /// 301, 302, 307 or 308.
+    pub status: u16,
+    /// The URL of the request that was redirected.
+    pub from: &'a str,
+    /// Where it went: the Location, resolved against `from`.
+    pub to: &'a str,
+}
+
+impl Redirect<'_> {
+    /// Whether the gateway said the move is for good (301, 308) or used 302,
+    /// which clients have long treated like 301: either way the configured
+    /// endpoint should be updated. 307 is a temporary detour.
+    pub fn wants_new_endpoint(&self) -> bool {
+        matches!(self.status, 301 | 302 | 308)
+    }
+}
+
 /// A sender to one gateway.
 #[derive(Debug)]
 pub struct Sender {
@@ -109,6 +181,8 @@ pub struct Sender {
     client: Client,
     compression: Compression,
     headers: Vec<(String, String)>,
+    /// `export.timeout`: the most one send may take, redirects included.
+    timeout: Duration,
 }
 
 /// An HTTP client with tern's TLS settings (system roots plus `ca_file`,
@@ -247,6 +321,7 @@ impl Sender {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            timeout: config.timeout,
         })
     }
 
@@ -255,26 +330,91 @@ impl Sender {
         &self.endpoint
     }
 
-    /// Posts one gzip-compressed OTLP request body of `signal` and classifies the answer.
+    /// Posts one gzip-compressed OTLP request body of `signal` and classifies
+    /// the answer, following redirects.
     pub fn send(&self, signal: Signal, gzip_body: &[u8]) -> Result<Accepted, ExportError> {
-        let url = format!("{}{}", self.endpoint, path_of(signal));
+        self.send_observed(signal, gzip_body, &mut |_| {})
+    }
+
+    /// Like [`Sender::send`], calling `on_redirect` for each redirect followed.
+    ///
+    /// # Errors
+    ///
+    /// [`ExportError::Corrupt`] before anything is sent when the body must go
+    /// uncompressed and does not gunzip; otherwise the answer's class.
+    pub fn send_observed(
+        &self,
+        signal: Signal,
+        gzip_body: &[u8],
+        on_redirect: &mut dyn FnMut(&Redirect<'_>),
+    ) -> Result<Accepted, ExportError> {
         let plain;
-        let mut request = self
-            .client
-            .agent
-            .post(&url)
-            .header("Content-Type", "application/x-protobuf");
         let body: &[u8] = match self.compression {
-            Compression::Gzip => {
-                request = request.header("Content-Encoding", "gzip");
-                gzip_body
-            }
+            Compression::Gzip => gzip_body,
             Compression::None => {
-                plain = gunzip(gzip_body)
-                    .map_err(|e| ExportError::Network(format!("stored batch: {e}")))?;
+                plain =
+                    gunzip(gzip_body).map_err(|e| ExportError::Corrupt(format!("gunzip: {e}")))?;
                 &plain
             }
         };
+        let deadline = Instant::now() + self.timeout;
+        let mut url = format!("{}{}", self.endpoint, path_of(signal));
+        let mut hops = 0usize;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(ExportError::Timeout);
+            }
+            match self.post(&url, signal, body, remaining)? {
+                Answer::Done(accepted) => return Ok(accepted),
+                Answer::Redirect { status, location } => {
+                    let problem = |reason: String| ExportError::Redirect { status, reason };
+                    let location = location.ok_or_else(|| problem("no Location header".into()))?;
+                    let next = resolve_location(&url, &location)
+                        .ok_or_else(|| problem(format!("bad Location header {location:?}")))?;
+                    if scheme_of(&next) != scheme_of(&url) {
+                        return Err(problem(format!(
+                            "refused to change scheme from {} to {}: location={next}",
+                            scheme_of(&url),
+                            scheme_of(&next)
+                        )));
+                    }
+                    hops += 1;
+                    if hops > MAX_REDIRECTS {
+                        return Err(problem(format!(
+                            "more than {MAX_REDIRECTS} redirects: location={next}"
+                        )));
+                    }
+                    on_redirect(&Redirect {
+                        status,
+                        from: &url,
+                        to: &next,
+                    });
+                    url = next;
+                }
+            }
+        }
+    }
+
+    /// One POST of `body` to `url`, taking at most `timeout`.
+    fn post(
+        &self,
+        url: &str,
+        signal: Signal,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<Answer, ExportError> {
+        let mut request = self
+            .client
+            .agent
+            .post(url)
+            .config()
+            .timeout_global(Some(timeout))
+            .build()
+            .header("Content-Type", "application/x-protobuf");
+        if self.compression == Compression::Gzip {
+            request = request.header("Content-Encoding", "gzip");
+        }
         for (k, v) in &self.headers {
             request = request.header(k.as_str(), v.as_str());
         }
@@ -284,16 +424,18 @@ impl Sender {
             Err(e) => return Err(ExportError::Network(e.to_string())),
         };
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
-        let is_protobuf = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("application/x-protobuf"));
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let retry_after = header("retry-after").as_deref().and_then(parse_retry_after);
+        let location = header("location");
+        let is_protobuf =
+            header("content-type").is_some_and(|ct| ct.starts_with("application/x-protobuf"));
+        // Read to the end even when unused, so the connection can be reused.
         let body = response
             .body_mut()
             .with_config()
@@ -301,14 +443,18 @@ impl Sender {
             .read_to_vec()
             .unwrap_or_default();
         match status {
-            200..=299 => Ok(if is_protobuf {
+            200..=299 => Ok(Answer::Done(if is_protobuf {
                 partial_success(signal, &body)
             } else {
                 Accepted::default()
-            }),
+            })),
+            301 | 302 | 307 | 308 => Ok(Answer::Redirect { status, location }),
             408 | 429 | 500..=599 => Err(ExportError::Unavailable {
                 status,
                 retry_after,
+            }),
+            413 => Err(ExportError::TooLarge {
+                message: rejection_message(&body, is_protobuf),
             }),
             _ => Err(ExportError::Rejected {
                 status,
@@ -316,6 +462,115 @@ impl Sender {
             }),
         }
     }
+}
+
+/// A gateway's answer to one POST, before redirects are followed.
+enum Answer {
+    /// 2xx.
+    Done(Accepted),
+    /// 301, 302, 307 or 308, with the Location header if any.
+    Redirect {
+        status: u16,
+        location: Option<String>,
+    },
+}
+
+/// The scheme of an absolute URL, lowercased for comparison; "" when none.
+fn scheme_of(url: &str) -> String {
+    url.split_once("://")
+        .map(|(s, _)| s.to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// Resolves a redirect's `location` against the URL `base` of the request
+/// (RFC 3986, section 5.2, for the forms servers send: absolute, scheme
+/// relative, absolute path, relative path, query only), without its
+/// fragment. `None` when the result is not a usable http or https URL.
+pub fn resolve_location(base: &str, location: &str) -> Option<String> {
+    let location = location.trim();
+    let location = location.split('#').next().unwrap_or("");
+    if location.is_empty() {
+        return None;
+    }
+    let (base_scheme, base_rest) = base.split_once("://")?;
+    let base_authority_end = base_rest.find(['/', '?']).unwrap_or(base_rest.len());
+    let (authority, base_path_query) = base_rest.split_at(base_authority_end);
+    let base_path = base_path_query.split('?').next().unwrap_or("");
+    let has_scheme = location.find(':').is_some_and(|i| {
+        location.get(..i).is_some_and(|s| {
+            !s.is_empty()
+                && s.starts_with(|c: char| c.is_ascii_alphabetic())
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        })
+    });
+    let resolved = if has_scheme {
+        let (scheme, rest) = location.split_once(':')?;
+        let rest = rest.strip_prefix("//")?;
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (auth, path_query) = rest.split_at(end);
+        format!(
+            "{}://{auth}{}",
+            scheme.to_ascii_lowercase(),
+            normalize(path_query)
+        )
+    } else if let Some(rest) = location.strip_prefix("//") {
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (auth, path_query) = rest.split_at(end);
+        format!("{base_scheme}://{auth}{}", normalize(path_query))
+    } else if location.starts_with('/') {
+        format!("{base_scheme}://{authority}{}", normalize(location))
+    } else if location.starts_with('?') {
+        format!("{base_scheme}://{authority}{base_path}{location}")
+    } else {
+        let dir = base_path.rfind('/').map_or("/", |i| &base_path[..=i]);
+        format!(
+            "{base_scheme}://{authority}{}",
+            normalize(&format!("{dir}{location}"))
+        )
+    };
+    let uri: ureq::http::Uri = resolved.parse().ok()?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    (scheme_ok && uri.host().is_some_and(|h| !h.is_empty())).then_some(resolved)
+}
+
+/// A path (with its query) with `.` and `..` segments removed (RFC 3986,
+/// section 5.2.4), and "/" for an empty path.
+fn normalize(path_query: &str) -> String {
+    let (path, query) = match path_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_query, None),
+    };
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, segment) in segments.iter().enumerate() {
+        match *segment {
+            "." | ".." => {
+                if *segment == ".." {
+                    out.pop();
+                }
+                // A trailing dot segment leaves a directory: keep its slash.
+                if i == last {
+                    out.push("");
+                }
+            }
+            s => out.push(s),
+        }
+    }
+    let mut result = String::with_capacity(path_query.len() + 1);
+    for s in &out {
+        result.push('/');
+        result.push_str(s);
+    }
+    if result.is_empty() {
+        result.push('/');
+    }
+    if let Some(q) = query {
+        result.push('?');
+        result.push_str(q);
+    }
+    result
 }
 
 /// The OTLP/HTTP path of each signal.
@@ -499,6 +754,19 @@ mod tests {
             .reason(),
             "http_400"
         );
+        for local_or_split in [
+            ExportError::TooLarge {
+                message: String::new(),
+            },
+            ExportError::Corrupt("gunzip".into()),
+        ] {
+            assert!(!local_or_split.is_retryable());
+        }
+        assert!(ExportError::Redirect {
+            status: 308,
+            reason: "loop".into()
+        }
+        .is_retryable());
         assert!(std::mem::size_of::<ExportError>() <= 64);
     }
 

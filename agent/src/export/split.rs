@@ -1,5 +1,6 @@
 //! Splitting one encoded OTLP request into one part per gateway, by the
-//! signal's routing key.
+//! signal's routing key; and into halves, for a gateway that answered 413
+//! ([`halve`]).
 //!
 //! The most common batches have a single key (a scrape under `resource`, a
 //! receiver request from one service), so the split first finds out whether
@@ -288,29 +289,231 @@ fn split_by_resource(
 /// Spans, log records or data points in an uncompressed request.
 pub fn count_items(signal: Signal, raw: &[u8]) -> Option<usize> {
     Some(match signal {
-        Signal::Traces => ExportTraceServiceRequest::decode(raw)
-            .ok()?
-            .resource_spans
-            .iter()
-            .flat_map(|r| &r.scope_spans)
-            .map(|s| s.spans.len())
-            .sum(),
-        Signal::Logs => ExportLogsServiceRequest::decode(raw)
-            .ok()?
-            .resource_logs
-            .iter()
-            .flat_map(|r| &r.scope_logs)
-            .map(|s| s.log_records.len())
-            .sum(),
-        Signal::Metrics => ExportMetricsServiceRequest::decode(raw)
-            .ok()?
-            .resource_metrics
-            .iter()
-            .flat_map(|r| &r.scope_metrics)
-            .flat_map(|s| &s.metrics)
-            .map(points)
-            .sum(),
+        Signal::Traces => trace_items(&ExportTraceServiceRequest::decode(raw).ok()?),
+        Signal::Logs => log_items(&ExportLogsServiceRequest::decode(raw).ok()?),
+        Signal::Metrics => metric_items(&ExportMetricsServiceRequest::decode(raw).ok()?),
     })
+}
+
+/// One half of a request that a gateway found too large (413).
+#[derive(Debug)]
+pub struct Half {
+    /// The half, encoded and compressed as the queue stores batches.
+    pub encoded: Encoded,
+    /// Spans, log records or data points in it.
+    pub items: usize,
+}
+
+/// What [`halve`] made of a request.
+#[derive(Debug)]
+pub enum Halved {
+    /// Two requests that together hold everything, in the original order.
+    Two(Half, Half),
+    /// The request holds a single item (or none): it cannot be split.
+    Single,
+}
+
+/// Splits the gzip-compressed request `gzip` of `signal` in two, for a
+/// gateway that answered 413: by resource entries when there are several,
+/// else by the scopes of the one resource, else by the items of the one
+/// scope (for metrics: by metrics, then by the data points of the one
+/// metric). Each half keeps its resource and scope.
+///
+/// # Errors
+///
+/// The stored request does not decompress or decode: a local fault, the
+/// batch is to be dropped as corrupt.
+pub fn halve(signal: Signal, gzip: &[u8]) -> Result<Halved, &'static str> {
+    let raw = gunzip(gzip).ok_or("does not decompress")?;
+    match signal {
+        Signal::Traces => {
+            let request =
+                ExportTraceServiceRequest::decode(raw.as_slice()).map_err(|_| "does not decode")?;
+            Ok(halve_traces(request))
+        }
+        Signal::Logs => {
+            let request =
+                ExportLogsServiceRequest::decode(raw.as_slice()).map_err(|_| "does not decode")?;
+            Ok(halve_logs(request))
+        }
+        Signal::Metrics => {
+            let request = ExportMetricsServiceRequest::decode(raw.as_slice())
+                .map_err(|_| "does not decode")?;
+            Ok(halve_metrics(request))
+        }
+    }
+}
+
+/// Moves the second half of `v` out (the shorter half when odd).
+fn second_half<T>(v: &mut Vec<T>) -> Vec<T> {
+    v.split_off(v.len().div_ceil(2))
+}
+
+fn two<R: Message>(a: R, b: R, items: impl Fn(&R) -> usize) -> Halved {
+    let half = |r: R| Half {
+        items: items(&r),
+        encoded: encode(&r),
+    };
+    Halved::Two(half(a), half(b))
+}
+
+fn trace_items(r: &ExportTraceServiceRequest) -> usize {
+    r.resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .map(|s| s.spans.len())
+        .sum()
+}
+
+fn log_items(r: &ExportLogsServiceRequest) -> usize {
+    r.resource_logs
+        .iter()
+        .flat_map(|r| &r.scope_logs)
+        .map(|s| s.log_records.len())
+        .sum()
+}
+
+fn metric_items(r: &ExportMetricsServiceRequest) -> usize {
+    r.resource_metrics
+        .iter()
+        .flat_map(|r| &r.scope_metrics)
+        .flat_map(|s| &s.metrics)
+        .map(points)
+        .sum()
+}
+
+fn halve_traces(mut a: ExportTraceServiceRequest) -> Halved {
+    if a.resource_spans.len() > 1 {
+        let b = ExportTraceServiceRequest {
+            resource_spans: second_half(&mut a.resource_spans),
+        };
+        return two(a, b, trace_items);
+    }
+    let Some(rs) = a.resource_spans.first_mut() else {
+        return Halved::Single;
+    };
+    let mut rs_b = clone_without(rs, |r| &mut r.scope_spans);
+    if rs.scope_spans.len() > 1 {
+        rs_b.scope_spans = second_half(&mut rs.scope_spans);
+    } else {
+        let Some(ss) = rs.scope_spans.first_mut() else {
+            return Halved::Single;
+        };
+        if ss.spans.len() <= 1 {
+            return Halved::Single;
+        }
+        let mut ss_b = clone_without(ss, |s| &mut s.spans);
+        ss_b.spans = second_half(&mut ss.spans);
+        rs_b.scope_spans = vec![ss_b];
+    }
+    let b = ExportTraceServiceRequest {
+        resource_spans: vec![rs_b],
+    };
+    two(a, b, trace_items)
+}
+
+fn halve_logs(mut a: ExportLogsServiceRequest) -> Halved {
+    if a.resource_logs.len() > 1 {
+        let b = ExportLogsServiceRequest {
+            resource_logs: second_half(&mut a.resource_logs),
+        };
+        return two(a, b, log_items);
+    }
+    let Some(rl) = a.resource_logs.first_mut() else {
+        return Halved::Single;
+    };
+    let mut rl_b = clone_without(rl, |r| &mut r.scope_logs);
+    if rl.scope_logs.len() > 1 {
+        rl_b.scope_logs = second_half(&mut rl.scope_logs);
+    } else {
+        let Some(sl) = rl.scope_logs.first_mut() else {
+            return Halved::Single;
+        };
+        if sl.log_records.len() <= 1 {
+            return Halved::Single;
+        }
+        let mut sl_b = clone_without(sl, |s| &mut s.log_records);
+        sl_b.log_records = second_half(&mut sl.log_records);
+        rl_b.scope_logs = vec![sl_b];
+    }
+    let b = ExportLogsServiceRequest {
+        resource_logs: vec![rl_b],
+    };
+    two(a, b, log_items)
+}
+
+fn halve_metrics(mut a: ExportMetricsServiceRequest) -> Halved {
+    if a.resource_metrics.len() > 1 {
+        let b = ExportMetricsServiceRequest {
+            resource_metrics: second_half(&mut a.resource_metrics),
+        };
+        return two(a, b, metric_items);
+    }
+    let Some(rm) = a.resource_metrics.first_mut() else {
+        return Halved::Single;
+    };
+    let mut rm_b = clone_without(rm, |r| &mut r.scope_metrics);
+    if rm.scope_metrics.len() > 1 {
+        rm_b.scope_metrics = second_half(&mut rm.scope_metrics);
+    } else {
+        let Some(sm) = rm.scope_metrics.first_mut() else {
+            return Halved::Single;
+        };
+        let mut sm_b = clone_without(sm, |s| &mut s.metrics);
+        if sm.metrics.len() > 1 {
+            sm_b.metrics = second_half(&mut sm.metrics);
+        } else {
+            let Some(m) = sm.metrics.first_mut() else {
+                return Halved::Single;
+            };
+            let Some(m_b) = halve_points(m) else {
+                return Halved::Single;
+            };
+            sm_b.metrics = vec![m_b];
+        }
+        rm_b.scope_metrics = vec![sm_b];
+    }
+    let b = ExportMetricsServiceRequest {
+        resource_metrics: vec![rm_b],
+    };
+    two(a, b, metric_items)
+}
+
+/// Moves the second half of a metric's data points into a copy of it;
+/// `None` when it has one point or none.
+fn halve_points(m: &mut Metric) -> Option<Metric> {
+    macro_rules! half {
+        ($inner:expr) => {{
+            let inner = $inner;
+            if inner.data_points.len() <= 1 {
+                return None;
+            }
+            let second = second_half(&mut inner.data_points);
+            let mut copy = clone_without(inner, |i| &mut i.data_points);
+            copy.data_points = second;
+            copy
+        }};
+    }
+    let data = match m.data.as_mut()? {
+        Data::Gauge(inner) => Data::Gauge(half!(inner)),
+        Data::Sum(inner) => Data::Sum(half!(inner)),
+        Data::Histogram(inner) => Data::Histogram(half!(inner)),
+        Data::ExponentialHistogram(inner) => Data::ExponentialHistogram(half!(inner)),
+        Data::Summary(inner) => Data::Summary(half!(inner)),
+    };
+    let mut copy = clone_without(m, |m| &mut m.data);
+    copy.data = Some(data);
+    Some(copy)
+}
+
+/// A clone of a message without one of its (large) fields, which the clone
+/// leaves empty: the copies the halves need of a resource, a scope or a
+/// metric, without copying what is being split.
+fn clone_without<T: Clone, F: Default>(message: &mut T, field: impl Fn(&mut T) -> &mut F) -> T {
+    let taken = std::mem::take(field(message));
+    let copy = message.clone();
+    *field(message) = taken;
+    copy
 }
 
 fn points(m: &Metric) -> usize {
@@ -637,6 +840,125 @@ mod tests {
         assert!(matches!(
             split(&t, Signal::Metrics, b"not gzip"),
             Split::Whole(_)
+        ));
+    }
+
+    fn halves(signal: Signal, gzip: &[u8]) -> (Vec<u8>, usize, Vec<u8>, usize) {
+        match halve(signal, gzip) {
+            Ok(Halved::Two(a, b)) => (
+                gunzip(&a.encoded.gzip).unwrap(),
+                a.items,
+                gunzip(&b.encoded.gzip).unwrap(),
+                b.items,
+            ),
+            other => panic!("expected two halves, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn halves_by_resource_then_scope_then_items() {
+        // Three spans in one scope: 2 + 1, resource and scope kept in each.
+        let req = traces(0..3u64);
+        let (a, na, b, nb) = halves(Signal::Traces, &encode(&req).gzip);
+        let (a, b) = (
+            ExportTraceServiceRequest::decode(&a[..]).unwrap(),
+            ExportTraceServiceRequest::decode(&b[..]).unwrap(),
+        );
+        assert_eq!((na, nb), (2, 1));
+        assert_eq!(a.resource_spans[0].resource, req.resource_spans[0].resource);
+        assert_eq!(b.resource_spans[0].resource, req.resource_spans[0].resource);
+        let names = |r: &ExportTraceServiceRequest| -> Vec<String> {
+            r.resource_spans[0].scope_spans[0]
+                .spans
+                .iter()
+                .map(|s| s.name.clone())
+                .collect()
+        };
+        assert_eq!(names(&a), ["s0", "s1"]);
+        assert_eq!(names(&b), ["s2"]);
+
+        // Two scopes: one each.
+        let mut two_scopes = traces(0..4u64);
+        let mut second = two_scopes.resource_spans[0].scope_spans[0].clone();
+        second.spans.truncate(1);
+        two_scopes.resource_spans[0].scope_spans.push(second);
+        let (_, na, b, nb) = halves(Signal::Traces, &encode(&two_scopes).gzip);
+        assert_eq!((na, nb), (4, 1));
+        let b = ExportTraceServiceRequest::decode(&b[..]).unwrap();
+        assert_eq!(b.resource_spans[0].scope_spans.len(), 1);
+
+        // Two resources: one each, whatever their sizes.
+        let mut two_resources = traces(0..5u64);
+        two_resources
+            .resource_spans
+            .push(traces(9..10u64).resource_spans.remove(0));
+        let (_, na, _, nb) = halves(Signal::Traces, &encode(&two_resources).gzip);
+        assert_eq!((na, nb), (5, 1));
+
+        // One span, or none: nothing to split.
+        assert!(matches!(
+            halve(Signal::Traces, &encode(&traces(0..1u64)).gzip),
+            Ok(Halved::Single)
+        ));
+        assert!(matches!(
+            halve(
+                Signal::Traces,
+                &encode(&ExportTraceServiceRequest::default()).gzip
+            ),
+            Ok(Halved::Single)
+        ));
+        // What does not decompress or decode is the batch's fault.
+        assert!(halve(Signal::Traces, b"not gzip").is_err());
+        assert!(halve(Signal::Metrics, &compress(&[0xff, 0xff, 0xff]).gzip).is_err());
+    }
+
+    #[test]
+    fn halves_metrics_down_to_data_points() {
+        use crate::otlp::proto::metrics::v1::{
+            Gauge, NumberDataPoint, ResourceMetrics, ScopeMetrics,
+        };
+        let point = |v: f64| NumberDataPoint {
+            value: Some(crate::otlp::proto::metrics::v1::number_data_point::Value::AsDouble(v)),
+            ..Default::default()
+        };
+        let metric = |name: &str, n: usize| Metric {
+            name: name.into(),
+            data: Some(Data::Gauge(Gauge {
+                data_points: (0..n).map(|i| point(i as f64)).collect(),
+            })),
+            ..Default::default()
+        };
+        let request = |metrics: Vec<Metric>| ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics {
+                    metrics,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        // Two metrics: one each.
+        let (_, na, _, nb) = halves(
+            Signal::Metrics,
+            &encode(&request(vec![metric("a", 3), metric("b", 4)])).gzip,
+        );
+        assert_eq!((na, nb), (3, 4));
+        // One metric of five points: 3 + 2, the metric's name in both.
+        let (a, na, b, nb) = halves(
+            Signal::Metrics,
+            &encode(&request(vec![metric("a", 5)])).gzip,
+        );
+        assert_eq!((na, nb), (3, 2));
+        for half in [a, b] {
+            let r = ExportMetricsServiceRequest::decode(&half[..]).unwrap();
+            assert_eq!(r.resource_metrics[0].scope_metrics[0].metrics[0].name, "a");
+        }
+        assert!(matches!(
+            halve(
+                Signal::Metrics,
+                &encode(&request(vec![metric("a", 1)])).gzip
+            ),
+            Ok(Halved::Single)
         ));
     }
 }
