@@ -62,7 +62,7 @@ const DESCRIPTORS: &[(&str, Kind, &str)] = &[
     (
         "tern_dropped_batches_total",
         Kind::Counter,
-        "Batches dropped, by reason: queue_full, permanent_error, max_elapsed_time, corrupt.",
+        "Batches dropped, by reason: queue_full, disk_full, permanent, expired, corrupt, too_large.",
     ),
     (
         "tern_dropped_points_total",
@@ -98,6 +98,21 @@ const DESCRIPTORS: &[(&str, Kind, &str)] = &[
         "tern_export_rejected_points_total",
         Kind::Counter,
         "Points or records a gateway rejected in an OTLP partial_success.",
+    ),
+    (
+        "tern_export_redirects_total",
+        Kind::Counter,
+        "Redirects (301, 302, 307, 308) a gateway answered and the exporter followed, by status.",
+    ),
+    (
+        "tern_export_split_requests_total",
+        Kind::Counter,
+        "Requests a gateway refused as too large (413) and the exporter sent again in halves.",
+    ),
+    (
+        "tern_export_ack_failures_total",
+        Kind::Counter,
+        "Times the queue could not delete a batch a gateway took (or one dropped); retried without sending again.",
     ),
     (
         "tern_export_request_duration_seconds_total",
