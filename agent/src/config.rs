@@ -358,40 +358,44 @@ pub const DEFAULT_PATH: &str = "/etc/tern/tern.toml";
 impl Config {
     /// Reads and validates the configuration file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        let error = |position, reason| ConfigError {
             path: path.to_owned(),
-            position: None,
+            position,
             key: String::new(),
-            reason: format!("cannot read: {e}"),
+            reason,
+        };
+        let bytes = std::fs::read(path).map_err(|e| error(None, format!("cannot read: {e}")))?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let bytes = e.as_bytes();
+            let valid = e.utf8_error().valid_up_to();
+            let before = bytes
+                .get(..valid)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .unwrap_or("");
+            let byte = bytes.get(valid).copied().unwrap_or(0);
+            error(
+                Some(line_col(before, before.len())),
+                format!("invalid UTF-8 (byte 0x{byte:02x}): a config file must be UTF-8 text"),
+            )
         })?;
         Config::parse(path, &text)
     }
 
-    /// Parses and validates configuration text; `path` is only used in messages.
+    /// Parses and validates configuration text; `path` is only used in
+    /// messages. The TLS files the configuration names are read too, so that
+    /// a missing or non-PEM file is a configuration error.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let position = e.span().map(|s| line_col(text, s.start));
-            // toml's message can span lines with a source excerpt; keep the first.
-            let reason = e.message().lines().next().unwrap_or("").to_string();
-            let key = e
-                .span()
-                .and_then(|s| text.get(s))
-                .filter(|k| !k.contains('\n') && k.len() < 80)
-                .map(|k| k.trim_matches('"').to_string())
-                .unwrap_or_default();
-            ConfigError {
-                path: path.to_owned(),
-                position,
-                key,
-                reason,
-            }
-        })?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(path, text, &e))?;
         Config::from_raw(path, text, raw)
     }
 
     /// Validates the raw structs and converts them to runtime types.
     fn from_raw(path: &Path, text: &str, raw: RawConfig) -> Result<Config, ConfigError> {
-        let cx = Cx { path, text };
+        let cx = Cx {
+            path,
+            text,
+            keys: std::cell::OnceCell::new(),
+        };
         let agent = raw.agent.unwrap_or_default();
         let state_dir = match agent.state_dir {
             Some(dir) if dir.get_ref().is_empty() => {
@@ -500,14 +504,15 @@ impl Config {
                 &key("body_size_limit"),
                 16 << 20,
             )?;
-            if job.targets.is_empty() {
-                return Err(cx.err_key(
+            if job.targets.get_ref().is_empty() {
+                return Err(cx.err(
+                    &job.targets,
                     &key("targets"),
                     "must list at least one target, like [\"127.0.0.1:9100\"]",
                 ));
             }
             let mut targets = Vec::new();
-            for (t, target) in job.targets.iter().enumerate() {
+            for (t, target) in job.targets.get_ref().iter().enumerate() {
                 let parsed =
                     parse_target(target.get_ref(), &scheme, &metrics_path).map_err(|reason| {
                         cx.err(target, &format!("scrape[{i}].targets[{t}]"), reason)
@@ -515,13 +520,14 @@ impl Config {
                 targets.push(parsed);
             }
             let tls = cx.tls(job.tls, &key("tls"))?;
+            let labels = cx.attributes(job.labels, &key("labels"))?;
             scrape.push(ScrapeConfig {
                 job: job.job.into_inner(),
                 targets,
                 interval,
                 timeout,
                 body_size_limit,
-                labels: job.labels,
+                labels,
                 tls,
             });
         }
@@ -561,14 +567,29 @@ impl Config {
             "export.timeout",
             Duration::from_secs(10),
         )?;
+        if timeout.is_zero() {
+            return Err(cx.err_opt(
+                export.timeout.as_ref(),
+                "export.timeout",
+                "must be more than 0: every request would time out",
+            ));
+        }
+        let headers = cx.headers(export.headers)?;
         let routing = cx.routing(export.routing_key.as_ref())?;
-        let dns = match export.dns {
+        let dns = match &export.dns {
             None => None,
             Some(d) => Some(cx.dns(d)?),
         };
-        if dns.is_some() && !endpoints.is_empty() {
-            return Err(cx.err_key(
-                "export.dns",
+        if let (Some(dns), Some(first)) = (&export.dns, export.endpoints.first()) {
+            // Point at the later of the two, where the conflict shows.
+            let (at, key) = if dns.hostname.span().start > first.span().start {
+                (&dns.hostname, "export.dns")
+            } else {
+                (first, "export.endpoints")
+            };
+            return Err(cx.err(
+                at,
+                key,
                 "set either export.endpoints or export.dns, not both",
             ));
         }
@@ -608,11 +629,27 @@ impl Config {
                 Duration::ZERO,
             )?,
         };
-        if retry.initial_interval.is_zero() || retry.max_interval < retry.initial_interval {
+        if retry.initial_interval.is_zero() {
             return Err(cx.err_opt(
-                r.max_interval.as_ref(),
-                "export.retry",
-                "need 0 < initial_interval <= max_interval",
+                r.initial_interval.as_ref(),
+                "export.retry.initial_interval",
+                "must be more than 0: a failed request would be sent again at once, without end",
+            ));
+        }
+        if retry.max_interval < retry.initial_interval {
+            // Name the key that was written; both may be.
+            let (at, key) = match (&r.max_interval, &r.initial_interval) {
+                (Some(m), _) => (Some(m), "export.retry.max_interval"),
+                (None, i) => (i.as_ref(), "export.retry.initial_interval"),
+            };
+            return Err(cx.err_opt(
+                at,
+                key,
+                format!(
+                    "need initial_interval ({}) <= max_interval ({})",
+                    format_duration(retry.initial_interval),
+                    format_duration(retry.max_interval)
+                ),
             ));
         }
         let q = export.queue.unwrap_or_default();
@@ -655,13 +692,13 @@ impl Config {
                 listen,
                 log_level,
             },
-            resource: raw.resource,
+            resource: cx.attributes(raw.resource, "resource")?,
             scrape,
             export: ExportConfig {
                 endpoints,
                 compression,
                 timeout,
-                headers: export.headers,
+                headers,
                 tls,
                 retry,
                 queue,
@@ -680,6 +717,9 @@ impl Config {
 struct Cx<'a> {
     path: &'a Path,
     text: &'a str,
+    /// Where each key is written, built on the first error that has no span
+    /// of its own (a missing key, or a rule between two keys).
+    keys: std::cell::OnceCell<Option<KeyMap>>,
 }
 
 impl Cx<'_> {
@@ -696,16 +736,20 @@ impl Cx<'_> {
         self.err_at(at.map(|s| s.span()), key, reason)
     }
 
-    fn err_key(&self, key: &str, reason: impl Into<String>) -> ConfigError {
-        self.err_at(None, key, reason)
-    }
-
     fn err_at(
         &self,
         span: Option<Range<usize>>,
         key: &str,
         reason: impl Into<String>,
     ) -> ConfigError {
+        // Without a span of its own, point at the key, or at the nearest
+        // of its parents that is written (the section of a missing key).
+        let span = span.or_else(|| {
+            self.keys
+                .get_or_init(|| KeyMap::of(self.text))
+                .as_ref()
+                .and_then(|k| k.span_of(key))
+        });
         ConfigError {
             path: self.path.to_owned(),
             position: span.map(|s| line_col(self.text, s.start)),
@@ -750,7 +794,7 @@ impl Cx<'_> {
         Ok(routing)
     }
 
-    fn dns(&self, raw: RawDns) -> Result<DnsConfig, ConfigError> {
+    fn dns(&self, raw: &RawDns) -> Result<DnsConfig, ConfigError> {
         let hostname = raw.hostname.get_ref().trim_end_matches('.').to_string();
         if hostname.is_empty() || hostname.len() > 253 {
             return Err(self.err(&raw.hostname, "export.dns.hostname", "expected a host name"));
@@ -804,15 +848,23 @@ impl Cx<'_> {
                 "must be more than 0",
             ));
         }
+        let timeout = self.duration(
+            raw.timeout.as_ref(),
+            "export.dns.timeout",
+            Duration::from_secs(1),
+        )?;
+        if timeout.is_zero() {
+            return Err(self.err_opt(
+                raw.timeout.as_ref(),
+                "export.dns.timeout",
+                "must be more than 0: every query would time out",
+            ));
+        }
         Ok(DnsConfig {
             hostname,
             port,
             interval,
-            timeout: self.duration(
-                raw.timeout.as_ref(),
-                "export.dns.timeout",
-                Duration::from_secs(1),
-            )?,
+            timeout,
             resolver,
             scheme,
         })
@@ -821,26 +873,156 @@ impl Cx<'_> {
     fn tls(&self, raw: Option<RawTls>, key: &str) -> Result<TlsConfig, ConfigError> {
         let raw = raw.unwrap_or_default();
         // An empty path means unset, so the README can show every key.
-        let set = |p: Option<String>| p.filter(|p| !p.is_empty()).map(PathBuf::from);
+        let set = |p: &Option<Spanned<String>>| {
+            p.as_ref()
+                .filter(|p| !p.get_ref().is_empty())
+                .map(|p| PathBuf::from(p.get_ref()))
+        };
         let tls = TlsConfig {
-            ca_file: set(raw.ca_file),
-            cert_file: set(raw.cert_file),
-            key_file: set(raw.key_file),
-            server_name: raw.server_name,
+            ca_file: set(&raw.ca_file),
+            cert_file: set(&raw.cert_file),
+            key_file: set(&raw.key_file),
+            server_name: raw.server_name.as_ref().map(|s| s.get_ref().clone()),
             insecure_skip_verify: raw.insecure_skip_verify.unwrap_or(false),
         };
-        if tls.server_name.is_some() {
+        if let Some(name) = &raw.server_name {
             // ureq takes the TLS name from the URL; overriding it needs a custom
             // rustls verifier, which is not written yet. Refuse rather than ignore.
-            return Err(self.err_key(
+            return Err(self.err(
+                name,
                 &format!("{key}.server_name"),
                 "not supported yet: put the certificate's name in the URL",
             ));
         }
-        if tls.cert_file.is_some() != tls.key_file.is_some() {
-            return Err(self.err_key(key, "cert_file and key_file go together"));
+        match (&tls.cert_file, &tls.key_file) {
+            (Some(_), None) => {
+                return Err(self.err_opt(
+                    raw.cert_file.as_ref(),
+                    &format!("{key}.cert_file"),
+                    "needs key_file too: a client certificate goes with its private key",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(self.err_opt(
+                    raw.key_file.as_ref(),
+                    &format!("{key}.key_file"),
+                    "needs cert_file too: a private key goes with its client certificate",
+                ))
+            }
+            _ => {}
         }
+        self.tls_files(&tls, &raw, key)?;
         Ok(tls)
+    }
+
+    /// Reads the PEM files of `tls` the way the HTTP client will, so that a
+    /// file that is missing, unreadable or not PEM is refused here, with its
+    /// key, rather than failing `tern run` after `tern check` said ok. A
+    /// plain-HTTP client: loading the system roots proves nothing about the
+    /// files and would keep 200 KB of heap.
+    fn tls_files(&self, tls: &TlsConfig, raw: &RawTls, key: &str) -> Result<(), ConfigError> {
+        use crate::export::sender::Client;
+        let timeout = Duration::from_secs(1);
+        let ca = TlsConfig {
+            ca_file: tls.ca_file.clone(),
+            ..TlsConfig::default()
+        };
+        if let Err(e) = Client::new(&ca, timeout, false) {
+            return Err(self.err_opt(raw.ca_file.as_ref(), &format!("{key}.ca_file"), e.0));
+        }
+        let pair = TlsConfig {
+            cert_file: tls.cert_file.clone(),
+            key_file: tls.key_file.clone(),
+            ..TlsConfig::default()
+        };
+        if let Err(e) = Client::new(&pair, timeout, false) {
+            // The client's reason starts with the file's path; a combined PEM
+            // file (the same path twice) is named as cert_file.
+            let in_key = tls.key_file != tls.cert_file
+                && tls
+                    .key_file
+                    .as_ref()
+                    .is_some_and(|k| e.0.starts_with(&format!("{}: ", k.display())));
+            let (at, field) = if in_key {
+                (raw.key_file.as_ref(), "key_file")
+            } else {
+                (raw.cert_file.as_ref(), "cert_file")
+            };
+            return Err(self.err_opt(at, &format!("{key}.{field}"), e.0));
+        }
+        Ok(())
+    }
+
+    /// Resource attributes (`[resource]`, a job's `labels`): a key must not
+    /// be empty, since OTLP attributes need a name.
+    fn attributes(
+        &self,
+        raw: BTreeMap<Spanned<String>, String>,
+        key: &str,
+    ) -> Result<BTreeMap<String, String>, ConfigError> {
+        let mut out = BTreeMap::new();
+        for (name, value) in raw {
+            if name.get_ref().is_empty() {
+                return Err(self.err(
+                    &name,
+                    &dotted(key, ""),
+                    "an attribute needs a name, not \"\"",
+                ));
+            }
+            out.insert(name.into_inner(), value);
+        }
+        Ok(out)
+    }
+
+    /// `[export] headers`: names are HTTP tokens (RFC 9110 section 5.6.2),
+    /// values hold no control characters (section 5.5: no CR, LF or NUL), and
+    /// the headers tern writes itself are left to it. Any of these would fail
+    /// every request, which is retried without end. Values are never echoed:
+    /// they may be secrets.
+    fn headers(
+        &self,
+        raw: BTreeMap<Spanned<String>, Spanned<String>>,
+    ) -> Result<BTreeMap<String, String>, ConfigError> {
+        /// Set per request by tern (or by ureq for it); a second value would
+        /// contradict the body.
+        const OWN: [&str; 5] = [
+            "content-type",
+            "content-encoding",
+            "content-length",
+            "transfer-encoding",
+            "host",
+        ];
+        let mut out = BTreeMap::new();
+        for (name, value) in raw {
+            let n = name.get_ref();
+            let key = dotted("export.headers", n);
+            if n.is_empty() || !n.bytes().all(is_tchar) {
+                return Err(self.err(
+                    &name,
+                    &key,
+                    "not a header name: use letters, digits and !#$%&'*+-.^_`|~ (an RFC 9110 token)",
+                ));
+            }
+            if OWN.iter().any(|o| o.eq_ignore_ascii_case(n)) {
+                return Err(self.err(&name, &key, "tern sets this header itself; remove it"));
+            }
+            if let Some(c) = value
+                .get_ref()
+                .chars()
+                .find(|c| c.is_ascii_control() && *c != '\t')
+            {
+                return Err(self.err(
+                    &value,
+                    &key,
+                    format!(
+                        "the value holds the control character U+{:04X}: header values allow no CR, LF or other control characters",
+                        u32::from(c)
+                    ),
+                ));
+            }
+            out.insert(name.into_inner(), value.into_inner());
+        }
+        Ok(out)
     }
 
     fn journald(&self, raw: RawJournald) -> Result<JournaldConfig, ConfigError> {
@@ -1067,13 +1249,15 @@ impl Cx<'_> {
 
     fn size(
         &self,
-        v: Option<&Spanned<String>>,
+        v: Option<&Spanned<RawSize>>,
         key: &str,
         default: u64,
     ) -> Result<u64, ConfigError> {
-        match v {
+        match v.map(|s| (s, s.get_ref())) {
             None => Ok(default),
-            Some(s) => parse_size(s.get_ref()).map_err(|r| self.err(s, key, r)),
+            Some((s, RawSize::Text(t))) => parse_size(t).map_err(|r| self.err(s, key, r)),
+            Some((s, RawSize::Bytes(n))) => u64::try_from(*n)
+                .map_err(|_| self.err(s, key, format!("invalid size {n}: must not be negative"))),
         }
     }
 
@@ -1093,6 +1277,297 @@ impl Cx<'_> {
                 format!("must be between {} and {}", range.start(), range.end()),
             )),
         }
+    }
+}
+
+/// A located error from the TOML parser or deserializer, with its whole
+/// reason on one line and the key its span falls on. toml knows only the span
+/// (of a key, a value or a table header), so the key comes from a [`KeyMap`]
+/// of the text; when the text is not TOML at all, only a table header can be
+/// named, and otherwise the key is left out rather than guessed.
+fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    // The message can run over lines ("invalid table header" then "duplicate
+    // key `agent` in document root"); each line is part of the reason.
+    let reason = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(": ");
+    let span = e.span();
+    let key = span.as_ref().and_then(|span| match KeyMap::of(text) {
+        Some(keys) => keys.path_at(span).map(str::to_owned),
+        None => header_at(text, span.start),
+    });
+    ConfigError {
+        path: path.to_owned(),
+        position: span.map(|s| line_col(text, s.start)),
+        key: key.unwrap_or_default(),
+        reason,
+    }
+}
+
+/// The key `name` under `parent` as messages write it: `export.headers.X-A`,
+/// and quoted when it is not a bare TOML key: `resource."deployment.environment"`.
+fn dotted(parent: &str, name: &str) -> String {
+    let bare = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    match (parent.is_empty(), bare) {
+        (true, true) => name.to_owned(),
+        (true, false) => format!("{name:?}"),
+        (false, true) => format!("{parent}.{name}"),
+        (false, false) => format!("{parent}.{name:?}"),
+    }
+}
+
+/// The dotted name of the table header on the line holding `offset`, like
+/// `export.retry` for `[export.retry]` (an array of tables without its
+/// index): the key of a parse error such as a duplicate table.
+fn header_at(text: &str, offset: usize) -> Option<String> {
+    let start = text.get(..offset)?.rfind('\n').map_or(0, |i| i + 1);
+    let line = text.get(start..)?.lines().next()?.trim();
+    if !line.starts_with('[') {
+        return None;
+    }
+    let keys = KeyMap::of(line)?;
+    let path = keys.0.iter().map(|(_, p)| p).max_by_key(|p| p.len())?;
+    Some(path.strip_suffix("[0]").unwrap_or(path).to_owned())
+}
+
+/// Every key and value of a TOML document with its byte span and its dotted
+/// path (`scrape[0].targets[1]`, `resource."deployment.environment"`), so
+/// that an error located only by a span can name its key, and an error about
+/// a key can point at where it is written.
+struct KeyMap(Vec<(Range<usize>, String)>);
+
+impl KeyMap {
+    /// Maps `text`; `None` when it is not TOML.
+    fn of(text: &str) -> Option<KeyMap> {
+        let protocol = SpannedProtocol::probe()?;
+        let mut spans = Vec::new();
+        let root = Node {
+            path: String::new(),
+            spans: &mut spans,
+            protocol,
+            spanned: false,
+        };
+        serde::de::DeserializeSeed::deserialize(root, toml::de::Deserializer::new(text)).ok()?;
+        Some(KeyMap(spans))
+    }
+
+    /// The path of the smallest key or value whose span holds `span`.
+    fn path_at(&self, span: &Range<usize>) -> Option<&str> {
+        self.0
+            .iter()
+            .filter(|(s, _)| s.start <= span.start && span.end <= s.end)
+            .min_by_key(|(s, p)| (s.len(), std::cmp::Reverse(p.len())))
+            .map(|(_, p)| p.as_str())
+    }
+
+    /// Where `key` is first written, or else the nearest of its parents.
+    fn span_of(&self, key: &str) -> Option<Range<usize>> {
+        let mut key = key;
+        loop {
+            let found = self
+                .0
+                .iter()
+                .filter(|(_, p)| p == key)
+                .map(|(s, _)| s.clone())
+                .min_by_key(|s| s.start);
+            if found.is_some() {
+                return found;
+            }
+            key = key.get(..key.rfind(['.', '['])?)?;
+        }
+    }
+}
+
+/// How [`Spanned`] asks a deserializer for a span: serde_spanned's private
+/// struct name and its three fields (start, end, value). Learned by letting
+/// `Spanned` ask a probe, so that they cannot drift from the crate's.
+#[derive(Debug, Clone, Copy)]
+struct SpannedProtocol {
+    name: &'static str,
+    fields: &'static [&'static str],
+}
+
+impl SpannedProtocol {
+    fn probe() -> Option<SpannedProtocol> {
+        struct Probe(std::cell::Cell<Option<SpannedProtocol>>);
+        impl<'de> serde::Deserializer<'de> for &Probe {
+            type Error = serde::de::value::Error;
+            fn deserialize_any<V: serde::de::Visitor<'de>>(
+                self,
+                _: V,
+            ) -> Result<V::Value, Self::Error> {
+                Err(serde::de::Error::custom("not a request for a span"))
+            }
+            fn deserialize_struct<V: serde::de::Visitor<'de>>(
+                self,
+                name: &'static str,
+                fields: &'static [&'static str],
+                _: V,
+            ) -> Result<V::Value, Self::Error> {
+                self.0.set(Some(SpannedProtocol { name, fields }));
+                Err(serde::de::Error::custom("probed"))
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+                bytes byte_buf option unit unit_struct newtype_struct seq tuple
+                tuple_struct map enum identifier ignored_any
+            }
+        }
+        let probe = Probe(std::cell::Cell::new(None));
+        let _ = Spanned::<serde::de::IgnoredAny>::deserialize(&probe);
+        probe.0.get().filter(|p| p.fields.len() == 3)
+    }
+
+    /// Whether `key` is the span field `i` (0 start, 1 end, 2 value).
+    fn is_field(&self, i: usize, key: &str) -> bool {
+        self.fields.get(i).is_some_and(|f| *f == key)
+    }
+}
+
+/// One value of the document being mapped, at `path`. With `spanned`, it asks
+/// toml for the value's span (tables made implicit by a dotted header have
+/// none, and arrive as plain tables).
+struct Node<'a> {
+    path: String,
+    spans: &'a mut Vec<(Range<usize>, String)>,
+    protocol: SpannedProtocol,
+    spanned: bool,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Node<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        if self.spanned {
+            let SpannedProtocol { name, fields } = self.protocol;
+            d.deserialize_struct(name, fields, self)
+        } else {
+            d.deserialize_any(self)
+        }
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Node<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a TOML value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        for i in 0.. {
+            let element = Node {
+                path: format!("{}[{i}]", self.path),
+                spans: &mut *self.spans,
+                protocol: self.protocol,
+                spanned: true,
+            };
+            if seq.next_element_seed(element)?.is_none() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let Node {
+            path,
+            spans,
+            protocol,
+            ..
+        } = self;
+        let mut start = None;
+        let mut end = None;
+        while let Some((key_span, key)) = map.next_key_seed(KeySeed(protocol))? {
+            // A spanned value arrives as the map {start, end, value}; its
+            // keys, unlike a table's, have no span of their own.
+            if key_span.is_none() && protocol.is_field(0, &key) {
+                start = Some(map.next_value::<usize>()?);
+            } else if key_span.is_none() && protocol.is_field(1, &key) {
+                end = Some(map.next_value::<usize>()?);
+            } else if key_span.is_none() && protocol.is_field(2, &key) {
+                if let (Some(start), Some(end)) = (start, end) {
+                    spans.push((start..end, path.clone()));
+                }
+                map.next_value_seed(Node {
+                    path: path.clone(),
+                    spans: &mut *spans,
+                    protocol,
+                    spanned: false,
+                })?;
+            } else {
+                let child = dotted(&path, &key);
+                if let Some(span) = key_span {
+                    spans.push((span, child.clone()));
+                }
+                map.next_value_seed(Node {
+                    path: child,
+                    spans: &mut *spans,
+                    protocol,
+                    spanned: true,
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A table key with its span when toml has one.
+struct KeySeed(SpannedProtocol);
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeySeed {
+    type Value = (Option<Range<usize>>, String);
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        let SpannedProtocol { name, fields } = self.0;
+        d.deserialize_struct(name, fields, self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for KeySeed {
+    type Value = (Option<Range<usize>>, String);
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a TOML key")
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok((None, v.to_owned()))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let (mut start, mut end, mut value) = (None, None, None);
+        while let Some(k) = map.next_key::<String>()? {
+            if self.0.is_field(0, &k) {
+                start = Some(map.next_value::<usize>()?);
+            } else if self.0.is_field(1, &k) {
+                end = Some(map.next_value::<usize>()?);
+            } else {
+                value = Some(map.next_value::<String>()?);
+            }
+        }
+        let value = value.ok_or_else(|| serde::de::Error::custom("a key without a name"))?;
+        Ok((start.zip(end).map(|(s, e)| s..e), value))
     }
 }
 
@@ -1134,6 +1609,11 @@ fn parse_target(t: &str, scheme: &str, metrics_path: &str) -> Result<ScrapeTarge
         url,
         instance: hostport,
     })
+}
+
+/// An RFC 9110 `tchar`, the characters of a header name.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// A syslog priority as journalctl `--priority` takes it: a name or 0-7.
@@ -1240,7 +1720,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 struct RawConfig {
     agent: Option<RawAgent>,
     #[serde(default)]
-    resource: BTreeMap<String, String>,
+    resource: BTreeMap<Spanned<String>, String>,
     #[serde(default)]
     scrape: Vec<RawScrape>,
     export: Option<RawExport>,
@@ -1258,7 +1738,7 @@ struct RawReceiver {
 #[serde(deny_unknown_fields)]
 struct RawOtlpReceiver {
     listen: Option<Spanned<String>>,
-    max_request_size: Option<Spanned<String>>,
+    max_request_size: Option<Spanned<RawSize>>,
     max_connections: Option<Spanned<i64>>,
     read_timeout: Option<Spanned<String>>,
     full_policy: Option<Spanned<String>>,
@@ -1276,14 +1756,14 @@ struct RawAgent {
 #[serde(deny_unknown_fields)]
 struct RawScrape {
     job: Spanned<String>,
-    targets: Vec<Spanned<String>>,
+    targets: Spanned<Vec<Spanned<String>>>,
     interval: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
     metrics_path: Option<Spanned<String>>,
     scheme: Option<Spanned<String>>,
-    body_size_limit: Option<Spanned<String>>,
+    body_size_limit: Option<Spanned<RawSize>>,
     #[serde(default)]
-    labels: BTreeMap<String, String>,
+    labels: BTreeMap<Spanned<String>, String>,
     tls: Option<RawTls>,
 }
 
@@ -1295,7 +1775,7 @@ struct RawExport {
     compression: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
     #[serde(default)]
-    headers: BTreeMap<String, String>,
+    headers: BTreeMap<Spanned<String>, Spanned<String>>,
     tls: Option<RawTls>,
     retry: Option<RawRetry>,
     queue: Option<RawQueue>,
@@ -1329,18 +1809,18 @@ struct RawJournald {
     directory: Option<String>,
     read_from: Option<Spanned<String>>,
     journalctl: Option<Spanned<String>>,
-    max_field_size: Option<Spanned<String>>,
-    max_entry_size: Option<Spanned<String>>,
+    max_field_size: Option<Spanned<RawSize>>,
+    max_entry_size: Option<Spanned<RawSize>>,
     hang_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawTls {
-    ca_file: Option<String>,
-    cert_file: Option<String>,
-    key_file: Option<String>,
-    server_name: Option<String>,
+    ca_file: Option<Spanned<String>>,
+    cert_file: Option<Spanned<String>>,
+    key_file: Option<Spanned<String>>,
+    server_name: Option<Spanned<String>>,
     insecure_skip_verify: Option<bool>,
 }
 
@@ -1357,9 +1837,36 @@ struct RawRetry {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawQueue {
-    max_size: Option<Spanned<String>>,
+    max_size: Option<Spanned<RawSize>>,
     full_policy: Option<Spanned<String>>,
     fsync: Option<bool>,
+}
+
+/// A size as written: a string like "256MiB" or "1048576", or a TOML integer
+/// of bytes (`max_size = 1048576`), as the README allows.
+#[derive(Debug)]
+enum RawSize {
+    Text(String),
+    Bytes(i64),
+}
+
+impl<'de> Deserialize<'de> for RawSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RawSize, D::Error> {
+        struct SizeVisitor;
+        impl serde::de::Visitor<'_> for SizeVisitor {
+            type Value = RawSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size like \"256MiB\" or a number of bytes")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<RawSize, E> {
+                Ok(RawSize::Text(v.to_owned()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<RawSize, E> {
+                Ok(RawSize::Bytes(v))
+            }
+        }
+        d.deserialize_any(SizeVisitor)
+    }
 }
 
 #[cfg(test)]
@@ -1444,7 +1951,7 @@ mod tests {
         let e = parse("[agent]\nstate_dir = \"/x\"\nlisten_addr = \"1\"\n").unwrap_err();
         let msg = e.to_string();
         assert!(
-            msg.starts_with("t.toml:3:1: listen_addr: unknown field `listen_addr`"),
+            msg.starts_with("t.toml:3:1: agent.listen_addr: unknown field `listen_addr`"),
             "{msg}"
         );
     }
@@ -1619,5 +2126,315 @@ hang_timeout = "5s"
         assert_eq!(parse_size("10MB").unwrap(), 10_000_000);
         assert!(parse_size("99999999999999999999GiB").is_err());
         assert!(parse_size("1.5GiB").is_err());
+    }
+
+    /// A directory of files for one test, removed when dropped.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let path = std::env::temp_dir().join(format!(
+                "tern-config-{name}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir_all(&path).unwrap();
+            TempDir(path)
+        }
+
+        fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+            let path = self.0.join(name);
+            std::fs::write(&path, contents).unwrap();
+            path
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// The message of the error `text` gets.
+    fn error(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn zero_durations_that_cannot_work_are_refused() {
+        assert_eq!(
+            error("[export]\ntimeout = \"0s\"\n"),
+            "t.toml:2:11: export.timeout: must be more than 0: every request would time out"
+        );
+        assert_eq!(
+            error("[export.retry]\ninitial_interval = \"0s\"\n"),
+            "t.toml:2:20: export.retry.initial_interval: must be more than 0: a failed request would be sent again at once, without end"
+        );
+        assert_eq!(
+            error("[export.retry]\nmax_interval = \"0\"\n"),
+            "t.toml:2:16: export.retry.max_interval: need initial_interval (5s) <= max_interval (0ms)"
+        );
+        assert_eq!(
+            error("[export.retry]\ninitial_interval = \"1m\"\n"),
+            "t.toml:2:20: export.retry.initial_interval: need initial_interval (60s) <= max_interval (30s)"
+        );
+        assert_eq!(
+            error("[export.retry]\nmultiplier = 0.5\n"),
+            "t.toml:2:14: export.retry.multiplier: must be between 1 and 100"
+        );
+        assert_eq!(
+            error("[export.retry]\nrandomization_factor = 1.5\n"),
+            "t.toml:2:24: export.retry.randomization_factor: must be between 0 and 1"
+        );
+        assert_eq!(
+            error("[export]\ndns = { hostname = \"gw\", timeout = \"0s\" }\n"),
+            "t.toml:2:36: export.dns.timeout: must be more than 0: every query would time out"
+        );
+        // max_elapsed_time 0 means never give up: still fine.
+        let c = parse("[export.retry]\nmax_elapsed_time = \"0s\"\n").unwrap();
+        assert_eq!(c.export.retry.max_elapsed_time, Duration::ZERO);
+    }
+
+    #[test]
+    fn headers_that_http_cannot_carry_are_refused() {
+        assert_eq!(
+            error("[export]\nheaders = { \"X-A\" = \"a\\r\\nb\" }\n"),
+            "t.toml:2:21: export.headers.X-A: the value holds the control character U+000D: header values allow no CR, LF or other control characters"
+        );
+        let e = error("[export]\nheaders = { \"X-A\" = \"a\\u0000\" }\n");
+        assert!(e.contains("U+0000"), "{e}");
+        assert_eq!(
+            error("[export]\nheaders = { \"X Org\" = \"v\" }\n"),
+            "t.toml:2:13: export.headers.\"X Org\": not a header name: use letters, digits and !#$%&'*+-.^_`|~ (an RFC 9110 token)"
+        );
+        let e = error("[export.headers]\n\"\" = \"v\"\n");
+        assert!(
+            e.starts_with("t.toml:2:1: export.headers.\"\": not a header name"),
+            "{e}"
+        );
+        let e = error("[export.headers]\n\"X-Ä\" = \"v\"\n");
+        assert!(e.contains("not a header name"), "{e}");
+        assert_eq!(
+            error("[export.headers]\ncontent-type = \"application/json\"\n"),
+            "t.toml:2:1: export.headers.content-type: tern sets this header itself; remove it"
+        );
+        // A secret in a bad value is never echoed.
+        let e = error("[export]\nheaders = { Authorization = \"Bearer s3cret\\n\" }\n");
+        assert!(!e.contains("s3cret"), "{e}");
+        // Tabs, spaces and non-ASCII text are allowed in values.
+        let c = parse(
+            "[export]\nheaders = { \"X-Scope-OrgID\" = \"a\\tb c ü\", \"x_y.z~\" = \"1\" }\n",
+        )
+        .unwrap();
+        assert_eq!(c.export.headers.len(), 2);
+    }
+
+    #[test]
+    fn settings_that_cannot_go_together_are_located() {
+        assert_eq!(
+            error("[[scrape]]\njob = \"n\"\ntargets = []\n"),
+            "t.toml:3:11: scrape[0].targets: must list at least one target, like [\"127.0.0.1:9100\"]"
+        );
+        assert_eq!(
+            error("[export]\nendpoints = [\"http://a:1\"]\ndns = { hostname = \"gw\" }\n"),
+            "t.toml:3:20: export.dns: set either export.endpoints or export.dns, not both"
+        );
+        assert_eq!(
+            error("[export.dns]\nhostname = \"gw\"\n[export]\nendpoints = [\"http://a:1\"]\n"),
+            "t.toml:4:14: export.endpoints: set either export.endpoints or export.dns, not both"
+        );
+        assert_eq!(
+            error("[export.tls]\ncert_file = \"/c.pem\"\n"),
+            "t.toml:2:13: export.tls.cert_file: needs key_file too: a client certificate goes with its private key"
+        );
+        assert_eq!(
+            error("[[scrape]]\njob = \"n\"\ntargets = [\"a:1\"]\ntls = { key_file = \"/k.pem\" }\n"),
+            "t.toml:4:20: scrape[0].tls.key_file: needs cert_file too: a private key goes with its client certificate"
+        );
+        assert_eq!(
+            error("[export.tls]\nserver_name = \"gw\"\n"),
+            "t.toml:2:15: export.tls.server_name: not supported yet: put the certificate's name in the URL"
+        );
+    }
+
+    #[test]
+    fn attributes_need_a_name() {
+        assert_eq!(
+            error("[resource]\n\"\" = \"x\"\n"),
+            "t.toml:2:1: resource.\"\": an attribute needs a name, not \"\""
+        );
+        assert_eq!(
+            error("[[scrape]]\njob = \"n\"\ntargets = [\"a:1\"]\nlabels = { \"\" = \"x\" }\n"),
+            "t.toml:4:12: scrape[0].labels.\"\": an attribute needs a name, not \"\""
+        );
+    }
+
+    #[test]
+    fn tls_files_are_read_at_check_time() {
+        let dir = TempDir::new("tls");
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cert = dir.write("cert.pem", certified.cert.pem());
+        let key = dir.write("key.pem", certified.key_pair.serialize_pem());
+        let both = dir.write(
+            "both.pem",
+            format!(
+                "{}{}",
+                certified.cert.pem(),
+                certified.key_pair.serialize_pem()
+            ),
+        );
+        let text = dir.write("text.pem", "not a certificate\n");
+        let missing = dir.0.join("missing.pem");
+        let tls = |body: String| parse(&format!("[export.tls]\n{body}"));
+
+        let c = tls(format!(
+            "ca_file = {cert:?}\ncert_file = {cert:?}\nkey_file = {key:?}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.export.tls.ca_file.as_ref(), Some(&cert));
+        tls(format!("cert_file = {both:?}\nkey_file = {both:?}\n")).unwrap();
+
+        let e = tls(format!("ca_file = {missing:?}\n")).unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.position),
+            ("export.tls.ca_file", Some((2, 11)))
+        );
+        assert!(
+            e.reason.starts_with(&format!("{}: ", missing.display()))
+                && e.reason.contains("No such file"),
+            "{e}"
+        );
+        let e = tls(format!("ca_file = {text:?}\n")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "t.toml:2:11: export.tls.ca_file: {}: no PEM certificate found",
+                text.display()
+            )
+        );
+        let e = tls(format!("cert_file = {text:?}\nkey_file = {key:?}\n")).unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.position),
+            ("export.tls.cert_file", Some((2, 13)))
+        );
+        assert!(e.reason.contains("no PEM certificate found"), "{e}");
+        let e = tls(format!("cert_file = {cert:?}\nkey_file = {cert:?}\n")).unwrap_err();
+        assert_eq!(e.key, "export.tls.cert_file", "{e}");
+        let e = tls(format!("cert_file = {cert:?}\nkey_file = {text:?}\n")).unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.position),
+            ("export.tls.key_file", Some((3, 12)))
+        );
+        let e = tls(format!("cert_file = {cert:?}\nkey_file = {missing:?}\n")).unwrap_err();
+        assert_eq!(e.key, "export.tls.key_file", "{e}");
+        let e = parse(&format!(
+            "[[scrape]]\njob = \"n\"\ntargets = [\"https://a:1/m\"]\ntls = {{ ca_file = {missing:?} }}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "scrape[0].tls.ca_file", "{e}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_names_the_first_bad_byte() {
+        let dir = TempDir::new("utf8");
+        let path = dir.write("t.toml", b"[agent]\nstate_dir = \"/tmp/\xc3\xa9\xff\"\n");
+        let e = Config::load(&path).unwrap_err();
+        assert_eq!(e.position, Some((2, 20)));
+        assert_eq!(
+            e.reason,
+            "invalid UTF-8 (byte 0xff): a config file must be UTF-8 text"
+        );
+    }
+
+    #[test]
+    fn parser_errors_keep_their_whole_reason_and_name_no_value() {
+        assert_eq!(
+            error("[agent]\nstate_dir = \"/x\"\n[agent]\nlisten = \"127.0.0.1:1\"\n"),
+            "t.toml:3:1: agent: invalid table header: duplicate key `agent` in document root"
+        );
+        let e = error("[export.retry]\n[export.retry]\n");
+        assert!(
+            e.starts_with("t.toml:2:1: export.retry: invalid table header"),
+            "{e}"
+        );
+        // A type error names the key, not the value where the key belongs.
+        assert_eq!(
+            error("[agent]\nstate_dir = 12345\n"),
+            "t.toml:2:13: agent.state_dir: invalid type: integer `12345`, expected a string"
+        );
+        assert_eq!(
+            error("[[scrape]]\njob = \"a\"\ntargets = [\"a:1\"]\n[[scrape]]\njob = \"b\"\ntargets = [\"b:1\", 2]\n"),
+            "t.toml:6:19: scrape[1].targets[1]: invalid type: integer `2`, expected a string"
+        );
+        let e = error("[export.retry]\nmultiplier = \"x\"\n");
+        assert!(
+            e.starts_with("t.toml:2:14: export.retry.multiplier: invalid type"),
+            "{e}"
+        );
+        let e = error("export.retry.multiplier = \"x\"\n");
+        assert!(
+            e.starts_with("t.toml:1:27: export.retry.multiplier: invalid type"),
+            "{e}"
+        );
+        let e = error("[resource]\n\"a.b\" = 1\n");
+        assert!(
+            e.starts_with("t.toml:2:9: resource.\"a.b\": invalid type"),
+            "{e}"
+        );
+        let e = error("[[scrape]]\ntargets = [\"a:1\"]\n");
+        assert!(
+            e.starts_with("t.toml:1:1: scrape[0]: missing field `job`"),
+            "{e}"
+        );
+        let e = error("[export]\ndns = { port = 1 }\n");
+        assert!(e.contains(": export.dns: missing field `hostname`"), "{e}");
+        // Syntax errors: the position and the parser's reason, no key.
+        let e = error("[agent]\nstate_dir = \n");
+        assert!(e.starts_with("t.toml:2:13: invalid string: "), "{e}");
+        assert_eq!(
+            error("[agent]\nstate_dir = \"x\" y\n"),
+            "t.toml:2:17: expected newline, `#`"
+        );
+        let e = error("[agent]\nstate_dir = \"a\"\nstate_dir = \"b\"\n");
+        assert!(
+            e.starts_with("t.toml:3:1: duplicate key `state_dir`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn sizes_may_be_a_number_of_bytes() {
+        let c = parse("[export.queue]\nmax_size = 1048576\n").unwrap();
+        assert_eq!(c.export.queue.max_size, 1 << 20);
+        let c = parse("[export.queue]\nmax_size = \"2097152\"\n").unwrap();
+        assert_eq!(c.export.queue.max_size, 2 << 20);
+        let c = parse(
+            "[[scrape]]\njob = \"n\"\ntargets = [\"a:1\"]\nbody_size_limit = 4096\n[journald]\nmax_field_size = 2048\nmax_entry_size = 8192\n[receiver.otlp]\nmax_request_size = 65536\n",
+        )
+        .unwrap();
+        assert_eq!(c.scrape[0].body_size_limit, 4096);
+        let j = c.journald.unwrap();
+        assert_eq!((j.max_field_size, j.max_entry_size), (2048, 8192));
+        assert_eq!(c.otlp_receiver.unwrap().max_request_size, 65536);
+        assert_eq!(
+            error("[export.queue]\nmax_size = -1\n"),
+            "t.toml:2:12: export.queue.max_size: invalid size -1: must not be negative"
+        );
+        let e = error("[export.queue]\nmax_size = 1.5\n");
+        assert!(
+            e.starts_with("t.toml:2:12: export.queue.max_size: invalid type: floating point `1.5`, expected a size like \"256MiB\" or a number of bytes"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn rules_between_keys_point_at_the_section_when_a_key_is_unset() {
+        // max_entry_size keeps its default (512KiB), below max_field_size.
+        let e = parse("\n[journald]\nmax_field_size = \"1MiB\"\n").unwrap_err();
+        assert_eq!(
+            (e.key.as_str(), e.position),
+            ("journald.max_entry_size", Some((2, 1)))
+        );
     }
 }
