@@ -85,3 +85,69 @@ fn sighup_reloads_and_sigterm_flushes_and_exits_zero() {
     );
     assert!(agent.state_dir().join("queue").exists());
 }
+
+/// Sends SIGTERM and measures how long tern takes to exit.
+fn time_to_exit(agent: &mut Agent) -> (Option<i32>, Duration) {
+    let started = std::time::Instant::now();
+    let code = agent.terminate();
+    (code, started.elapsed())
+}
+
+#[test]
+fn sigterm_is_quick_idle_and_with_a_scrape_in_flight() {
+    // Idle: a scrape every minute, nothing to send.
+    let quiet = exporter("quiet");
+    let gateway = FakeGateway::start();
+    let mut agent = Agent::start(&config("idle", quiet.addr, "60s", &gateway.url()));
+    // Every thread settled in its wait.
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, idle) = time_to_exit(&mut agent);
+    assert_eq!(code, Some(0), "{}", agent.diagnostics());
+
+    // A target that answers its head and then trickles an endless body.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endless = listener.local_addr().unwrap();
+    let (accepted, scraping) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let _ = accepted.send(());
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut head = [0u8; 4096];
+                let _ = stream.read(&mut head);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100000000\r\n\r\n",
+                );
+                for n in 0.. {
+                    if stream.write_all(format!("slow {n}\n").as_bytes()).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            });
+        }
+    });
+    let cfg = config("endless", endless, "1s", &gateway.url())
+        .replace("interval = \"1s\"", "interval = \"5s\"\ntimeout = \"5s\"");
+    let mut agent = Agent::start(&cfg);
+    // The scrape has started and hangs in the body.
+    scraping
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the scrape never came");
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, busy) = time_to_exit(&mut agent);
+    assert_eq!(code, Some(0), "{}", agent.diagnostics());
+    eprintln!(
+        "SIGTERM to exit: idle {} ms, with a scrape reading an endless body {} ms",
+        idle.as_millis(),
+        busy.as_millis()
+    );
+    // Not a benchmark: bounds far above the targets (200 ms and 1 s) that
+    // still fail on the old behaviour (1 s idle, 5.7 s busy).
+    assert!(idle < Duration::from_millis(900), "idle exit took {idle:?}");
+    assert!(
+        busy < Duration::from_millis(3000),
+        "busy exit took {busy:?}"
+    );
+}

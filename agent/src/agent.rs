@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use smol::stream::StreamExt;
 
@@ -214,13 +214,43 @@ pub fn run(config: Config) -> Result<(), Error> {
         }
     }));
     ready.store(false, Ordering::SeqCst);
-    running.stop();
+    let started = Instant::now();
+    // What was accepted is in the queue already; a scrape or a send still in
+    // flight after these deadlines is abandoned (its data was not accepted,
+    // or is sent again after the restart), so that stopping is quick.
+    running.stop_within(SOURCES_STOP_WAIT, EXPORT_STOP_WAIT);
     queue.flush()?;
     log::info!(
-        "Stopped; queue flushed batches={}",
-        queue.stats().total().batches
+        "Stopped; queue flushed batches={} took_ms={}",
+        queue.stats().total().batches,
+        started.elapsed().as_millis()
     );
     Ok(())
+}
+
+/// How long SIGTERM waits for the sources to put what they hold into the
+/// queue: a scrape in flight is abandoned after it (its samples were never
+/// accepted; the next start scrapes again).
+const SOURCES_STOP_WAIT: Duration = Duration::from_millis(500);
+
+/// How long SIGTERM waits for the senders: a request in flight is abandoned
+/// after it and its batch sent again after the restart (at least once).
+const EXPORT_STOP_WAIT: Duration = Duration::from_millis(250);
+
+/// Waits for `handles` to finish until `deadline`; returns how many did not.
+fn join_until(handles: Vec<JoinHandle<()>>, deadline: Instant) -> usize {
+    let mut left = handles;
+    loop {
+        let (done, running): (Vec<_>, Vec<_>) = left.into_iter().partition(|h| h.is_finished());
+        for h in done {
+            let _ = h.join();
+        }
+        left = running;
+        if left.is_empty() || Instant::now() >= deadline {
+            return left.len();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Applies a new config on SIGHUP: sources and the exporter restart with it,
@@ -331,6 +361,22 @@ impl Running {
             export_stop,
             exporter,
         })
+    }
+
+    /// Stops like [`Running::stop`], waiting at most `sources` for the
+    /// sources and then `export` for the exporter; threads still busy after
+    /// that are left to the process's exit.
+    fn stop_within(&mut self, sources: Duration, export: Duration) {
+        self.sources_stop.trigger();
+        let left = join_until(self.sources.drain(..).collect(), Instant::now() + sources);
+        if left > 0 {
+            log::info!("Stopping without waiting for sources still busy threads={left}");
+        }
+        self.export_stop.trigger();
+        let exporter = self.exporter.take().into_iter().collect();
+        if join_until(exporter, Instant::now() + export) > 0 {
+            log::info!("Stopping without waiting for requests in flight");
+        }
     }
 
     fn stop(&mut self) {

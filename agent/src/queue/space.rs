@@ -77,8 +77,9 @@ impl Space {
 
     /// Reads the free space again if the last read is [`CHECK_EVERY`] old.
     /// Returns whether it was read. When the filesystem is nearly full,
-    /// deletes the reserve; when there is room again, makes it anew.
-    pub(super) fn refresh(&mut self) -> bool {
+    /// deletes the reserve; when there is room again and `restore`, makes it
+    /// anew (4 MiB written and synced: not on a push's path).
+    pub(super) fn refresh(&mut self, restore: bool) -> bool {
         if self.checked.elapsed() < CHECK_EVERY {
             return false;
         }
@@ -95,7 +96,7 @@ impl Space {
         }
         if self.available < self.keep_free / 2 {
             self.release_reserve();
-        } else if self.available > self.keep_free.saturating_add(2 * RESERVE) {
+        } else if restore && self.available > self.keep_free.saturating_add(2 * RESERVE) {
             self.restore_reserve();
         }
         true

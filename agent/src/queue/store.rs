@@ -891,7 +891,7 @@ impl Inner {
         let handles = {
             let mut state = self.lock();
             if let Some(space) = state.space.as_mut() {
-                space.refresh();
+                space.refresh(true);
             }
             if state.flushed_since_switch {
                 let switched = state.acks.as_mut().map_or(Ok(()), AckLog::switch);
@@ -1170,7 +1170,7 @@ impl State {
         let Some(space) = self.space.as_mut() else {
             return (max_size, DropReason::QueueFull);
         };
-        space.refresh();
+        space.refresh(false);
         let room = self
             .bytes
             .saturating_add(space.available().saturating_sub(space.keep_free()));

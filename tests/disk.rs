@@ -1,0 +1,185 @@
+//! The disk queue against its filesystem and its files: a disk tern fills
+//! itself, a disk another program fills, damaged and unreadable segments, and
+//! restarts on all of them. Needs root for the small tmpfs (CI runs as root);
+//! skipped with a message otherwise.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::harness::agent::tern_command;
+use crate::harness::exporter::ScriptedExporter;
+use crate::harness::{config, wait_for, Agent, FakeGateway, Reply, TempDir};
+
+/// A tmpfs of a fixed size mounted on a directory, unmounted on drop.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(at: &Path, size: &str) -> Option<SmallFs> {
+        std::fs::create_dir_all(at).unwrap();
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .status()
+            .ok()?;
+        if !status.success() {
+            eprintln!("skipped: cannot mount a tmpfs (needs root)");
+            return None;
+        }
+        Some(SmallFs(at.to_path_buf()))
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// An exporter whose every scrape is about 400 KB of series with random
+/// label values: about 200 KB a batch after gzip, so a 20 MB disk fills in
+/// seconds.
+fn bulky_exporter() -> ScriptedExporter {
+    ScriptedExporter::start(|n| {
+        let mut body = String::from("# TYPE bulk gauge\n");
+        for i in 0..6000 {
+            body.push_str(&format!(
+                "bulk{{id=\"{:016x}{:016x}\",i=\"{i}\"}} {n}\n",
+                fastrand::u64(..),
+                fastrand::u64(..)
+            ));
+        }
+        (200, "text/plain", body.into_bytes())
+    })
+}
+
+fn sum_metric(agent: &Agent, name: &str, label: &str) -> f64 {
+    agent
+        .metrics()
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Writes zeros to `path` until the filesystem refuses more.
+fn fill(path: &Path) {
+    let mut file = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while file.write_all(&chunk).is_ok() {}
+    let _ = file.sync_all();
+}
+
+#[test]
+fn a_disk_tern_fills_itself_stays_deliverable() {
+    let dir = TempDir::new("disk-full");
+    let Some(_fs) = SmallFs::mount(&dir.path().join("state"), "20m") else {
+        return;
+    };
+    let exporter = bulky_exporter();
+    let gateway = FakeGateway::start();
+    gateway.set_default(Reply::Status(503, None));
+    let cfg = config("bulk", exporter.addr, "200ms", &gateway.url());
+    let mut agent = Agent::start_in(dir, &cfg);
+    assert!(
+        agent
+            .stderr()
+            .contains("The disk queue is limited by the free space of its filesystem"),
+        "{}",
+        agent.diagnostics()
+    );
+    // The gateway is down: tern fills its share of the disk and then drops
+    // the oldest batches, counted as disk_full.
+    wait_for(
+        Duration::from_secs(90),
+        || {
+            (sum_metric(&agent, "tern_dropped_batches_total", "reason=\"disk_full\"") > 0.0)
+                .then_some(())
+        },
+        || agent.diagnostics(),
+    );
+    // Another program takes the rest of the disk.
+    let filler = agent.state_dir().join("filler");
+    fill(&filler);
+
+    // The gateway comes back: batches are delivered and acked, none posted
+    // again and again.
+    gateway.set_default(Reply::Ok);
+    wait_for(
+        Duration::from_secs(60),
+        || {
+            (gateway
+                .received()
+                .iter()
+                .filter(|r| r.answered == 200)
+                .count()
+                >= 30)
+                .then_some(())
+        },
+        || agent.diagnostics(),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let received = gateway.received();
+    let ok: Vec<_> = received.iter().filter(|r| r.answered == 200).collect();
+    let distinct: HashSet<u64> = ok.iter().map(|r| r.digest).collect();
+    assert!(
+        ok.len() <= distinct.len() + 1,
+        "{} deliveries of {} distinct batches",
+        ok.len(),
+        distinct.len()
+    );
+    let stderr = agent.stderr();
+    assert!(
+        !stderr.contains("Acknowledging a sent batch failed"),
+        "{}",
+        agent.diagnostics()
+    );
+    let sent = sum_metric(
+        &agent,
+        "tern_export_sent_batches_total",
+        "signal=\"metrics\"",
+    );
+    eprintln!(
+        "disk full: {} requests answered 200, {} distinct batches, sent counter {sent}, disk_full drops {}",
+        ok.len(),
+        distinct.len(),
+        sum_metric(&agent, "tern_dropped_batches_total", "reason=\"disk_full\"")
+    );
+    assert!(
+        sent <= distinct.len() as f64 + 1.0,
+        "sent counter {sent} for {} distinct batches",
+        distinct.len()
+    );
+
+    // Stop and start again on the full disk; `tern queue` reads it.
+    gateway.set_default(Reply::Status(503, None));
+    assert_eq!(agent.terminate(), Some(0), "{}", agent.diagnostics());
+    let queue = tern_command()
+        .args(["queue", "--config"])
+        .arg(agent.config_file())
+        .output()
+        .unwrap();
+    assert!(
+        queue.status.success(),
+        "tern queue on a full disk: {}",
+        String::from_utf8_lossy(&queue.stderr)
+    );
+    agent.restart();
+    gateway.set_default(Reply::Ok);
+    let before = gateway.received().len();
+    wait_for(
+        Duration::from_secs(30),
+        || (gateway.received().len() > before + 5).then_some(()),
+        || agent.diagnostics(),
+    );
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(agent.terminate(), Some(0), "{}", agent.diagnostics());
+}
