@@ -16,6 +16,7 @@ mod harness;
 mod bad_input;
 mod balance;
 mod cli;
+mod crash;
 mod cross;
 mod disk;
 mod faults;
