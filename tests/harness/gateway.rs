@@ -2,7 +2,7 @@
 //! collector uses (metrics on /v1/metrics, logs on /v1/logs, traces on
 //! /v1/traces), records it, and
 //! answers from a script (200, 429 with Retry-After, 503, 400, slow answers,
-//! connection resets).
+//! connection resets, redirects), or 413 to any body over a size limit.
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -37,6 +37,10 @@ pub enum Reply {
     Slow(Duration),
     /// Close the connection without answering (a reset).
     Reset,
+    /// This status (301, 302, 307, 308) with this Location; `{path}` in it
+    /// becomes the request's path, so `format!("{}{{path}}", other.url())`
+    /// sends every signal to another gateway.
+    Redirect(u16, String),
 }
 
 /// One request the gateway received and decoded.
@@ -62,6 +66,8 @@ struct State {
     script: VecDeque<Reply>,
     default: Option<Reply>,
     received: Vec<Received>,
+    /// Bodies (as sent, compressed or not) larger than this get 413.
+    max_body: Option<usize>,
 }
 
 /// A running test gateway on 127.0.0.1.
@@ -118,6 +124,13 @@ impl FakeGateway {
     #[allow(dead_code)] // For tests that need a lasting fault.
     pub fn set_default(&self, reply: Reply) {
         self.state.lock().unwrap().default = Some(reply);
+    }
+
+    /// Answers 413 to every request whose body, as sent, is larger than
+    /// `limit` bytes (before the script is looked at); `None` lifts the limit.
+    #[allow(dead_code)] // For the hostile gateway tests.
+    pub fn set_max_body(&self, limit: Option<usize>) {
+        self.state.lock().unwrap().max_body = limit;
     }
 
     /// Everything received so far.
@@ -256,6 +269,7 @@ fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>)
             }
         }
         let body: Vec<u8> = buf.drain(..head_len + length).skip(head_len).collect();
+        let wire_len = body.len();
         let gzip = headers
             .iter()
             .any(|(k, v)| k == "content-encoding" && v == "gzip");
@@ -293,10 +307,14 @@ fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>)
         });
         let reply = {
             let mut s = state.lock().unwrap();
-            s.script
-                .pop_front()
-                .or_else(|| s.default.clone())
-                .unwrap_or(Reply::Ok)
+            if s.max_body.is_some_and(|limit| wire_len > limit) {
+                Reply::Status(413, None)
+            } else {
+                s.script
+                    .pop_front()
+                    .or_else(|| s.default.clone())
+                    .unwrap_or(Reply::Ok)
+            }
         };
         let (status, extra, body) = match &reply {
             Reply::Ok | Reply::Slow(_) if is_traces => (
@@ -349,6 +367,11 @@ fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>)
                 b"scripted failure".to_vec(),
             ),
             Reply::Reset => (0, String::new(), Vec::new()),
+            Reply::Redirect(code, location) => (
+                *code,
+                format!("Location: {}\r\n", location.replace("{path}", &path)),
+                b"moved".to_vec(),
+            ),
         };
         if let Reply::Slow(d) = reply {
             std::thread::sleep(d);
