@@ -3,65 +3,12 @@
 //! and a kill sends again at most the batch that was in flight.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prost::Message;
-use tern::otlp::proto::collector::trace::v1::ExportTraceServiceRequest;
-use tern::otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span};
-
+use crate::harness::spans::{free_port, post, span_names, spans};
 use crate::harness::{wait_for, Agent, FakeGateway, Reply};
-
-/// A port that was free a moment ago: the receiver keeps it across restarts.
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// A request of five spans named `span-<first>` to `span-<first+4>`.
-fn spans(first: u64) -> Vec<u8> {
-    let spans = (first..first + 5)
-        .map(|n| Span {
-            trace_id: n.to_be_bytes().repeat(2),
-            span_id: n.to_be_bytes().to_vec(),
-            name: format!("span-{n}"),
-            start_time_unix_nano: 1_700_000_000_000_000_000 + n,
-            end_time_unix_nano: 1_700_000_000_000_000_001 + n,
-            ..Default::default()
-        })
-        .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-    .encode_to_vec()
-}
-
-/// Posts `body` once; the status, or `None` when the agent was not there.
-fn post(addr: SocketAddr, body: &[u8]) -> Option<u16> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let head = format!(
-        "POST /v1/traces HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).ok()?;
-    s.write_all(body).ok()?;
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out);
-    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
-}
 
 #[test]
 fn a_sigkill_storm_loses_no_acknowledged_span() {
@@ -132,17 +79,7 @@ max_interval = "200ms"
 
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() > 100, "too few spans accepted: {}", acked.len());
-    let arrived = |g: &FakeGateway| -> HashMap<String, usize> {
-        let mut seen = HashMap::new();
-        for r in g.received().iter().filter(|r| r.answered == 200) {
-            for rs in r.traces.iter().flat_map(|t| &t.resource_spans) {
-                for span in rs.scope_spans.iter().flat_map(|s| &s.spans) {
-                    *seen.entry(span.name.clone()).or_insert(0) += 1;
-                }
-            }
-        }
-        seen
-    };
+    let arrived = |g: &FakeGateway| span_names(&g.received());
     wait_for(
         Duration::from_secs(60),
         || {

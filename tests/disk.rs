@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::harness::agent::tern_command;
 use crate::harness::exporter::ScriptedExporter;
+use crate::harness::spans::{free_port, post, span_names, spans};
 use crate::harness::{config, wait_for, Agent, FakeGateway, Reply, TempDir};
 
 /// A tmpfs of a fixed size mounted on a directory, unmounted on drop.
@@ -182,4 +183,99 @@ fn a_disk_tern_fills_itself_stays_deliverable() {
     );
     std::fs::remove_file(&filler).unwrap();
     assert_eq!(agent.terminate(), Some(0), "{}", agent.diagnostics());
+}
+
+/// A config with the receiver on `receiver`, sending to `gateway`.
+fn receiver_config(receiver: std::net::SocketAddr, gateway: &str) -> String {
+    format!(
+        r#"[agent]
+state_dir = "{{state_dir}}"
+listen = "127.0.0.1:0"
+
+[receiver.otlp]
+listen = "{receiver}"
+
+[export]
+endpoints = ["{gateway}"]
+timeout = "2s"
+
+[export.retry]
+initial_interval = "50ms"
+max_interval = "200ms"
+"#
+    )
+}
+
+/// Posts 120 requests of five numbered spans while the gateway is down, stops
+/// tern, damages its queue with `damage`, starts it with the gateway up, and
+/// returns (spans arrived once, spans arrived more than once, corrupt points
+/// counted).
+fn damaged_run(name: &str, damage: impl FnOnce(&Path)) -> (usize, usize, f64) {
+    let receiver = free_port();
+    let gateway = FakeGateway::start();
+    gateway.set_default(Reply::Status(503, None));
+    let dir = TempDir::new(name);
+    let mut agent = Agent::start_in(dir, &receiver_config(receiver, &gateway.url()));
+    for i in 0..120u64 {
+        assert_eq!(post(receiver, &spans(i * 5)), Some(200));
+    }
+    assert_eq!(agent.terminate(), Some(0), "{}", agent.diagnostics());
+    damage(&agent.state_dir().join("queue"));
+    gateway.set_default(Reply::Ok);
+    agent.restart();
+    let corrupt = || sum_metric(&agent, "tern_dropped_points_total", "reason=\"corrupt\"");
+    wait_for(
+        Duration::from_secs(30),
+        || {
+            let seen = span_names(&gateway.received());
+            (seen.len() as f64 + corrupt() >= 600.0).then_some(())
+        },
+        || agent.diagnostics(),
+    );
+    let seen = span_names(&gateway.received());
+    let twice = seen.values().filter(|&&n| n > 1).count();
+    (seen.len(), twice, corrupt())
+}
+
+/// The segment files of a queue directory, oldest first.
+fn segments(queue: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(queue.join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn damaged_segments_lose_only_the_damaged_batch_and_count_it() {
+    // The index lost, one byte flipped in the middle of the segment: only
+    // the batch holding it is lost, and its five spans are counted.
+    let (arrived, twice, corrupt) = damaged_run("flip-no-index", |queue| {
+        std::fs::remove_dir_all(queue.join("index")).unwrap();
+        let file = segments(queue).remove(0);
+        let mut bytes = std::fs::read(&file).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x20;
+        std::fs::write(&file, bytes).unwrap();
+    });
+    assert_eq!((arrived, twice, corrupt), (595, 0, 5.0));
+
+    // The segment cut in half, index kept: what the index knew is counted.
+    let (arrived, twice, corrupt) = damaged_run("truncated", |queue| {
+        let file = segments(queue).remove(0);
+        let len = std::fs::metadata(&file).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.set_len(len / 2).unwrap();
+    });
+    assert_eq!(twice, 0);
+    assert!(arrived > 200 && arrived < 400, "{arrived} arrived");
+    assert_eq!(arrived as f64 + corrupt, 600.0);
+
+    // The segment deleted: every span it held is counted.
+    let (arrived, _, corrupt) = damaged_run("deleted", |queue| {
+        std::fs::remove_file(segments(queue).remove(0)).unwrap();
+    });
+    assert_eq!((arrived, corrupt), (0, 600.0));
 }

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod exporter;
 pub mod gateway;
+pub mod spans;
 pub mod tls;
 
 use std::io::{Read, Write};
