@@ -279,3 +279,79 @@ fn damaged_segments_lose_only_the_damaged_batch_and_count_it() {
     });
     assert_eq!((arrived, corrupt), (0, 600.0));
 }
+
+#[test]
+fn an_unreadable_segment_is_named_set_aside_and_the_rest_delivered() {
+    // Two lanes, two segments: traces from the receiver first (segment 0),
+    // then metrics from a scrape (segment 1), all queued, the gateway down.
+    let receiver = free_port();
+    let gateway = FakeGateway::start();
+    gateway.set_default(Reply::Status(503, None));
+    let dir = TempDir::new("unreadable");
+    let mut agent = Agent::start_in(dir, &receiver_config(receiver, &gateway.url()));
+    for i in 0..20u64 {
+        assert_eq!(post(receiver, &spans(i * 5)), Some(200));
+    }
+    assert_eq!(agent.terminate(), Some(0), "{}", agent.diagnostics());
+    let exporter =
+        ScriptedExporter::start(|n| (200, "text/plain", format!("g {n}\n").into_bytes()));
+    let cfg = receiver_config(receiver, &gateway.url())
+        + &format!(
+            "\n[[scrape]]\njob = \"g\"\ntargets = [\"{}\"]\ninterval = \"200ms\"\n",
+            exporter.addr
+        );
+    agent.rewrite_config(&cfg);
+    agent.restart();
+    wait_for(
+        Duration::from_secs(20),
+        || {
+            agent
+                .metric("tern_queue_batches{signal=\"metrics\"}")
+                .filter(|&n| n >= 3.0)
+        },
+        || agent.diagnostics(),
+    );
+    assert_eq!(agent.terminate(), Some(0), "{}", agent.diagnostics());
+    let queue = agent.state_dir().join("queue");
+    let file = segments(&queue).remove(0);
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    // Root reads a mode-000 file: run tern as nobody then, as the packaged
+    // unit runs it as a user of its own.
+    let root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+    let uid = root.then_some(65534);
+    if root {
+        let status = Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(agent.dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    gateway.set_default(Reply::Ok);
+    let dir = agent.into_dir();
+    let agent = Agent::start_in_as(dir, &cfg, uid);
+    // The metrics queued before arrive; the traces are counted as lost.
+    wait_for(
+        Duration::from_secs(20),
+        || (gateway.delivered().len() >= 3).then_some(()),
+        || agent.diagnostics(),
+    );
+    let stderr = agent.stderr();
+    let name = file.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        stderr.contains("Set aside an unreadable queue segment") && stderr.contains(&name),
+        "{}",
+        agent.diagnostics()
+    );
+    assert_eq!(
+        sum_metric(&agent, "tern_dropped_points_total", "reason=\"corrupt\""),
+        100.0,
+        "{}",
+        agent.diagnostics()
+    );
+    assert!(queue
+        .join("data")
+        .join(format!("{name}.unreadable"))
+        .exists());
+    assert!(span_names(&gateway.received()).is_empty());
+}

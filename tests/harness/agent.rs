@@ -40,6 +40,8 @@ pub struct Agent {
     child: Option<Child>,
     /// The self-telemetry address, read from tern's log.
     pub listen: Option<SocketAddr>,
+    /// The user id tern runs as, when not the test's own.
+    uid: Option<u32>,
 }
 
 impl Agent {
@@ -53,6 +55,13 @@ impl Agent {
     /// Starts tern with `config` in an existing directory (to restart on the
     /// same state).
     pub fn start_in(dir: TempDir, config: &str) -> Agent {
+        Agent::start_in_as(dir, config, None)
+    }
+
+    /// Starts tern as user `uid` (and the group of the same number), for
+    /// tests of what an unprivileged agent cannot read; the test must give
+    /// that user its state directory.
+    pub fn start_in_as(dir: TempDir, config: &str, uid: Option<u32>) -> Agent {
         let config = config.replace(
             "{state_dir}",
             &dir.path().join("state").display().to_string(),
@@ -62,6 +71,7 @@ impl Agent {
             config,
             child: None,
             listen: None,
+            uid,
         };
         agent.spawn();
         agent
@@ -83,7 +93,12 @@ impl Agent {
             .open(self.stderr_path())
             .unwrap();
         let log_start = self.stderr().len();
-        let child = tern_command()
+        let mut command = tern_command();
+        if let Some(uid) = self.uid {
+            use std::os::unix::process::CommandExt;
+            command.uid(uid).gid(uid);
+        }
+        let child = command
             .args(["run", "--config"])
             .arg(self.config_path())
             .env_remove("TERN_LOG")
