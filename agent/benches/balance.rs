@@ -10,8 +10,6 @@ use std::time::Instant;
 
 use prost::Message;
 use tern::config::{Routing, RoutingKey};
-use tern::export::route::{key_hash, mix, Table};
-use tern::export::split::{split, Split};
 use tern::otlp::encode;
 use tern::otlp::proto::collector::metrics::v1::ExportMetricsServiceRequest;
 use tern::otlp::proto::collector::trace::v1::ExportTraceServiceRequest;
@@ -21,6 +19,8 @@ use tern::otlp::proto::metrics::v1::{
 use tern::otlp::proto::resource::v1::Resource;
 use tern::otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use tern::queue::Signal;
+use tern::route::split::{split, Split};
+use tern::route::{key_hash, mix, Table};
 
 fn gateways(n: usize) -> Vec<String> {
     (0..n)

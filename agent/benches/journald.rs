@@ -45,12 +45,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tern::config::Config;
+use tern::lifecycle::Shutdown;
 use tern::queue::{Options, Queue};
 use tern::sources::journald::convert::{Batch, Converter};
 use tern::sources::journald::export_format::{Limits, Outcome, Parser};
 use tern::sources::journald::Pipeline;
 use tern::sources::Sink;
-use tern::telemetry::{Metrics, Shutdown};
+use tern::telemetry::Metrics;
 
 const JOURNAL_REMOTE: &str = "/lib/systemd/systemd-journal-remote";
 const CHUNK: usize = 64 << 10;

@@ -15,12 +15,14 @@ use std::time::{Duration, Instant, SystemTime};
 use smol::stream::StreamExt;
 
 use crate::config::{Config, FullPolicy};
-use crate::export::route::Routes;
+use crate::http::server::{self as http, Request, Response};
+use crate::http::{Client, HttpError, TlsConfig};
+use crate::lifecycle::Shutdown;
 use crate::queue::{self, Queue, QueueError, Stats};
+use crate::route::Routes;
 use crate::sources::{journald, otlp, prometheus, Sink};
-use crate::telemetry::http::{self, Request, Response};
 use crate::telemetry::notify;
-use crate::telemetry::{self, Metrics, Shutdown};
+use crate::telemetry::{self, Metrics};
 
 /// Any error that ends the agent, shown as one line on stderr.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -53,6 +55,10 @@ fn queue_options(config: &Config) -> queue::Options {
     }
 }
 
+/// Largest answer read from a running agent's `/api/v1/queue`: a table of
+/// one line per lane.
+const MAX_QUEUE_ANSWER: u64 = 1 << 20;
+
 /// Prints the queue's backlog, for `tern queue`. A running agent holds the
 /// queue's lock, so then the numbers come from its HTTP endpoint.
 pub fn print_queue(config: &Config, out: &mut dyn Write) -> Result<(), Error> {
@@ -63,14 +69,13 @@ pub fn print_queue(config: &Config, out: &mut dyn Write) -> Result<(), Error> {
         }
         Err(QueueError::Locked { .. }) => {
             let url = format!("http://{}/api/v1/queue", config.agent.listen);
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .timeout_global(Some(Duration::from_secs(5)))
-                .build()
-                .into();
-            let text = agent
-                .get(&url)
-                .call()
-                .and_then(|mut r| r.body_mut().read_to_string())
+            let client = Client::new(&TlsConfig::default(), Duration::from_secs(5), false)?;
+            let text = client
+                .get(&url, &[], MAX_QUEUE_ANSWER)
+                .and_then(|r| match r.status {
+                    200..=299 => Ok(String::from_utf8_lossy(&r.body).into_owned()),
+                    status => Err(HttpError::Http(format!("http status: {status}").into())),
+                })
                 .map_err(|e| format!("the queue is locked by a running agent, and asking it at {url} failed: {e}"))?;
             out.write_all(text.as_bytes())?;
             Ok(())

@@ -21,6 +21,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+/// The `[export.tls]` and `[scrape.tls]` sections (the HTTP client's settings).
+pub use crate::http::TlsConfig;
+use crate::http::{Client, HttpError};
+
 /// The validated configuration the agent runs with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -267,21 +271,6 @@ pub enum Compression {
     Gzip,
     /// Plain protobuf.
     None,
-}
-
-/// The `[export.tls]` and `[scrape.tls]` sections.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct TlsConfig {
-    /// PEM file of CA certificates trusted in addition to the system roots.
-    pub ca_file: Option<PathBuf>,
-    /// PEM client certificate for mutual TLS.
-    pub cert_file: Option<PathBuf>,
-    /// PEM private key of `cert_file`.
-    pub key_file: Option<PathBuf>,
-    /// Name checked in the gateway's certificate instead of the URL's host.
-    pub server_name: Option<String>,
-    /// Skip certificate checks. For tests only. Defaults to false.
-    pub insecure_skip_verify: bool,
 }
 
 /// The `[export.retry]` section, with the OpenTelemetry Collector's names and
@@ -921,14 +910,17 @@ impl Cx<'_> {
     /// plain-HTTP client: loading the system roots proves nothing about the
     /// files and would keep 200 KB of heap.
     fn tls_files(&self, tls: &TlsConfig, raw: &RawTls, key: &str) -> Result<(), ConfigError> {
-        use crate::export::sender::Client;
         let timeout = Duration::from_secs(1);
         let ca = TlsConfig {
             ca_file: tls.ca_file.clone(),
             ..TlsConfig::default()
         };
         if let Err(e) = Client::new(&ca, timeout, false) {
-            return Err(self.err_opt(raw.ca_file.as_ref(), &format!("{key}.ca_file"), e.0));
+            return Err(self.err_opt(
+                raw.ca_file.as_ref(),
+                &format!("{key}.ca_file"),
+                tls_reason(e),
+            ));
         }
         let pair = TlsConfig {
             cert_file: tls.cert_file.clone(),
@@ -936,19 +928,20 @@ impl Cx<'_> {
             ..TlsConfig::default()
         };
         if let Err(e) = Client::new(&pair, timeout, false) {
+            let e = tls_reason(e);
             // The client's reason starts with the file's path; a combined PEM
             // file (the same path twice) is named as cert_file.
             let in_key = tls.key_file != tls.cert_file
                 && tls
                     .key_file
                     .as_ref()
-                    .is_some_and(|k| e.0.starts_with(&format!("{}: ", k.display())));
+                    .is_some_and(|k| e.starts_with(&format!("{}: ", k.display())));
             let (at, field) = if in_key {
                 (raw.key_file.as_ref(), "key_file")
             } else {
                 (raw.cert_file.as_ref(), "cert_file")
             };
-            return Err(self.err_opt(at, &format!("{key}.{field}"), e.0));
+            return Err(self.err_opt(at, &format!("{key}.{field}"), e));
         }
         Ok(())
     }
@@ -1285,6 +1278,15 @@ impl Cx<'_> {
 /// (of a key, a value or a table header), so the key comes from a [`KeyMap`]
 /// of the text; when the text is not TOML at all, only a table header can be
 /// named, and otherwise the key is left out rather than guessed.
+/// The reason of a client's TLS setup error, without its "tls setup: "
+/// prefix: the config error names the key instead.
+fn tls_reason(e: HttpError) -> String {
+    match e {
+        HttpError::Tls(reason) => reason,
+        other => other.to_string(),
+    }
+}
+
 fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
     // The message can run over lines ("invalid table header" then "duplicate
     // key `agent` in document root"); each line is part of the reason.

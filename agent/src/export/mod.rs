@@ -3,7 +3,7 @@
 //! over OTLP/HTTP with retry and backoff.
 //!
 //! ```text
-//! Sink --split by routing key ([`split`], [`route`])--> lane (signal, gateway)
+//! Sink --split by routing key (`route::split`, `route`)--> lane (signal, gateway)
 //! tern-route: gateway set (static list, or tern-dns) -> Routes; re-splits
 //!             the lanes of gateways that left (and `default`, from before)
 //! tern-send-<host:port>: one per gateway, one keep-alive connection
@@ -25,7 +25,7 @@
 //!   the same body and headers; each is counted in
 //!   `tern_export_redirects_total`, and 301, 302 and 308 are logged (WARN,
 //!   rate-limited) as an endpoint to update.
-//! - A 413 splits the request in halves ([`split::halve`]: by resource, then
+//! - A 413 splits the request in halves ([`split::halve`](crate::route::split::halve): by resource, then
 //!   scope, then items) and sends each; a part holding a single item that
 //!   still gets 413 is dropped as `too_large`, counted with its points. The
 //!   batch leaves the queue once every part is delivered or dropped. The
@@ -46,9 +46,7 @@
 //!
 pub mod dns;
 pub mod retry;
-pub mod route;
 pub mod sender;
-pub mod split;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -58,15 +56,16 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::config::{DnsConfig, ExportConfig, RetryConfig};
+use crate::lifecycle::{RateLimit, Shutdown};
 use crate::queue::{
     Batch, BatchId, DropReason, Dropped, Lane, NewBatch, PushListener, Queue, QueueError, Signal,
 };
-use crate::telemetry::{Metrics, RateLimit, Shutdown};
+use crate::route::split::{self, Halved, Split};
+use crate::route::{Routes, Table};
+use crate::telemetry::Metrics;
 
 use retry::Backoff;
-use route::{Routes, Table};
 use sender::{ExportError, Sender};
-use split::{Halved, Split};
 
 /// How often the coordinator applies gateway set changes, looks for lanes to
 /// re-split and updates the per-gateway gauges.
@@ -101,7 +100,7 @@ pub fn spawn(
         return Ok(None);
     }
     // Checks the TLS files once, so that a bad one fails the start or reload.
-    sender::Client::new(&config.tls, config.timeout, false)?;
+    crate::http::Client::new(&config.tls, config.timeout, false)?;
     let (updates, received) = mpsc::channel();
     let dns = match &config.dns {
         Some(d) => Some(spawn_dns(

@@ -10,15 +10,16 @@
 //! 308 alike: an OTLP endpoint never wants a GET. The whole chain shares one
 //! `export.timeout`.
 //!
-//! No `ureq::` type leaves this file.
+//! The connection itself (ureq, rustls, TLS setup) is `http::client`'s.
 
 use std::fmt;
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use prost::Message;
 
-use crate::config::{Compression, ExportConfig, TlsConfig};
+use crate::config::{Compression, ExportConfig};
+use crate::http::client::{resolve_location, scheme_of};
+use crate::http::{is_https, Client, HttpError};
 use crate::otlp::proto::collector;
 use crate::queue::Signal;
 
@@ -50,7 +51,7 @@ pub enum ExportError {
     Timeout,
     /// The connection could not be made or broke (refused, reset, DNS, TLS
     /// handshake). Retried.
-    Network(String),
+    Network(Box<dyn std::error::Error + Send + Sync>),
     /// The gateway refused the batch for good (a 4xx other than 408, 413 and
     /// 429, or a 3xx tern does not follow): sending it again cannot help, so
     /// it is dropped and counted.
@@ -141,7 +142,14 @@ impl fmt::Display for ExportError {
     }
 }
 
-impl std::error::Error for ExportError {}
+impl std::error::Error for ExportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ExportError::Network(e) => Some(e.as_ref()),
+            _ => None,
+        }
+    }
+}
 
 /// A batch the gateway took, with what it rejected inside it.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -185,133 +193,9 @@ pub struct Sender {
     timeout: Duration,
 }
 
-/// An HTTP client with tern's TLS settings (system roots plus `ca_file`,
-/// client certificates) and one keep-alive connection per host. Scrapes use it
-/// too, so that ureq stays inside this file.
-#[derive(Debug, Clone)]
-pub struct Client {
-    agent: ureq::Agent,
-}
-
-/// A body fetched with [`Client::get`].
-#[derive(Debug)]
-pub struct Fetched {
-    /// The HTTP status.
-    pub status: u16,
-    /// The Content-Type header, if any.
-    pub content_type: Option<String>,
-    /// The body, decompressed when the server sent gzip.
-    pub body: Vec<u8>,
-}
-
-/// Why [`Client::get`] failed.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum FetchError {
-    /// The server could not be reached, or the exchange failed or timed out.
-    Http(String),
-    /// The body, after decompression, is larger than the limit given.
-    TooLarge(u64),
-}
-
-impl fmt::Display for FetchError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FetchError::Http(e) => write!(f, "http: {e}"),
-            FetchError::TooLarge(limit) => write!(f, "body exceeds the limit of {limit} bytes"),
-        }
-    }
-}
-
-impl std::error::Error for FetchError {}
-
-impl Client {
-    /// A client whose requests take at most `timeout` each. `https`: whether
-    /// it will talk TLS at all; a plain-HTTP client does not load the system's
-    /// root certificates (about 200 KB of heap on a Debian box).
-    pub fn new(tls: &TlsConfig, timeout: Duration, https: bool) -> Result<Client, TlsSetupError> {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(timeout))
-            .max_idle_connections(4)
-            .max_idle_connections_per_host(1)
-            .max_redirects(0)
-            .user_agent(concat!("tern/", env!("CARGO_PKG_VERSION")))
-            .tls_config(tls_config(tls, https)?)
-            .build()
-            .into();
-        Ok(Client { agent })
-    }
-
-    /// GETs `url`, reading at most `limit` bytes of (decompressed) body.
-    pub fn get(
-        &self,
-        url: &str,
-        headers: &[(&str, &str)],
-        limit: u64,
-    ) -> Result<Fetched, FetchError> {
-        self.get_into(url, headers, limit, Vec::new())
-    }
-
-    /// Like [`Client::get`], reading the body into `buffer` (cleared first), so
-    /// that a caller fetching the same large body again and again reuses one
-    /// allocation instead of growing a new one each time.
-    pub fn get_into(
-        &self,
-        url: &str,
-        headers: &[(&str, &str)],
-        limit: u64,
-        mut buffer: Vec<u8>,
-    ) -> Result<Fetched, FetchError> {
-        use std::io::Read;
-        let mut request = self.agent.get(url);
-        for (k, v) in headers {
-            request = request.header(*k, *v);
-        }
-        let mut response = request
-            .call()
-            .map_err(|e| FetchError::Http(e.to_string()))?;
-        let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        buffer.clear();
-        let mut body = buffer;
-        // Read one byte past the limit to tell "at the limit" from "over it".
-        response
-            .body_mut()
-            .as_reader()
-            .take(limit.saturating_add(1))
-            .read_to_end(&mut body)
-            .map_err(|e| FetchError::Http(e.to_string()))?;
-        if u64::try_from(body.len()).unwrap_or(u64::MAX) > limit {
-            return Err(FetchError::TooLarge(limit));
-        }
-        Ok(Fetched {
-            status,
-            content_type,
-            body,
-        })
-    }
-}
-
-/// A problem with the local TLS setup (unreadable CA or key file).
-#[derive(Debug)]
-pub struct TlsSetupError(pub String);
-
-impl fmt::Display for TlsSetupError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "tls setup: {}", self.0)
-    }
-}
-
-impl std::error::Error for TlsSetupError {}
-
 impl Sender {
     /// A sender for `endpoint` with the `[export]` settings.
-    pub fn new(endpoint: &str, config: &ExportConfig) -> Result<Sender, TlsSetupError> {
+    pub fn new(endpoint: &str, config: &ExportConfig) -> Result<Sender, HttpError> {
         Ok(Sender {
             endpoint: endpoint.trim_end_matches('/').to_string(),
             client: Client::new(&config.tls, config.timeout, is_https(endpoint))?,
@@ -404,51 +288,37 @@ impl Sender {
         body: &[u8],
         timeout: Duration,
     ) -> Result<Answer, ExportError> {
-        let mut request = self
-            .client
-            .agent
-            .post(url)
-            .config()
-            .timeout_global(Some(timeout))
-            .build()
-            .header("Content-Type", "application/x-protobuf");
+        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(self.headers.len() + 2);
+        headers.push(("Content-Type", "application/x-protobuf"));
         if self.compression == Compression::Gzip {
-            request = request.header("Content-Encoding", "gzip");
+            headers.push(("Content-Encoding", "gzip"));
         }
-        for (k, v) in &self.headers {
-            request = request.header(k.as_str(), v.as_str());
-        }
-        let mut response = match request.send(body) {
-            Ok(r) => r,
-            Err(ureq::Error::Timeout(_)) => return Err(ExportError::Timeout),
-            Err(e) => return Err(ExportError::Network(e.to_string())),
+        headers.extend(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let answer = match self
+            .client
+            .post(url, &headers, body, timeout, MAX_RESPONSE_BYTES)
+        {
+            Ok(a) => a,
+            Err(HttpError::Timeout(_)) => return Err(ExportError::Timeout),
+            Err(HttpError::Http(e)) => return Err(ExportError::Network(e)),
+            Err(e) => return Err(ExportError::Network(Box::new(e))),
         };
-        let status = response.status().as_u16();
-        let header = |name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let retry_after = header("retry-after").as_deref().and_then(parse_retry_after);
-        let location = header("location");
-        let is_protobuf =
-            header("content-type").is_some_and(|ct| ct.starts_with("application/x-protobuf"));
-        // Read to the end even when unused, so the connection can be reused.
-        let body = response
-            .body_mut()
-            .with_config()
-            .limit(MAX_RESPONSE_BYTES)
-            .read_to_vec()
-            .unwrap_or_default();
+        let status = answer.status;
+        let retry_after = answer.retry_after.as_deref().and_then(parse_retry_after);
+        let is_protobuf = answer
+            .content_type
+            .is_some_and(|ct| ct.starts_with("application/x-protobuf"));
+        let body = answer.body;
         match status {
             200..=299 => Ok(Answer::Done(if is_protobuf {
                 partial_success(signal, &body)
             } else {
                 Accepted::default()
             })),
-            301 | 302 | 307 | 308 => Ok(Answer::Redirect { status, location }),
+            301 | 302 | 307 | 308 => Ok(Answer::Redirect {
+                status,
+                location: answer.location,
+            }),
             408 | 429 | 500..=599 => Err(ExportError::Unavailable {
                 status,
                 retry_after,
@@ -473,104 +343,6 @@ enum Answer {
         status: u16,
         location: Option<String>,
     },
-}
-
-/// The scheme of an absolute URL, lowercased for comparison; "" when none.
-fn scheme_of(url: &str) -> String {
-    url.split_once("://")
-        .map(|(s, _)| s.to_ascii_lowercase())
-        .unwrap_or_default()
-}
-
-/// Resolves a redirect's `location` against the URL `base` of the request
-/// (RFC 3986, section 5.2, for the forms servers send: absolute, scheme
-/// relative, absolute path, relative path, query only), without its
-/// fragment. `None` when the result is not a usable http or https URL.
-pub fn resolve_location(base: &str, location: &str) -> Option<String> {
-    let location = location.trim();
-    let location = location.split('#').next().unwrap_or("");
-    if location.is_empty() {
-        return None;
-    }
-    let (base_scheme, base_rest) = base.split_once("://")?;
-    let base_authority_end = base_rest.find(['/', '?']).unwrap_or(base_rest.len());
-    let (authority, base_path_query) = base_rest.split_at(base_authority_end);
-    let base_path = base_path_query.split('?').next().unwrap_or("");
-    let has_scheme = location.find(':').is_some_and(|i| {
-        location.get(..i).is_some_and(|s| {
-            !s.is_empty()
-                && s.starts_with(|c: char| c.is_ascii_alphabetic())
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
-        })
-    });
-    let resolved = if has_scheme {
-        let (scheme, rest) = location.split_once(':')?;
-        let rest = rest.strip_prefix("//")?;
-        let end = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (auth, path_query) = rest.split_at(end);
-        format!(
-            "{}://{auth}{}",
-            scheme.to_ascii_lowercase(),
-            normalize(path_query)
-        )
-    } else if let Some(rest) = location.strip_prefix("//") {
-        let end = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (auth, path_query) = rest.split_at(end);
-        format!("{base_scheme}://{auth}{}", normalize(path_query))
-    } else if location.starts_with('/') {
-        format!("{base_scheme}://{authority}{}", normalize(location))
-    } else if location.starts_with('?') {
-        format!("{base_scheme}://{authority}{base_path}{location}")
-    } else {
-        let dir = base_path.rfind('/').map_or("/", |i| &base_path[..=i]);
-        format!(
-            "{base_scheme}://{authority}{}",
-            normalize(&format!("{dir}{location}"))
-        )
-    };
-    let uri: ureq::http::Uri = resolved.parse().ok()?;
-    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
-    (scheme_ok && uri.host().is_some_and(|h| !h.is_empty())).then_some(resolved)
-}
-
-/// A path (with its query) with `.` and `..` segments removed (RFC 3986,
-/// section 5.2.4), and "/" for an empty path.
-fn normalize(path_query: &str) -> String {
-    let (path, query) = match path_query.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (path_query, None),
-    };
-    let mut out: Vec<&str> = Vec::new();
-    let segments: Vec<&str> = path.split('/').skip(1).collect();
-    let last = segments.len().saturating_sub(1);
-    for (i, segment) in segments.iter().enumerate() {
-        match *segment {
-            "." | ".." => {
-                if *segment == ".." {
-                    out.pop();
-                }
-                // A trailing dot segment leaves a directory: keep its slash.
-                if i == last {
-                    out.push("");
-                }
-            }
-            s => out.push(s),
-        }
-    }
-    let mut result = String::with_capacity(path_query.len() + 1);
-    for s in &out {
-        result.push('/');
-        result.push_str(s);
-    }
-    if result.is_empty() {
-        result.push('/');
-    }
-    if let Some(q) = query {
-        result.push('?');
-        result.push_str(q);
-    }
-    result
 }
 
 /// The OTLP/HTTP path of each signal.
@@ -642,90 +414,11 @@ fn rejection_message(body: &[u8], is_protobuf: bool) -> String {
     line.trim().to_string()
 }
 
-/// Whether `url` needs TLS.
-pub fn is_https(url: &str) -> bool {
-    url.get(..8)
-        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
-}
-
 fn gunzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut out = Vec::new();
     flate2::read::GzDecoder::new(data).read_to_end(&mut out)?;
     Ok(out)
-}
-
-/// The system's root certificates, read once per process and shared by every
-/// client that talks TLS; `None` when the system has none.
-fn system_roots() -> Option<Arc<Vec<ureq::tls::Certificate<'static>>>> {
-    static ROOTS: OnceLock<Option<Arc<Vec<ureq::tls::Certificate<'static>>>>> = OnceLock::new();
-    ROOTS
-        .get_or_init(|| {
-            let native = rustls_native_certs::load_native_certs();
-            let roots: Vec<_> = native
-                .certs
-                .iter()
-                .map(|cert| ureq::tls::Certificate::from_der(cert.as_ref()).to_owned())
-                .collect();
-            (!roots.is_empty()).then(|| Arc::new(roots))
-        })
-        .clone()
-}
-
-fn tls_config(tls: &TlsConfig, https: bool) -> Result<ureq::tls::TlsConfig, TlsSetupError> {
-    use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts};
-    let mut builder =
-        ureq::tls::TlsConfig::builder().disable_verification(tls.insecure_skip_verify);
-    let mut extra: Vec<Certificate<'static>> = Vec::new();
-    if let Some(path) = &tls.ca_file {
-        let pem =
-            std::fs::read(path).map_err(|e| TlsSetupError(format!("{}: {e}", path.display())))?;
-        for item in ureq::tls::parse_pem(&pem) {
-            if let Ok(ureq::tls::PemItem::Certificate(c)) = item {
-                extra.push(c);
-            }
-        }
-        if extra.is_empty() {
-            return Err(TlsSetupError(format!(
-                "{}: no PEM certificate found",
-                path.display()
-            )));
-        }
-    }
-    // The compiled-in webpki roots cost no heap until a TLS connection: what a
-    // plain-HTTP client gets, and the fallback on a system without roots.
-    let system = if https { system_roots() } else { None };
-    builder = builder.root_certs(match (system, extra.is_empty()) {
-        (None, true) => RootCerts::WebPki,
-        (Some(system), true) => RootCerts::Specific(system),
-        (system, false) => {
-            let mut roots = system.map(|s| s.to_vec()).unwrap_or_default();
-            roots.extend(extra);
-            RootCerts::new_with_certs(&roots)
-        }
-    });
-    if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
-        let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|e| TlsSetupError(format!("{}: {e}", p.display())))
-        };
-        let cert_pem = read(cert)?;
-        let chain: Vec<Certificate<'static>> = ureq::tls::parse_pem(&cert_pem)
-            .filter_map(|i| match i {
-                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-                _ => None,
-            })
-            .collect();
-        if chain.is_empty() {
-            return Err(TlsSetupError(format!(
-                "{}: no PEM certificate found",
-                cert.display()
-            )));
-        }
-        let key = PrivateKey::from_pem(&read(key)?)
-            .map_err(|e| TlsSetupError(format!("{}: {e}", key.display())))?;
-        builder = builder.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
-    }
-    Ok(builder.build())
 }
 
 #[cfg(test)]

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use prost::Message;
 
-use super::sender::{resolve_location, ExportError, Sender};
+use super::sender::{ExportError, Sender};
 use super::*;
 use crate::config::Config;
+use crate::http::client::resolve_location;
 use crate::otlp::proto::collector::trace::v1::ExportTraceServiceRequest;
 use crate::otlp::proto::common::v1::InstrumentationScope;
 use crate::otlp::proto::resource::v1::Resource;

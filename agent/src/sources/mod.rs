@@ -11,12 +11,12 @@ pub mod prometheus;
 
 use std::sync::Arc;
 
-use crate::export::route::Routes;
-use crate::export::split::{split, Split};
 use crate::otlp::Encoded;
 use crate::queue::{
     Checkpoint, Dropped, FullPolicy, Lane, NewBatch, Pushed, Queue, QueueError, Signal,
 };
+use crate::route::split::{split, Split};
+use crate::route::Routes;
 use crate::telemetry::Metrics;
 
 /// The lane destination of batches queued while no gateway is known (and of

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
 
-use super::RateLimit;
+use crate::lifecycle::RateLimit;
 
 /// Tells systemd that tern is up: the queue is open and the sources run.
 /// `status` is shown by `systemctl status tern`.

@@ -76,10 +76,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{JournaldConfig, ReadFrom};
+use crate::lifecycle::{RateLimit, Shutdown};
 use crate::otlp;
 use crate::queue::{Checkpoint, Signal};
 use crate::sources::Sink;
-use crate::telemetry::{Metrics, RateLimit, Shutdown};
+use crate::telemetry::Metrics;
 
 use convert::{Batch, Converter};
 use export_format::{Entry, Limits, Outcome, Parser};

@@ -50,11 +50,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::config::{Config, OtlpReceiverConfig, ReceiverFullPolicy};
+use crate::http::server::{self as http, Refusal, Request, Response};
+use crate::lifecycle::RateLimit;
 use crate::otlp::compress;
 use crate::queue::{FullPolicy, QueueError, Signal};
 use crate::sources::Sink;
-use crate::telemetry::http::{self, Refusal, Request, Response};
-use crate::telemetry::{Metrics, RateLimit};
+use crate::telemetry::Metrics;
 
 /// Requests decoded and queued at once: one per core of the small boxes tern
 /// runs on. Each holds a decoded request in memory while it runs.

@@ -8,7 +8,7 @@
 use prost::Message;
 
 use super::decode::Format;
-use crate::telemetry::http::Response;
+use crate::http::server::Response;
 
 /// `google.rpc.Status`, the body of every failed OTLP/HTTP response; only
 /// the fields tern sets (no `details`).

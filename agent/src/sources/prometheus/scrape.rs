@@ -17,9 +17,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{ScrapeConfig, ScrapeTarget};
-use crate::export::sender::{is_https, Client, FetchError};
+use crate::http::{is_https, Client, HttpError};
+use crate::lifecycle::{RateLimit, Shutdown};
 use crate::sources::Sink;
-use crate::telemetry::{Metrics, RateLimit, Shutdown};
+use crate::telemetry::Metrics;
 
 use super::convert::{Builder, TargetInfo};
 use super::parse::{Format, Limits, Parser};
@@ -280,7 +281,7 @@ impl Scraper {
                 std::mem::take(&mut self.buffer),
             )
             .map_err(|e| match e {
-                FetchError::TooLarge(limit) => ScrapeError::TooLarge(limit),
+                HttpError::TooLarge(limit) => ScrapeError::TooLarge(limit),
                 e => ScrapeError::Http(e.to_string()),
             })?;
         if fetched.status != 200 {

@@ -1,5 +1,10 @@
-//! The router: which gateway a routing key goes to, by rendezvous (highest
-//! random weight) hashing over the current gateway set.
+//! Routing: which gateway a routing key goes to, by rendezvous (highest
+//! random weight) hashing over the current gateway set, and the [`split`] of
+//! a batch into one part per gateway.
+//!
+//! Sources use it before the queue, because the queue's lanes are per
+//! gateway; the exporter uses it to re-split the lanes of a gateway that left
+//! or failed over.
 //!
 //! Every gateway is scored for a key by `mix(key ^ hash(gateway))`, and the key
 //! goes to the highest score among the gateways that are up. So when a gateway
@@ -13,6 +18,8 @@
 //!
 //! The set lives behind [`Routes`], an `Arc` swapped under a lock: routing
 //! reads it in a few nanoseconds and never waits on a resolver or a sender.
+
+pub mod split;
 
 use std::sync::{Arc, RwLock};
 

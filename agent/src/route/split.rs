@@ -23,7 +23,7 @@ use crate::otlp::proto::resource::v1::Resource;
 use crate::otlp::{compress, encode, Encoded};
 use crate::queue::Signal;
 
-use super::route::{fnv1a, key_hash, mix, Table, SEED};
+use super::{fnv1a, key_hash, mix, Table, SEED};
 
 /// Largest decompressed batch the router decodes: a stored batch is at most
 /// a few MiB, so more is damage; such a batch is routed whole.

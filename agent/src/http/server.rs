@@ -1,5 +1,6 @@
-//! A small HTTP/1.1 server on smol for `/metrics`, health, and the OTLP
-//! receiver (`sources::otlp`).
+//! A small HTTP/1.1 server on smol, for the self telemetry endpoints
+//! (`/metrics`, health, `/api/v1/queue`) and the OTLP receiver
+//! (`sources::otlp`).
 //!
 //! httparse reads the request head; this module only frames bodies
 //! (`Content-Length` and `Transfer-Encoding: chunked`), answers
