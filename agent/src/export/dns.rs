@@ -47,7 +47,14 @@ impl fmt::Display for DnsError {
     }
 }
 
-impl std::error::Error for DnsError {}
+impl std::error::Error for DnsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DnsError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// The first `nameserver` of /etc/resolv.conf, port 53.
 pub fn system_nameserver() -> Option<SocketAddr> {

@@ -12,7 +12,6 @@
 //!
 //! The connection itself (ureq, rustls, TLS setup) is `http::client`'s.
 
-use std::fmt;
 use std::time::{Duration, Instant};
 
 use prost::Message;
@@ -21,8 +20,10 @@ use crate::config::{Compression, ExportConfig};
 use crate::http::client::{resolve_location, scheme_of};
 use crate::http::{is_https, Client, HttpError};
 use crate::otlp::proto::collector;
+use crate::otlp::MAX_STORED_RAW;
 use crate::queue::Signal;
 
+use super::error::ExportError;
 use super::retry::parse_retry_after;
 
 /// Largest response body read from a gateway; OTLP responses are tiny, a huge
@@ -33,123 +34,6 @@ const MAX_RESPONSE_BYTES: u64 = 64 << 10;
 /// loop or a misconfiguration; the request then fails as retryable
 /// ([`ExportError::Redirect`]) and the batch stays queued.
 pub const MAX_REDIRECTS: usize = 5;
-
-/// Why a request to a gateway failed, classed by whose fault it was so that
-/// retry code matches on the class and never on strings.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum ExportError {
-    /// The gateway answered 408, 429, 502, 503, 504 or another 5xx: try again
-    /// later, after `retry_after` when it said so.
-    Unavailable {
-        /// The HTTP status.
-        status: u16,
-        /// The gateway's Retry-After, if any.
-        retry_after: Option<Duration>,
-    },
-    /// No answer within `export.timeout`.
-    Timeout,
-    /// The connection could not be made or broke (refused, reset, DNS, TLS
-    /// handshake). Retried.
-    Network(Box<dyn std::error::Error + Send + Sync>),
-    /// The gateway refused the batch for good (a 4xx other than 408, 413 and
-    /// 429, or a 3xx tern does not follow): sending it again cannot help, so
-    /// it is dropped and counted.
-    Rejected {
-        /// The HTTP status.
-        status: u16,
-        /// The first part of the gateway's message.
-        message: String,
-    },
-    /// The gateway answered 413: the request is larger than it takes. The
-    /// exporter splits the batch and sends the parts; only a part holding a
-    /// single item is dropped ([`DropReason::TooLarge`](crate::queue::DropReason::TooLarge)).
-    TooLarge {
-        /// The first part of the gateway's message.
-        message: String,
-    },
-    /// A redirect that was not followed: more than [`MAX_REDIRECTS`] hops, no
-    /// or an unusable `Location`, or a change of scheme (an https endpoint
-    /// redirected to http). A configuration problem on either side, but not
-    /// the batch's fault: retried, never dropped.
-    Redirect {
-        /// The status of the redirect not followed.
-        status: u16,
-        /// What was wrong with it, with the Location when there was one.
-        reason: String,
-    },
-    /// A local fault: the stored batch cannot be read (it does not
-    /// decompress or decode). Sending it again cannot help, so it is dropped
-    /// as [`DropReason::Corrupt`](crate::queue::DropReason::Corrupt), never
-    /// retried.
-    Corrupt(String),
-}
-
-impl ExportError {
-    /// Whether sending the same batch again, as it is, may succeed: false for
-    /// the gateway's refusals ([`ExportError::Rejected`],
-    /// [`ExportError::TooLarge`]) and for local faults ([`ExportError::Corrupt`]).
-    pub fn is_retryable(&self) -> bool {
-        !matches!(
-            self,
-            ExportError::Rejected { .. } | ExportError::TooLarge { .. } | ExportError::Corrupt(_)
-        )
-    }
-
-    /// The Retry-After the gateway asked for.
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            ExportError::Unavailable { retry_after, .. } => *retry_after,
-            _ => None,
-        }
-    }
-
-    /// A short label for the `reason` of self metrics: `http_503`,
-    /// `http_413`, `timeout`, `network`, `redirect`, `corrupt`.
-    pub fn reason(&self) -> String {
-        match self {
-            ExportError::Unavailable { status, .. } | ExportError::Rejected { status, .. } => {
-                format!("http_{status}")
-            }
-            ExportError::TooLarge { .. } => "http_413".into(),
-            ExportError::Timeout => "timeout".into(),
-            ExportError::Network(_) => "network".into(),
-            ExportError::Redirect { .. } => "redirect".into(),
-            ExportError::Corrupt(_) => "corrupt".into(),
-        }
-    }
-}
-
-impl fmt::Display for ExportError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ExportError::Unavailable { status, .. } => {
-                write!(f, "gateway unavailable: status {status}")
-            }
-            ExportError::Timeout => write!(f, "timeout"),
-            ExportError::Network(e) => write!(f, "network: {e}"),
-            ExportError::Rejected { status, message } => {
-                write!(f, "rejected: status {status}: {message}")
-            }
-            ExportError::TooLarge { message } => {
-                write!(f, "request too large: status 413: {message}")
-            }
-            ExportError::Redirect { status, reason } => {
-                write!(f, "redirect not followed: status {status}: {reason}")
-            }
-            ExportError::Corrupt(e) => write!(f, "stored batch unreadable: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for ExportError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            ExportError::Network(e) => Some(e.as_ref()),
-            _ => None,
-        }
-    }
-}
 
 /// A batch the gateway took, with what it rejected inside it.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -236,8 +120,8 @@ impl Sender {
         let body: &[u8] = match self.compression {
             Compression::Gzip => gzip_body,
             Compression::None => {
-                plain =
-                    gunzip(gzip_body).map_err(|e| ExportError::Corrupt(format!("gunzip: {e}")))?;
+                plain = crate::otlp::gunzip(gzip_body, MAX_STORED_RAW)
+                    .map_err(|e| ExportError::Corrupt(format!("gunzip: {e}")))?;
                 &plain
             }
         };
@@ -414,54 +298,9 @@ fn rejection_message(body: &[u8], is_protobuf: bool) -> String {
     line.trim().to_string()
 }
 
-fn gunzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(data).read_to_end(&mut out)?;
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn classes_by_fault() {
-        assert!(ExportError::Unavailable {
-            status: 503,
-            retry_after: None
-        }
-        .is_retryable());
-        assert!(ExportError::Timeout.is_retryable());
-        assert!(ExportError::Network("reset".into()).is_retryable());
-        assert!(!ExportError::Rejected {
-            status: 400,
-            message: String::new()
-        }
-        .is_retryable());
-        assert_eq!(
-            ExportError::Rejected {
-                status: 400,
-                message: String::new()
-            }
-            .reason(),
-            "http_400"
-        );
-        for local_or_split in [
-            ExportError::TooLarge {
-                message: String::new(),
-            },
-            ExportError::Corrupt("gunzip".into()),
-        ] {
-            assert!(!local_or_split.is_retryable());
-        }
-        assert!(ExportError::Redirect {
-            status: 308,
-            reason: "loop".into()
-        }
-        .is_retryable());
-        assert!(std::mem::size_of::<ExportError>() <= 64);
-    }
 
     #[test]
     fn reads_google_rpc_status_messages() {

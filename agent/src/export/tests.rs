@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use prost::Message;
 
-use super::sender::{ExportError, Sender};
+use super::sender::Sender;
 use super::*;
 use crate::config::Config;
 use crate::http::client::resolve_location;
@@ -19,7 +19,8 @@ use crate::otlp::proto::collector::trace::v1::ExportTraceServiceRequest;
 use crate::otlp::proto::common::v1::InstrumentationScope;
 use crate::otlp::proto::resource::v1::Resource;
 use crate::otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span};
-use crate::queue::Options;
+use crate::queue::{Lane, NewBatch, Options, Signal};
+use gateway::Gateway;
 
 /// One request the server got.
 #[derive(Debug, Clone)]

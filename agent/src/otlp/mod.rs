@@ -8,6 +8,7 @@
 //! sender posts the stored bytes as they are (`Content-Encoding: gzip`).
 
 pub mod proto;
+pub mod request;
 pub mod wire;
 
 use proto::common::v1::{any_value, AnyValue, KeyValue};
@@ -101,6 +102,66 @@ fn gzip_with(deflate: &mut flate2::Compress, raw: &[u8]) -> Encoded {
         gzip: out,
         raw_len: raw.len(),
     }
+}
+
+/// Largest decompressed batch tern reads back from the queue: a stored batch
+/// is at most a few MiB (`max_request_size`, a scrape's bounded chunks), so
+/// more is damage.
+pub const MAX_STORED_RAW: usize = 256 << 20;
+
+/// Why a gzip body could not be decompressed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum GunzipError {
+    /// The body is not gzip, or is cut short.
+    Invalid(std::io::Error),
+    /// The body decompresses to more than the limit given.
+    TooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
+}
+
+impl std::fmt::Display for GunzipError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GunzipError::Invalid(e) => write!(f, "{e}"),
+            GunzipError::TooLarge { limit } => {
+                write!(f, "decompresses to more than {limit} bytes")
+            }
+        }
+    }
+}
+
+impl std::error::Error for GunzipError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            GunzipError::Invalid(e) => Some(e),
+            GunzipError::TooLarge { .. } => None,
+        }
+    }
+}
+
+/// Decompresses a gzip body (one member or more, as RFC 1952 allows) of at
+/// most `limit` bytes once decompressed: the one gunzip of the OTLP
+/// receiver's request bodies, the router's split and the sender.
+///
+/// # Errors
+///
+/// [`GunzipError`]: not gzip, or larger than `limit`.
+pub fn gunzip(gzip: &[u8], limit: usize) -> Result<Vec<u8>, GunzipError> {
+    use std::io::Read;
+    // The input's own size is a fair first guess; the limit caps it.
+    let mut out = Vec::with_capacity(gzip.len().saturating_mul(4).min(limit));
+    let most = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+    flate2::read::MultiGzDecoder::new(gzip)
+        .take(most)
+        .read_to_end(&mut out)
+        .map_err(GunzipError::Invalid)?;
+    if out.len() > limit {
+        return Err(GunzipError::TooLarge { limit });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -9,8 +9,6 @@
 //! entries are grouped as raw protobuf bytes (no decoding of the data
 //! inside); the other keys decode with prost, group, and re-encode each part.
 
-use std::io::Read;
-
 use prost::Message;
 
 use crate::config::RoutingKey;
@@ -20,14 +18,11 @@ use crate::otlp::proto::collector::trace::v1::ExportTraceServiceRequest;
 use crate::otlp::proto::common::v1::{any_value, KeyValue};
 use crate::otlp::proto::metrics::v1::{metric::Data, Metric};
 use crate::otlp::proto::resource::v1::Resource;
-use crate::otlp::{compress, encode, Encoded};
+use crate::otlp::request::{self, points, Request};
+use crate::otlp::{compress, encode, Encoded, MAX_STORED_RAW};
 use crate::queue::Signal;
 
 use super::{fnv1a, key_hash, mix, Table, SEED};
-
-/// Largest decompressed batch the router decodes: a stored batch is at most
-/// a few MiB, so more is damage; such a batch is routed whole.
-const MAX_RAW: u64 = 256 << 20;
 
 /// Where a batch goes.
 #[derive(Debug)]
@@ -85,12 +80,7 @@ pub fn split_raw(table: &Table, signal: Signal, raw: &[u8]) -> Option<Split> {
 }
 
 fn gunzip(gzip: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(gzip.len().saturating_mul(4));
-    flate2::read::GzDecoder::new(gzip)
-        .take(MAX_RAW)
-        .read_to_end(&mut out)
-        .ok()?;
-    Some(out)
+    crate::otlp::gunzip(gzip, MAX_STORED_RAW).ok()
 }
 
 /// Items grouped by gateway index, or all of them with the one gateway they
@@ -289,9 +279,9 @@ fn split_by_resource(
 /// Spans, log records or data points in an uncompressed request.
 pub fn count_items(signal: Signal, raw: &[u8]) -> Option<usize> {
     Some(match signal {
-        Signal::Traces => trace_items(&ExportTraceServiceRequest::decode(raw).ok()?),
-        Signal::Logs => log_items(&ExportLogsServiceRequest::decode(raw).ok()?),
-        Signal::Metrics => metric_items(&ExportMetricsServiceRequest::decode(raw).ok()?),
+        Signal::Traces => ExportTraceServiceRequest::decode(raw).ok()?.count(),
+        Signal::Logs => ExportLogsServiceRequest::decode(raw).ok()?.count(),
+        Signal::Metrics => ExportMetricsServiceRequest::decode(raw).ok()?.count(),
     })
 }
 
@@ -326,205 +316,22 @@ pub enum Halved {
 pub fn halve(signal: Signal, gzip: &[u8]) -> Result<Halved, &'static str> {
     let raw = gunzip(gzip).ok_or("does not decompress")?;
     match signal {
-        Signal::Traces => {
-            let request =
-                ExportTraceServiceRequest::decode(raw.as_slice()).map_err(|_| "does not decode")?;
-            Ok(halve_traces(request))
-        }
-        Signal::Logs => {
-            let request =
-                ExportLogsServiceRequest::decode(raw.as_slice()).map_err(|_| "does not decode")?;
-            Ok(halve_logs(request))
-        }
-        Signal::Metrics => {
-            let request = ExportMetricsServiceRequest::decode(raw.as_slice())
-                .map_err(|_| "does not decode")?;
-            Ok(halve_metrics(request))
-        }
+        Signal::Traces => halve_decoded::<ExportTraceServiceRequest>(&raw),
+        Signal::Logs => halve_decoded::<ExportLogsServiceRequest>(&raw),
+        Signal::Metrics => halve_decoded::<ExportMetricsServiceRequest>(&raw),
     }
 }
 
-/// Moves the second half of `v` out (the shorter half when odd).
-fn second_half<T>(v: &mut Vec<T>) -> Vec<T> {
-    v.split_off(v.len().div_ceil(2))
-}
-
-fn two<R: Message>(a: R, b: R, items: impl Fn(&R) -> usize) -> Halved {
+fn halve_decoded<R: Request>(raw: &[u8]) -> Result<Halved, &'static str> {
+    let request = R::decode(raw).map_err(|_| "does not decode")?;
+    let Some((a, b)) = request::halve(request) else {
+        return Ok(Halved::Single);
+    };
     let half = |r: R| Half {
-        items: items(&r),
+        items: r.count(),
         encoded: encode(&r),
     };
-    Halved::Two(half(a), half(b))
-}
-
-fn trace_items(r: &ExportTraceServiceRequest) -> usize {
-    r.resource_spans
-        .iter()
-        .flat_map(|r| &r.scope_spans)
-        .map(|s| s.spans.len())
-        .sum()
-}
-
-fn log_items(r: &ExportLogsServiceRequest) -> usize {
-    r.resource_logs
-        .iter()
-        .flat_map(|r| &r.scope_logs)
-        .map(|s| s.log_records.len())
-        .sum()
-}
-
-fn metric_items(r: &ExportMetricsServiceRequest) -> usize {
-    r.resource_metrics
-        .iter()
-        .flat_map(|r| &r.scope_metrics)
-        .flat_map(|s| &s.metrics)
-        .map(points)
-        .sum()
-}
-
-fn halve_traces(mut a: ExportTraceServiceRequest) -> Halved {
-    if a.resource_spans.len() > 1 {
-        let b = ExportTraceServiceRequest {
-            resource_spans: second_half(&mut a.resource_spans),
-        };
-        return two(a, b, trace_items);
-    }
-    let Some(rs) = a.resource_spans.first_mut() else {
-        return Halved::Single;
-    };
-    let mut rs_b = clone_without(rs, |r| &mut r.scope_spans);
-    if rs.scope_spans.len() > 1 {
-        rs_b.scope_spans = second_half(&mut rs.scope_spans);
-    } else {
-        let Some(ss) = rs.scope_spans.first_mut() else {
-            return Halved::Single;
-        };
-        if ss.spans.len() <= 1 {
-            return Halved::Single;
-        }
-        let mut ss_b = clone_without(ss, |s| &mut s.spans);
-        ss_b.spans = second_half(&mut ss.spans);
-        rs_b.scope_spans = vec![ss_b];
-    }
-    let b = ExportTraceServiceRequest {
-        resource_spans: vec![rs_b],
-    };
-    two(a, b, trace_items)
-}
-
-fn halve_logs(mut a: ExportLogsServiceRequest) -> Halved {
-    if a.resource_logs.len() > 1 {
-        let b = ExportLogsServiceRequest {
-            resource_logs: second_half(&mut a.resource_logs),
-        };
-        return two(a, b, log_items);
-    }
-    let Some(rl) = a.resource_logs.first_mut() else {
-        return Halved::Single;
-    };
-    let mut rl_b = clone_without(rl, |r| &mut r.scope_logs);
-    if rl.scope_logs.len() > 1 {
-        rl_b.scope_logs = second_half(&mut rl.scope_logs);
-    } else {
-        let Some(sl) = rl.scope_logs.first_mut() else {
-            return Halved::Single;
-        };
-        if sl.log_records.len() <= 1 {
-            return Halved::Single;
-        }
-        let mut sl_b = clone_without(sl, |s| &mut s.log_records);
-        sl_b.log_records = second_half(&mut sl.log_records);
-        rl_b.scope_logs = vec![sl_b];
-    }
-    let b = ExportLogsServiceRequest {
-        resource_logs: vec![rl_b],
-    };
-    two(a, b, log_items)
-}
-
-fn halve_metrics(mut a: ExportMetricsServiceRequest) -> Halved {
-    if a.resource_metrics.len() > 1 {
-        let b = ExportMetricsServiceRequest {
-            resource_metrics: second_half(&mut a.resource_metrics),
-        };
-        return two(a, b, metric_items);
-    }
-    let Some(rm) = a.resource_metrics.first_mut() else {
-        return Halved::Single;
-    };
-    let mut rm_b = clone_without(rm, |r| &mut r.scope_metrics);
-    if rm.scope_metrics.len() > 1 {
-        rm_b.scope_metrics = second_half(&mut rm.scope_metrics);
-    } else {
-        let Some(sm) = rm.scope_metrics.first_mut() else {
-            return Halved::Single;
-        };
-        let mut sm_b = clone_without(sm, |s| &mut s.metrics);
-        if sm.metrics.len() > 1 {
-            sm_b.metrics = second_half(&mut sm.metrics);
-        } else {
-            let Some(m) = sm.metrics.first_mut() else {
-                return Halved::Single;
-            };
-            let Some(m_b) = halve_points(m) else {
-                return Halved::Single;
-            };
-            sm_b.metrics = vec![m_b];
-        }
-        rm_b.scope_metrics = vec![sm_b];
-    }
-    let b = ExportMetricsServiceRequest {
-        resource_metrics: vec![rm_b],
-    };
-    two(a, b, metric_items)
-}
-
-/// Moves the second half of a metric's data points into a copy of it;
-/// `None` when it has one point or none.
-fn halve_points(m: &mut Metric) -> Option<Metric> {
-    macro_rules! half {
-        ($inner:expr) => {{
-            let inner = $inner;
-            if inner.data_points.len() <= 1 {
-                return None;
-            }
-            let second = second_half(&mut inner.data_points);
-            let mut copy = clone_without(inner, |i| &mut i.data_points);
-            copy.data_points = second;
-            copy
-        }};
-    }
-    let data = match m.data.as_mut()? {
-        Data::Gauge(inner) => Data::Gauge(half!(inner)),
-        Data::Sum(inner) => Data::Sum(half!(inner)),
-        Data::Histogram(inner) => Data::Histogram(half!(inner)),
-        Data::ExponentialHistogram(inner) => Data::ExponentialHistogram(half!(inner)),
-        Data::Summary(inner) => Data::Summary(half!(inner)),
-    };
-    let mut copy = clone_without(m, |m| &mut m.data);
-    copy.data = Some(data);
-    Some(copy)
-}
-
-/// A clone of a message without one of its (large) fields, which the clone
-/// leaves empty: the copies the halves need of a resource, a scope or a
-/// metric, without copying what is being split.
-fn clone_without<T: Clone, F: Default>(message: &mut T, field: impl Fn(&mut T) -> &mut F) -> T {
-    let taken = std::mem::take(field(message));
-    let copy = message.clone();
-    *field(message) = taken;
-    copy
-}
-
-fn points(m: &Metric) -> usize {
-    match &m.data {
-        Some(Data::Gauge(g)) => g.data_points.len(),
-        Some(Data::Sum(s)) => s.data_points.len(),
-        Some(Data::Histogram(h)) => h.data_points.len(),
-        Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
-        Some(Data::Summary(s)) => s.data_points.len(),
-        None => 0,
-    }
+    Ok(Halved::Two(half(a), half(b)))
 }
 
 fn split_traces(

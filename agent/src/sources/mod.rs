@@ -9,6 +9,7 @@ pub mod journald;
 pub mod otlp;
 pub mod prometheus;
 
+use std::fmt;
 use std::sync::Arc;
 
 use crate::otlp::Encoded;
@@ -17,7 +18,7 @@ use crate::queue::{
 };
 use crate::route::split::{split, Split};
 use crate::route::Routes;
-use crate::telemetry::Metrics;
+use crate::telemetry::{self, Metrics};
 
 /// The lane destination of batches queued while no gateway is known (and of
 /// every batch before load balancing): the exporter routes them once one is.
@@ -117,31 +118,22 @@ impl Sink {
         match self.store(signal, &batch, points, None, self.queue.full_policy()) {
             Ok(pushed) => {
                 self.count_drops(&pushed.dropped);
-                let labels = [("signal", signal.as_str())];
-                self.metrics.inc("tern_queue_pushed_batches_total", &labels);
-                self.metrics
-                    .add("tern_queue_pushed_points_total", &labels, points as f64);
-                self.metrics.add(
-                    "tern_queue_pushed_bytes_total",
-                    &labels,
-                    batch.gzip.len() as f64,
+                self.queued(
+                    signal,
+                    &batch,
+                    points,
+                    format_args!("job={job} instance={instance} points={points}"),
                 );
-                if self.debug {
-                    log::info!(
-                        "Batch queued signal=metrics job={job} instance={instance} points={points} bytes={} compressed={}",
-                        batch.raw_len,
-                        batch.gzip.len()
-                    );
-                } else {
-                    log::debug!(
-                        "Batch queued signal=metrics job={job} instance={instance} points={points}"
-                    );
-                }
                 true
             }
             Err(e) => {
                 log::error!("Batch lost: the queue refused it signal=metrics job={job} instance={instance} points={points} error={e}");
-                self.count_drop(signal, DEFAULT_DESTINATION, "queue_error", points as f64);
+                self.metrics.count_drop(
+                    signal.as_str(),
+                    DEFAULT_DESTINATION,
+                    "queue_error",
+                    points as u64,
+                );
                 false
             }
         }
@@ -170,25 +162,9 @@ impl Sink {
         let pushed = self.store(signal, batch, items, checkpoint, self.queue.full_policy())?;
         self.count_drops(&pushed.dropped);
         if pushed.id.is_some() {
-            let labels = [("signal", signal.as_str())];
-            self.metrics.inc("tern_queue_pushed_batches_total", &labels);
-            self.metrics
-                .add("tern_queue_pushed_points_total", &labels, items as f64);
-            self.metrics.add(
-                "tern_queue_pushed_bytes_total",
-                &labels,
-                batch.gzip.len() as f64,
-            );
+            self.count_pushed(signal, batch, items);
         }
-        if self.debug {
-            log::info!(
-                "Batch queued signal={signal} source={origin} items={items} bytes={} compressed={}",
-                batch.raw_len,
-                batch.gzip.len()
-            );
-        } else {
-            log::debug!("Batch queued signal={signal} source={origin} items={items}");
-        }
+        self.log_queued(signal, batch, format_args!("source={origin} items={items}"));
         Ok(())
     }
 
@@ -215,24 +191,12 @@ impl Sink {
         if pushed.id.is_none() {
             return Ok(false);
         }
-        let labels = [("signal", signal.as_str())];
-        self.metrics.inc("tern_queue_pushed_batches_total", &labels);
-        self.metrics
-            .add("tern_queue_pushed_points_total", &labels, items as f64);
-        self.metrics.add(
-            "tern_queue_pushed_bytes_total",
-            &labels,
-            batch.gzip.len() as f64,
+        self.queued(
+            signal,
+            batch,
+            items,
+            format_args!("source={origin} items={items}"),
         );
-        if self.debug {
-            log::info!(
-                "Batch queued signal={signal} source={origin} items={items} bytes={} compressed={}",
-                batch.raw_len,
-                batch.gzip.len()
-            );
-        } else {
-            log::debug!("Batch queued signal={signal} source={origin} items={items}");
-        }
         Ok(true)
     }
 
@@ -255,36 +219,53 @@ impl Sink {
         self.queue.set_checkpoint(source, value)
     }
 
-    /// Counts batches the queue's size policy dropped.
+    /// Counts batches the queue's size policy dropped, and logs each: data
+    /// was lost.
     pub fn count_drops(&self, dropped: &[Dropped]) {
         for d in dropped {
             let lane = d
                 .lane
-                .clone()
-                .unwrap_or_else(|| Lane::new(Signal::Metrics, "unknown"));
+                .as_ref()
+                .map_or_else(|| "unknown".to_string(), Lane::to_string);
             log::error!(
                 "Batch dropped lane={lane} reason={} points={} bytes={}",
                 d.reason.as_str(),
                 d.items,
                 d.bytes
             );
-            self.count_drop(
-                lane.signal(),
-                lane.destination(),
-                d.reason.as_str(),
-                d.items as f64,
-            );
         }
+        telemetry::count_drops(&self.metrics, dropped);
     }
 
-    fn count_drop(&self, signal: Signal, destination: &str, reason: &str, points: f64) {
-        let labels = [
-            ("signal", signal.as_str()),
-            ("destination", destination),
-            ("reason", reason),
-        ];
-        self.metrics.inc("tern_dropped_batches_total", &labels);
+    /// Counts a batch that went into the queue and logs it (`what` names its
+    /// origin and size): at INFO with its sizes under `export.debug`, else
+    /// at DEBUG.
+    fn queued(&self, signal: Signal, batch: &Encoded, items: usize, what: fmt::Arguments<'_>) {
+        self.count_pushed(signal, batch, items);
+        self.log_queued(signal, batch, what);
+    }
+
+    fn count_pushed(&self, signal: Signal, batch: &Encoded, items: usize) {
+        let labels = [("signal", signal.as_str())];
+        self.metrics.inc("tern_queue_pushed_batches_total", &labels);
         self.metrics
-            .add("tern_dropped_points_total", &labels, points);
+            .add("tern_queue_pushed_points_total", &labels, items as f64);
+        self.metrics.add(
+            "tern_queue_pushed_bytes_total",
+            &labels,
+            batch.gzip.len() as f64,
+        );
+    }
+
+    fn log_queued(&self, signal: Signal, batch: &Encoded, what: fmt::Arguments<'_>) {
+        if self.debug {
+            log::info!(
+                "Batch queued signal={signal} {what} bytes={} compressed={}",
+                batch.raw_len,
+                batch.gzip.len()
+            );
+        } else {
+            log::debug!("Batch queued signal={signal} {what}");
+        }
     }
 }

@@ -276,6 +276,18 @@ impl Metrics {
         self.add(name, labels, 1.0);
     }
 
+    /// Counts one dropped batch of `points` items in `tern_dropped_batches_total`
+    /// and `tern_dropped_points_total`, labelled with its lane and `reason`.
+    pub fn count_drop(&self, signal: &str, destination: &str, reason: &str, points: u64) {
+        let labels = [
+            ("signal", signal),
+            ("destination", destination),
+            ("reason", reason),
+        ];
+        self.inc("tern_dropped_batches_total", &labels);
+        self.add("tern_dropped_points_total", &labels, points as f64);
+    }
+
     /// Sets a gauge.
     pub fn set(&self, name: &'static str, labels: &[(&str, &str)], v: f64) {
         debug_assert!(kind_of(name).is_some(), "{name} has no descriptor");

@@ -2,8 +2,8 @@
 //! (READY, WATCHDOG, STOPPING). The HTTP endpoints that serve the metrics are
 //! wired in `agent` on the shared `http::server`.
 //!
-//! This is the rightmost module of the data flow: every other part reports into
-//! it, and it depends on none of them.
+//! Every other part reports into it; it depends only on `lifecycle` and on
+//! the queue, whose drops it counts ([`count_drops`]).
 //!
 //! # Log levels
 //!
@@ -26,6 +26,8 @@ pub mod notify;
 use std::io::Write;
 
 pub use metrics::Metrics;
+
+use crate::queue::Dropped;
 
 /// A logger that writes one line per record to stderr, which systemd's journal
 /// stamps with time and unit; so no timestamp of our own.
@@ -61,6 +63,19 @@ pub fn init_logging(level: log::LevelFilter) {
         level: log::LevelFilter::Trace,
     }));
     log::set_max_level(level);
+}
+
+/// Counts every batch in `dropped` (from the queue's size policy, its
+/// recovery, or a delivery that gave up) in the drop counters. A drop whose
+/// lane is unknown (a damaged record whose key did not decode) is counted
+/// under signal and destination `unknown`.
+pub fn count_drops(metrics: &Metrics, dropped: &[Dropped]) {
+    for d in dropped {
+        let (signal, destination) = d.lane.as_ref().map_or(("unknown", "unknown"), |l| {
+            (l.signal().as_str(), l.destination())
+        });
+        metrics.count_drop(signal, destination, d.reason.as_str(), d.items);
+    }
 }
 
 /// Sets `process_resident_memory_bytes` and `process_cpu_seconds_total` from

@@ -4,18 +4,17 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::io::Read;
 
 use prost::encoding::{decode_key, decode_varint, encode_key, encode_varint, WireType};
 use prost::Message;
 
-use crate::otlp::kv;
 use crate::otlp::proto::collector::logs::v1::ExportLogsServiceRequest;
 use crate::otlp::proto::collector::metrics::v1::ExportMetricsServiceRequest;
 use crate::otlp::proto::collector::trace::v1::ExportTraceServiceRequest;
 use crate::otlp::proto::common::v1::KeyValue;
-use crate::otlp::proto::metrics::v1::metric::Data;
 use crate::otlp::proto::resource::v1::Resource;
+use crate::otlp::request::Request;
+use crate::otlp::{kv, GunzipError};
 use crate::queue::Signal;
 
 /// How a request body is encoded; responses use the same.
@@ -157,83 +156,9 @@ pub fn prepare<'a>(
         }
     };
     let (items, raw) = match signal {
-        Signal::Traces => {
-            let mut request: ExportTraceServiceRequest = decode(format, &body)?;
-            let items = request
-                .resource_spans
-                .iter()
-                .flat_map(|r| &r.scope_spans)
-                .map(|s| s.spans.len())
-                .sum();
-            let raw = with_resource(
-                format,
-                body,
-                &mut request,
-                resource,
-                |r| r.resource_spans.iter().map(|x| &x.resource).collect(),
-                |r| {
-                    r.resource_spans
-                        .iter_mut()
-                        .map(|x| &mut x.resource)
-                        .collect()
-                },
-            );
-            (items, raw)
-        }
-        Signal::Logs => {
-            let mut request: ExportLogsServiceRequest = decode(format, &body)?;
-            let items = request
-                .resource_logs
-                .iter()
-                .flat_map(|r| &r.scope_logs)
-                .map(|s| s.log_records.len())
-                .sum();
-            let raw = with_resource(
-                format,
-                body,
-                &mut request,
-                resource,
-                |r| r.resource_logs.iter().map(|x| &x.resource).collect(),
-                |r| {
-                    r.resource_logs
-                        .iter_mut()
-                        .map(|x| &mut x.resource)
-                        .collect()
-                },
-            );
-            (items, raw)
-        }
-        Signal::Metrics => {
-            let mut request: ExportMetricsServiceRequest = decode(format, &body)?;
-            let items = request
-                .resource_metrics
-                .iter()
-                .flat_map(|r| &r.scope_metrics)
-                .flat_map(|s| &s.metrics)
-                .map(|m| match &m.data {
-                    Some(Data::Gauge(g)) => g.data_points.len(),
-                    Some(Data::Sum(s)) => s.data_points.len(),
-                    Some(Data::Histogram(h)) => h.data_points.len(),
-                    Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
-                    Some(Data::Summary(s)) => s.data_points.len(),
-                    None => 0,
-                })
-                .sum();
-            let raw = with_resource(
-                format,
-                body,
-                &mut request,
-                resource,
-                |r| r.resource_metrics.iter().map(|x| &x.resource).collect(),
-                |r| {
-                    r.resource_metrics
-                        .iter_mut()
-                        .map(|x| &mut x.resource)
-                        .collect()
-                },
-            );
-            (items, raw)
-        }
+        Signal::Traces => with_resource::<ExportTraceServiceRequest>(format, body, resource)?,
+        Signal::Logs => with_resource::<ExportLogsServiceRequest>(format, body, resource)?,
+        Signal::Metrics => with_resource::<ExportMetricsServiceRequest>(format, body, resource)?,
     };
     Ok(Prepared { format, raw, items })
 }
@@ -264,51 +189,47 @@ where
     }
 }
 
-/// Decompresses a gzip body (one or more members) of at most `max_size` bytes.
+/// Decompresses a gzip body of at most `max_size` bytes.
 fn gunzip(body: &[u8], max_size: usize) -> Result<Vec<u8>, RequestError> {
-    // The input's own size is a fair first guess; the limit caps it.
-    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(max_size));
-    let limit = u64::try_from(max_size)
-        .unwrap_or(u64::MAX)
-        .saturating_add(1);
-    flate2::read::MultiGzDecoder::new(body)
-        .take(limit)
-        .read_to_end(&mut out)
-        .map_err(|e| RequestError::Gzip(detail(e)))?;
-    if out.len() > max_size {
-        return Err(RequestError::TooLarge { limit: max_size });
-    }
-    Ok(out)
+    crate::otlp::gunzip(body, max_size).map_err(|e| match e {
+        GunzipError::TooLarge { .. } => RequestError::TooLarge { limit: max_size },
+        GunzipError::Invalid(e) => RequestError::Gzip(detail(e)),
+    })
 }
 
-/// The protobuf to store for a decoded request: for a protobuf body, the body
+/// Decodes the request and counts its items, then makes the protobuf to
+/// store: for a protobuf body, the body
 /// itself with the missing `resource` attributes spliced in (so fields this
 /// tern does not know reach the gateway too); for JSON, the request encoded
 /// after adding them.
-fn with_resource<'a, T: Message>(
+fn with_resource<'a, T>(
     format: Format,
     body: Cow<'a, [u8]>,
-    request: &mut T,
     resource: &[(String, String)],
-    resources: impl Fn(&T) -> Vec<&Option<Resource>>,
-    resources_mut: impl Fn(&mut T) -> Vec<&mut Option<Resource>>,
-) -> Cow<'a, [u8]> {
+) -> Result<(usize, Cow<'a, [u8]>), RequestError>
+where
+    T: Request + for<'de> serde::Deserialize<'de>,
+{
+    let mut request: T = decode(format, &body)?;
+    let items = request.count();
     if format == Format::Protobuf {
         if resource.is_empty() {
-            return body;
+            return Ok((items, body));
         }
-        let missing: Vec<Vec<KeyValue>> = resources(request)
-            .into_iter()
-            .map(|r| missing_attributes(r.as_ref(), resource))
+        let missing: Vec<Vec<KeyValue>> = request
+            .entries()
+            .iter()
+            .map(|e| missing_attributes(T::resource(e).as_ref(), resource))
             .collect();
         if missing.iter().all(Vec::is_empty) {
-            return body;
+            return Ok((items, body));
         }
         if let Some(spliced) = splice_resources(&body, &missing) {
-            return Cow::Owned(spliced);
+            return Ok((items, Cow::Owned(spliced)));
         }
     }
-    for r in resources_mut(request) {
+    for e in request.entries_mut() {
+        let r = T::resource_mut(e);
         let add = missing_attributes(r.as_ref(), resource);
         if !add.is_empty() {
             r.get_or_insert_with(Resource::default)
@@ -316,7 +237,7 @@ fn with_resource<'a, T: Message>(
                 .extend(add);
         }
     }
-    Cow::Owned(request.encode_to_vec())
+    Ok((items, Cow::Owned(request.encode_to_vec())))
 }
 
 /// The `resource` attributes whose keys `r` does not have.
