@@ -85,7 +85,7 @@ pub fn print_queue(config: &Config, out: &mut dyn Write) -> Result<(), Error> {
 }
 
 /// The backlog as a table: one line per lane and a total.
-pub fn render_stats(stats: &Stats) -> String {
+pub(crate) fn render_stats(stats: &Stats) -> String {
     let now = SystemTime::now();
     let mut out = format!(
         "{:<32} {:>10} {:>14} {:>12}\n",

@@ -18,16 +18,34 @@
 //! A unit test below reads every `crate::` path of every module and holds
 //! this order. The `tern` binary only wires these together.
 
-pub mod agent;
+//! # Public surface
+//!
+//! The API is [`Config`] (and its section types under [`config`]), and the
+//! three commands of the binary: [`run`], [`summary`] (for `tern check`) and
+//! [`print_queue`]. The modules marked `#[doc(hidden)]` are public only so
+//! that the benches, the fuzz targets and the system tests reach the parts
+//! they measure; they make no promise of stability. The agent's wiring, the
+//! exporter and the HTTP client and server are private.
+
+mod agent;
 pub mod config;
-pub mod export;
-pub mod http;
+mod export;
+mod http;
+#[doc(hidden)]
 pub mod lifecycle;
+#[doc(hidden)]
 pub mod otlp;
+#[doc(hidden)]
 pub mod queue;
+#[doc(hidden)]
 pub mod route;
+#[doc(hidden)]
 pub mod sources;
+#[doc(hidden)]
 pub mod telemetry;
+
+pub use agent::{print_queue, run, summary, Error};
+pub use config::{Config, ConfigError};
 
 #[cfg(test)]
 mod layers;

@@ -71,7 +71,7 @@ fn main() -> ExitCode {
         Command::Check(a) => &a.config,
         Command::Queue(a) => &a.config,
     };
-    let config = match tern::config::Config::load(config_path) {
+    let config = match tern::Config::load(config_path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("tern: {e}");
@@ -79,16 +79,12 @@ fn main() -> ExitCode {
         }
     };
     let result = match command {
-        Command::Run(_) => tern::agent::run(config),
+        Command::Run(_) => tern::run(config),
         Command::Check(_) => {
-            println!(
-                "{}: ok: {}",
-                config.path.display(),
-                tern::agent::summary(&config)
-            );
+            println!("{}: ok: {}", config.path.display(), tern::summary(&config));
             Ok(())
         }
-        Command::Queue(_) => tern::agent::print_queue(&config, &mut std::io::stdout()),
+        Command::Queue(_) => tern::print_queue(&config, &mut std::io::stdout()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -42,7 +42,7 @@ pub use scrape::{ScrapeConfig, ScrapeTarget};
 pub use values::{format_duration, parse_duration, parse_size};
 
 /// The `[export.tls]` and `[scrape.tls]` sections (the HTTP client's settings).
-pub use crate::http::TlsConfig;
+pub use crate::http::client::TlsConfig;
 
 use locate::{line_col, toml_error, Cx};
 use raw::RawConfig;

@@ -22,7 +22,7 @@ const MAX_MESSAGE: usize = 4096;
 /// Why a resolution failed.
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum DnsError {
+pub(crate) enum DnsError {
     /// The socket could not be opened or used.
     Io(std::io::Error),
     /// No answer to both questions within the timeout.
@@ -57,7 +57,7 @@ impl std::error::Error for DnsError {
 }
 
 /// The first `nameserver` of /etc/resolv.conf, port 53.
-pub fn system_nameserver() -> Option<SocketAddr> {
+pub(crate) fn system_nameserver() -> Option<SocketAddr> {
     let text = std::fs::read_to_string("/etc/resolv.conf").ok()?;
     nameserver_of(&text)
 }
@@ -80,7 +80,11 @@ fn nameserver_of(resolv_conf: &str) -> Option<SocketAddr> {
 /// # Errors
 ///
 /// [`DnsError`] when there was no usable answer within `timeout`.
-pub fn resolve(name: &str, server: SocketAddr, timeout: Duration) -> Result<Vec<IpAddr>, DnsError> {
+pub(crate) fn resolve(
+    name: &str,
+    server: SocketAddr,
+    timeout: Duration,
+) -> Result<Vec<IpAddr>, DnsError> {
     let bind: SocketAddr = if server.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {

@@ -10,7 +10,7 @@ use crate::http::HttpError;
 /// never on strings; or the exporter's own start.
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum ExportError {
+pub(crate) enum ExportError {
     /// The gateway answered 408, 429, 502, 503, 504 or another 5xx: try again
     /// later, after `retry_after` when it said so.
     Unavailable {
@@ -65,7 +65,7 @@ pub enum ExportError {
 
 /// Whose fault an [`ExportError`] is, which decides what becomes of the batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
+pub(crate) enum Fault {
     /// The gateway or the network, for now: the same batch is sent again
     /// after a backoff.
     Retryable,
@@ -81,12 +81,12 @@ impl ExportError {
     /// Whether sending the same batch again, as it is, may succeed: false for
     /// the gateway's refusals ([`ExportError::Rejected`],
     /// [`ExportError::TooLarge`]) and for local faults ([`ExportError::Corrupt`]).
-    pub fn is_retryable(&self) -> bool {
+    pub(crate) fn is_retryable(&self) -> bool {
         self.fault() == Fault::Retryable
     }
 
     /// Whose fault it is.
-    pub fn fault(&self) -> Fault {
+    pub(crate) fn fault(&self) -> Fault {
         match self {
             ExportError::Unavailable { .. }
             | ExportError::Timeout
@@ -100,7 +100,7 @@ impl ExportError {
     }
 
     /// The Retry-After the gateway asked for.
-    pub fn retry_after(&self) -> Option<Duration> {
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self {
             ExportError::Unavailable { retry_after, .. } => *retry_after,
             _ => None,
@@ -109,7 +109,7 @@ impl ExportError {
 
     /// A short label for the `reason` of self metrics: `http_503`,
     /// `http_413`, `timeout`, `network`, `redirect`, `corrupt`.
-    pub fn reason(&self) -> String {
+    pub(crate) fn reason(&self) -> String {
         match self {
             ExportError::Unavailable { status, .. } | ExportError::Rejected { status, .. } => {
                 format!("http_{status}")

@@ -36,36 +36,36 @@ const SETTLE_MAX_INTERVAL: Duration = Duration::from_secs(5);
 /// queue's next push, so a stopped sender leaves its loop at once, not after
 /// its idle wait.
 #[derive(Debug, Default)]
-pub struct Stop {
+pub(crate) struct Stop {
     stopped: AtomicBool,
     wake: event_listener::Event,
 }
 
 impl Stop {
     /// A signal that has not fired.
-    pub fn new() -> Stop {
+    pub(crate) fn new() -> Stop {
         Stop::default()
     }
 
     /// Fires the signal and wakes the waiting sender.
-    pub fn trigger(&self) {
+    pub(crate) fn trigger(&self) {
         self.stopped.store(true, Ordering::SeqCst);
         self.wake.notify(usize::MAX);
     }
 
     /// Whether the signal has fired.
-    pub fn is_triggered(&self) -> bool {
+    pub(crate) fn is_triggered(&self) -> bool {
         self.stopped.load(Ordering::SeqCst)
     }
 
     /// Sleeps for `d` or until the signal fires; returns whether it fired.
-    pub fn sleep(&self, d: Duration) -> bool {
+    pub(crate) fn sleep(&self, d: Duration) -> bool {
         self.wait(None, d)
     }
 
     /// Waits for `d`, the next push (when `push` is given) or the signal,
     /// whichever comes first; returns whether the signal fired.
-    pub fn wait(&self, push: Option<PushListener>, d: Duration) -> bool {
+    pub(crate) fn wait(&self, push: Option<PushListener>, d: Duration) -> bool {
         // Listen before looking at the flag, so a trigger in between wakes us.
         let stopped = self.wake.listen();
         if self.is_triggered() {

@@ -45,10 +45,10 @@
 //! included.
 //!
 
-pub mod dns;
+pub(crate) mod dns;
 mod error;
-pub mod retry;
-pub mod sender;
+pub(crate) mod retry;
+pub(crate) mod sender;
 
 mod coordinator;
 mod gateway;
@@ -67,9 +67,7 @@ use crate::route::{Routes, Table};
 use crate::telemetry::Metrics;
 
 use coordinator::{spawn_dns, Coordinator};
-pub use error::{ExportError, Fault};
-pub use gateway::Stop;
-pub use resplit::resplit;
+pub(crate) use error::ExportError;
 
 /// Starts the exporter: the coordinator thread (`tern-route`), which starts
 /// one sender per gateway and, with `dns`, the resolver thread. Returns
@@ -79,7 +77,7 @@ pub use resplit::resplit;
 ///
 /// A TLS setup error (unreadable CA or key file), or a thread that could not
 /// be started.
-pub fn spawn(
+pub(crate) fn spawn(
     config: &ExportConfig,
     queue: Queue,
     metrics: Arc<Metrics>,

@@ -15,7 +15,7 @@ use crate::telemetry::{self, Metrics};
 /// # Errors
 ///
 /// The queue's; what was moved stays moved.
-pub fn resplit(
+pub(crate) fn resplit(
     queue: &Queue,
     routes: &Routes,
     metrics: &Metrics,

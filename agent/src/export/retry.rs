@@ -10,17 +10,17 @@ use crate::config::RetryConfig;
 
 /// The longest Retry-After tern honours; a gateway asking for more is probably
 /// misconfigured, and the batch would sit idle for longer than most outages.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
 /// The shortest wait tern makes before trying again, whatever the settings
 /// (`initial_interval = "0s"`, a jitter near 1) or the gateway
 /// (`Retry-After: 0`) say: a send that fails at once must never turn into a
 /// loop of requests without a pause.
-pub const MIN_DELAY: Duration = Duration::from_millis(100);
+pub(crate) const MIN_DELAY: Duration = Duration::from_millis(100);
 
 /// The backoff state of one batch: how long to wait before the next attempt.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     config: RetryConfig,
     /// The interval before jitter. Invariant: within initial..=max interval.
     interval: Duration,
@@ -30,7 +30,7 @@ pub struct Backoff {
 
 impl Backoff {
     /// A fresh backoff for a new batch.
-    pub fn new(config: RetryConfig) -> Backoff {
+    pub(crate) fn new(config: RetryConfig) -> Backoff {
         Backoff {
             config,
             // From MIN_DELAY at least, so that a zero interval still grows.
@@ -46,7 +46,7 @@ impl Backoff {
     /// set and would be passed. A gateway's Retry-After replaces the computed
     /// wait (capped at [`MAX_RETRY_AFTER`]), as the Collector does. Never less
     /// than [`MIN_DELAY`].
-    pub fn next_delay(&mut self, retry_after: Option<Duration>) -> Option<Duration> {
+    pub(crate) fn next_delay(&mut self, retry_after: Option<Duration>) -> Option<Duration> {
         let delay = match retry_after {
             Some(d) => d.min(MAX_RETRY_AFTER),
             None => {
@@ -73,7 +73,7 @@ impl Backoff {
 }
 
 /// Parses a Retry-After header: delay-seconds, or an HTTP date relative to now.
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));

@@ -33,41 +33,41 @@ const MAX_RESPONSE_BYTES: u64 = 64 << 10;
 /// Most redirects followed for one request. A chain longer than this is a
 /// loop or a misconfiguration; the request then fails as retryable
 /// ([`ExportError::Redirect`]) and the batch stays queued.
-pub const MAX_REDIRECTS: usize = 5;
+pub(crate) const MAX_REDIRECTS: usize = 5;
 
 /// A batch the gateway took, with what it rejected inside it.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Accepted {
+pub(crate) struct Accepted {
     /// Points, records or spans the gateway reported as rejected in its
     /// `partial_success`.
-    pub rejected: u64,
+    pub(crate) rejected: u64,
     /// The gateway's `partial_success.error_message`.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 /// A redirect the sender followed, for the caller to count and log.
 #[derive(Debug, Clone, Copy)]
-pub struct Redirect<'a> {
+pub(crate) struct Redirect<'a> {
     /// 301, 302, 307 or 308.
-    pub status: u16,
+    pub(crate) status: u16,
     /// The URL of the request that was redirected.
-    pub from: &'a str,
+    pub(crate) from: &'a str,
     /// Where it went: the Location, resolved against `from`.
-    pub to: &'a str,
+    pub(crate) to: &'a str,
 }
 
 impl Redirect<'_> {
     /// Whether the gateway said the move is for good (301, 308) or used 302,
     /// which clients have long treated like 301: either way the configured
     /// endpoint should be updated. 307 is a temporary detour.
-    pub fn wants_new_endpoint(&self) -> bool {
+    pub(crate) fn wants_new_endpoint(&self) -> bool {
         matches!(self.status, 301 | 302 | 308)
     }
 }
 
 /// A sender to one gateway.
 #[derive(Debug)]
-pub struct Sender {
+pub(crate) struct Sender {
     /// The gateway's base URL, as configured.
     endpoint: String,
     client: Client,
@@ -79,7 +79,7 @@ pub struct Sender {
 
 impl Sender {
     /// A sender for `endpoint` with the `[export]` settings.
-    pub fn new(endpoint: &str, config: &ExportConfig) -> Result<Sender, HttpError> {
+    pub(crate) fn new(endpoint: &str, config: &ExportConfig) -> Result<Sender, HttpError> {
         Ok(Sender {
             endpoint: endpoint.trim_end_matches('/').to_string(),
             client: Client::new(&config.tls, config.timeout, is_https(endpoint))?,
@@ -94,13 +94,13 @@ impl Sender {
     }
 
     /// The gateway's base URL.
-    pub fn endpoint(&self) -> &str {
+    pub(crate) fn endpoint(&self) -> &str {
         &self.endpoint
     }
 
     /// Posts one gzip-compressed OTLP request body of `signal` and classifies
     /// the answer, following redirects.
-    pub fn send(&self, signal: Signal, gzip_body: &[u8]) -> Result<Accepted, ExportError> {
+    pub(crate) fn send(&self, signal: Signal, gzip_body: &[u8]) -> Result<Accepted, ExportError> {
         self.send_observed(signal, gzip_body, &mut |_| {})
     }
 
@@ -110,7 +110,7 @@ impl Sender {
     ///
     /// [`ExportError::Corrupt`] before anything is sent when the body must go
     /// uncompressed and does not gunzip; otherwise the answer's class.
-    pub fn send_observed(
+    pub(crate) fn send_observed(
         &self,
         signal: Signal,
         gzip_body: &[u8],
@@ -230,7 +230,7 @@ enum Answer {
 }
 
 /// The OTLP/HTTP path of each signal.
-pub fn path_of(signal: Signal) -> &'static str {
+pub(crate) fn path_of(signal: Signal) -> &'static str {
     match signal {
         Signal::Metrics => "/v1/metrics",
         Signal::Logs => "/v1/logs",

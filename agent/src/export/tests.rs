@@ -20,7 +20,7 @@ use crate::otlp::proto::common::v1::InstrumentationScope;
 use crate::otlp::proto::resource::v1::Resource;
 use crate::otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use crate::queue::{Lane, NewBatch, Options, Signal};
-use gateway::Gateway;
+use gateway::{Gateway, Stop};
 
 /// One request the server got.
 #[derive(Debug, Clone)]

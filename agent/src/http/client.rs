@@ -33,7 +33,7 @@ pub struct TlsConfig {
 /// Why a request failed, or a client could not be made.
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum HttpError {
+pub(crate) enum HttpError {
     /// A problem with the local TLS setup (an unreadable or empty CA,
     /// certificate or key file): the reason starts with the file's path.
     /// Fix the file named, or `tls.*` in the config.
@@ -77,43 +77,47 @@ impl std::error::Error for HttpError {
 
 /// An answer to [`Client::post`], with the headers tern reads.
 #[derive(Debug)]
-pub struct Reply {
+pub(crate) struct Reply {
     /// The HTTP status.
-    pub status: u16,
+    pub(crate) status: u16,
     /// The Content-Type header, if any.
-    pub content_type: Option<String>,
+    pub(crate) content_type: Option<String>,
     /// The Location header, if any.
-    pub location: Option<String>,
+    pub(crate) location: Option<String>,
     /// The Retry-After header, if any.
-    pub retry_after: Option<String>,
+    pub(crate) retry_after: Option<String>,
     /// The body, cut at the limit given.
-    pub body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
 }
 
 /// An HTTP client with tern's TLS settings (system roots plus `ca_file`,
 /// client certificates) and one keep-alive connection per host. Scrapes use it
 /// too, and `tern queue`, so that ureq stays inside this file.
 #[derive(Debug, Clone)]
-pub struct Client {
+pub(crate) struct Client {
     agent: ureq::Agent,
 }
 
 /// A body fetched with [`Client::get`].
 #[derive(Debug)]
-pub struct Fetched {
+pub(crate) struct Fetched {
     /// The HTTP status.
-    pub status: u16,
+    pub(crate) status: u16,
     /// The Content-Type header, if any.
-    pub content_type: Option<String>,
+    pub(crate) content_type: Option<String>,
     /// The body, decompressed when the server sent gzip.
-    pub body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Client {
     /// A client whose requests take at most `timeout` each. `https`: whether
     /// it will talk TLS at all; a plain-HTTP client does not load the system's
     /// root certificates (about 200 KB of heap on a Debian box).
-    pub fn new(tls: &TlsConfig, timeout: Duration, https: bool) -> Result<Client, HttpError> {
+    pub(crate) fn new(
+        tls: &TlsConfig,
+        timeout: Duration,
+        https: bool,
+    ) -> Result<Client, HttpError> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(timeout))
@@ -128,7 +132,7 @@ impl Client {
     }
 
     /// GETs `url`, reading at most `limit` bytes of (decompressed) body.
-    pub fn get(
+    pub(crate) fn get(
         &self,
         url: &str,
         headers: &[(&str, &str)],
@@ -140,7 +144,7 @@ impl Client {
     /// Like [`Client::get`], reading the body into `buffer` (cleared first), so
     /// that a caller fetching the same large body again and again reuses one
     /// allocation instead of growing a new one each time.
-    pub fn get_into(
+    pub(crate) fn get_into(
         &self,
         url: &str,
         headers: &[(&str, &str)],
@@ -186,7 +190,7 @@ impl Client {
     ///
     /// [`HttpError::Timeout`] when no answer came in time, [`HttpError::Http`]
     /// when the connection could not be made or broke.
-    pub fn post(
+    pub(crate) fn post(
         &self,
         url: &str,
         headers: &[(&str, &str)],
@@ -233,13 +237,13 @@ impl Client {
 }
 
 /// Whether `url` needs TLS.
-pub fn is_https(url: &str) -> bool {
+pub(crate) fn is_https(url: &str) -> bool {
     url.get(..8)
         .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
 }
 
 /// The scheme of an absolute URL, lowercased for comparison; "" when none.
-pub fn scheme_of(url: &str) -> String {
+pub(crate) fn scheme_of(url: &str) -> String {
     url.split_once("://")
         .map(|(s, _)| s.to_ascii_lowercase())
         .unwrap_or_default()
@@ -249,7 +253,7 @@ pub fn scheme_of(url: &str) -> String {
 /// (RFC 3986, section 5.2, for the forms servers send: absolute, scheme
 /// relative, absolute path, relative path, query only), without its
 /// fragment. `None` when the result is not a usable http or https URL.
-pub fn resolve_location(base: &str, location: &str) -> Option<String> {
+pub(crate) fn resolve_location(base: &str, location: &str) -> Option<String> {
     let location = location.trim();
     let location = location.split('#').next().unwrap_or("");
     if location.is_empty() {

@@ -6,7 +6,7 @@
 //! It knows nothing of the config, the queue or OTLP: callers hand it URLs,
 //! headers, bodies and limits, and get statuses, bodies and [`HttpError`]s.
 
-pub mod client;
-pub mod server;
+pub(crate) mod client;
+pub(crate) mod server;
 
-pub use client::{is_https, Client, HttpError, TlsConfig};
+pub(crate) use client::{is_https, Client, HttpError, TlsConfig};

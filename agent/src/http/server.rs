@@ -44,20 +44,20 @@ use smol::net::{TcpListener, TcpStream};
 
 /// A parsed request with its whole body.
 #[derive(Debug)]
-pub struct Request {
+pub(crate) struct Request {
     /// The method, for example `GET`.
-    pub method: String,
+    pub(crate) method: String,
     /// The path without the query string.
-    pub path: String,
+    pub(crate) path: String,
     /// Header names (lowercase) and values.
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub(crate) headers: Vec<(String, Vec<u8>)>,
     /// The body, at most [`Limits::max_body`] bytes.
-    pub body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Request {
     /// The first header of that (lowercase) name, as text.
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n == name)
@@ -67,20 +67,20 @@ impl Request {
 
 /// A response to send.
 #[derive(Debug)]
-pub struct Response {
+pub(crate) struct Response {
     /// The status code.
-    pub status: u16,
+    pub(crate) status: u16,
     /// The Content-Type header.
-    pub content_type: &'static str,
+    pub(crate) content_type: &'static str,
     /// More headers, for example Retry-After.
-    pub headers: Vec<(&'static str, String)>,
+    pub(crate) headers: Vec<(&'static str, String)>,
     /// The body.
-    pub body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Response {
     /// A plain-text response.
-    pub fn text(status: u16, body: impl Into<String>) -> Response {
+    pub(crate) fn text(status: u16, body: impl Into<String>) -> Response {
         Response {
             status,
             content_type: "text/plain; charset=utf-8",
@@ -91,32 +91,32 @@ impl Response {
 }
 
 /// A boxed future returning a response.
-pub type ResponseFuture = Pin<Box<dyn Future<Output = Response> + Send>>;
+pub(crate) type ResponseFuture = Pin<Box<dyn Future<Output = Response> + Send>>;
 
 /// What answers requests.
-pub type Handler = Arc<dyn Fn(Request) -> ResponseFuture + Send + Sync>;
+pub(crate) type Handler = Arc<dyn Fn(Request) -> ResponseFuture + Send + Sync>;
 
 /// Bounds on what one client can make the server hold.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Largest request body (after chunked decoding). Larger requests get 413.
     /// Defaults to 1 MiB.
-    pub max_body: usize,
+    pub(crate) max_body: usize,
     /// Largest request head (request line and headers), and largest chunked
     /// trailer section. Larger heads get 431. Defaults to 16 KiB.
-    pub max_head: usize,
+    pub(crate) max_head: usize,
     /// Deadline to receive a whole request head, counted from the end of the
     /// previous request (so it is also an idle keep-alive connection's life).
     /// Defaults to 10 s.
-    pub head_timeout: Duration,
+    pub(crate) head_timeout: Duration,
     /// Deadline to receive a whole body once the head is in, however it is
     /// framed. Defaults to 30 s.
-    pub body_timeout: Duration,
+    pub(crate) body_timeout: Duration,
     /// Deadline to write a whole response. Defaults to 30 s.
-    pub write_timeout: Duration,
+    pub(crate) write_timeout: Duration,
     /// Connections served at once; more wait in the kernel's backlog.
     /// Defaults to 64.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
 }
 
 impl Default for Limits {
@@ -135,28 +135,28 @@ impl Default for Limits {
 /// A request the server answers itself, without calling the handler: a
 /// timeout, a body or head over its limit, or framing it cannot read.
 #[derive(Debug, Clone, Copy)]
-pub struct Refusal<'a> {
+pub(crate) struct Refusal<'a> {
     /// The status: 400, 408, 413, 431 or 501.
-    pub status: u16,
+    pub(crate) status: u16,
     /// What was wrong, lowercase, like `payload too large: 5000000 bytes, the limit is 4194304`.
-    pub reason: &'a str,
+    pub(crate) reason: &'a str,
     /// The request's path, when its head was read.
-    pub path: Option<&'a str>,
+    pub(crate) path: Option<&'a str>,
     /// The request's Content-Type, when its head was read and had one.
-    pub content_type: Option<&'a str>,
+    pub(crate) content_type: Option<&'a str>,
 }
 
 /// Builds the response to a [`Refusal`].
-pub type Refuse = Arc<dyn Fn(Refusal<'_>) -> Response + Send + Sync>;
+pub(crate) type Refuse = Arc<dyn Fn(Refusal<'_>) -> Response + Send + Sync>;
 
 /// The default [`Refuse`]: the reason as plain text.
-pub fn refuse_as_text() -> Refuse {
+pub(crate) fn refuse_as_text() -> Refuse {
     Arc::new(|r: Refusal<'_>| Response::text(r.status, format!("{}\n", r.reason)))
 }
 
 /// Accepts connections on `listener` and serves them on `executor` until the
 /// returned future is dropped. Refusals are answered in plain text.
-pub async fn serve(
+pub(crate) async fn serve(
     executor: Arc<smol::Executor<'static>>,
     listener: TcpListener,
     handler: Handler,
@@ -166,7 +166,7 @@ pub async fn serve(
 }
 
 /// As [`serve`], with the responses to refused requests built by `refuse`.
-pub async fn serve_with(
+pub(crate) async fn serve_with(
     executor: Arc<smol::Executor<'static>>,
     listener: TcpListener,
     handler: Handler,

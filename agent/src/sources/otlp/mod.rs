@@ -173,7 +173,7 @@ impl Receiver {
     }
 
     /// Answers one request: what the HTTP server calls.
-    pub async fn handle(&self, request: Request) -> Response {
+    pub(crate) async fn handle(&self, request: Request) -> Response {
         let shared = &self.shared;
         let signal = match request.path.as_str() {
             "/v1/traces" => Signal::Traces,
@@ -269,7 +269,7 @@ impl Receiver {
 }
 
 /// The server limits for a `[receiver.otlp]` config.
-pub fn limits(config: &OtlpReceiverConfig) -> http::Limits {
+pub(crate) fn limits(config: &OtlpReceiverConfig) -> http::Limits {
     http::Limits {
         max_body: usize::try_from(config.max_request_size).unwrap_or(usize::MAX),
         body_timeout: config.read_timeout,

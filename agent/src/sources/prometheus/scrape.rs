@@ -138,7 +138,7 @@ impl std::fmt::Debug for Scraper {
 
 impl Scraper {
     /// A scraper for one target of `job`, with the job's HTTP client.
-    pub fn new(
+    pub(crate) fn new(
         job: &ScrapeConfig,
         target: &ScrapeTarget,
         client: Client,
