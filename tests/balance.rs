@@ -51,22 +51,6 @@ fn endpoints(gateways: &[&FakeGateway]) -> String {
     format!("endpoints = [{}]", urls.join(", "))
 }
 
-/// The receiver's address, from tern's log.
-fn receiver_addr(agent: &Agent) -> SocketAddr {
-    wait_for(
-        Duration::from_secs(10),
-        || {
-            agent
-                .stderr()
-                .lines()
-                .rev()
-                .find_map(|l| l.split("Receiving OTLP/HTTP listen=").nth(1))
-                .and_then(|a| a.trim().parse().ok())
-        },
-        || agent.diagnostics(),
-    )
-}
-
 /// POSTs a protobuf body; returns the status.
 fn post(addr: SocketAddr, path: &str, body: &[u8]) -> u16 {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -216,7 +200,7 @@ fn traces_balance_over_three_gateways() {
     ];
     let refs: Vec<&FakeGateway> = gws.iter().collect();
     let agent = Agent::start(&config(&endpoints(&refs)));
-    let addr = receiver_addr(&agent);
+    let addr = agent.receiver_addr();
     let n = 20_000u64;
     send_traces(addr, "a", 0..n);
     let owner = collect(&refs, "a", 2 * n as usize, &agent);
@@ -242,7 +226,7 @@ fn traces_balance_over_three_gateways() {
 /// connections) while round a is sent, then leaves the set by `leave`; its
 /// queued share must reach the others, and only its keys move.
 fn membership_change(gws: &mut [FakeGateway], agent: &mut Agent, leave: impl FnOnce(&mut Agent)) {
-    let addr = receiver_addr(agent);
+    let addr = agent.receiver_addr();
     let n = 6_000u64;
     // Round 0 with all three up: where each trace belongs.
     send_traces(addr, "r0", 0..n);
@@ -406,7 +390,7 @@ fn down_gateway_share_waits_without_failover() {
         FakeGateway::start(),
     ];
     let agent = Agent::start(&config(&endpoints(&gws.iter().collect::<Vec<_>>())));
-    let addr = receiver_addr(&agent);
+    let addr = agent.receiver_addr();
     let n = 3_000u64;
     gws[2].stop();
     let started = Instant::now();
@@ -446,7 +430,7 @@ fn down_gateway_fails_over_after_failover_after_and_comes_back() {
         endpoints(&gws.iter().collect::<Vec<_>>())
     );
     let agent = Agent::start(&config(&export));
-    let addr = receiver_addr(&agent);
+    let addr = agent.receiver_addr();
     let n = 3_000u64;
     send_traces(addr, "r0", 0..n);
     let home = {
@@ -556,7 +540,7 @@ fn metric_routes(
     let refs: Vec<&FakeGateway> = gws.iter().collect();
     let export = format!("{}\nrouting_key = \"{routing_key}\"", endpoints(&refs));
     let agent = Agent::start(&config(&export));
-    let addr = receiver_addr(&agent);
+    let addr = agent.receiver_addr();
     for round in 0..3 {
         assert_eq!(
             post(addr, "/v1/metrics", &metrics_request(round, 30, 5, 4)),

@@ -40,22 +40,6 @@ max_interval = "500ms"
     )
 }
 
-/// The receiver's address, from tern's log.
-fn receiver_addr(agent: &Agent) -> SocketAddr {
-    wait_for(
-        Duration::from_secs(10),
-        || {
-            agent
-                .stderr()
-                .lines()
-                .rev()
-                .find_map(|l| l.split("Receiving OTLP/HTTP listen=").nth(1))
-                .and_then(|a| a.trim().parse().ok())
-        },
-        || agent.diagnostics(),
-    )
-}
-
 /// `len` hex digits that gzip cannot shrink much, different for each `seed`.
 fn noise(seed: u64, len: usize) -> String {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -154,7 +138,7 @@ fn follows_redirect(status: u16) {
     let gateway = FakeGateway::start();
     gateway.set_default(Reply::Redirect(status, format!("{}{{path}}", target.url())));
     let agent = Agent::start(&config(&gateway.url(), ""));
-    post(receiver_addr(&agent), &spans("r", 10, |_| 10));
+    post(agent.receiver_addr(), &spans("r", 10, |_| 10));
     all_arrive_once(&agent, &target, &names("r", 10));
 
     // Posted again with the same body and headers, to the Location.
@@ -229,7 +213,7 @@ fn a_redirect_loop_is_retried_not_dropped() {
     // A relative Location back to the same URL, for ever.
     gateway.set_default(Reply::Redirect(308, "{path}".into()));
     let agent = Agent::start(&config(&gateway.url(), ""));
-    post(receiver_addr(&agent), &spans("l", 5, |_| 10));
+    post(agent.receiver_addr(), &spans("l", 5, |_| 10));
     let failed = format!(
         "tern_export_failed_requests_total{{endpoint=\"{}\",signal=\"traces\",reason=\"redirect\"}}",
         gateway.url()
@@ -263,7 +247,7 @@ fn a_413_sends_the_batch_in_parts_that_fit() {
     let gateway = FakeGateway::start();
     gateway.set_max_body(Some(LIMIT));
     let agent = Agent::start(&config(&gateway.url(), ""));
-    post(receiver_addr(&agent), &spans("p", 64, |_| 300));
+    post(agent.receiver_addr(), &spans("p", 64, |_| 300));
     all_arrive_once(&agent, &gateway, &names("p", 64));
     let received = gateway.received();
     assert!(
@@ -291,7 +275,7 @@ fn a_single_item_too_large_is_dropped_and_counted() {
     let agent = Agent::start(&config(&gateway.url(), ""));
     // Span 5 alone is about three times the limit.
     post(
-        receiver_addr(&agent),
+        agent.receiver_addr(),
         &spans("t", 16, |i| if i == 5 { 20_000 } else { 100 }),
     );
     let kept: Vec<String> = names("t", 16).into_iter().filter(|n| n != "t5").collect();

@@ -136,6 +136,21 @@ impl Agent {
             .and_then(|a| a.trim().parse().ok())
     }
 
+    /// The OTLP receiver's address, from tern's log (it listens on port 0).
+    pub fn receiver_addr(&self) -> SocketAddr {
+        wait_for(
+            Duration::from_secs(10),
+            || {
+                self.stderr()
+                    .lines()
+                    .rev()
+                    .find_map(|l| l.split("Receiving OTLP/HTTP listen=").nth(1))
+                    .and_then(|a| a.trim().parse().ok())
+            },
+            || self.diagnostics(),
+        )
+    }
+
     /// tern's stderr so far.
     pub fn stderr(&self) -> String {
         let mut s = String::new();

@@ -243,16 +243,7 @@ fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>)
             let mut hs = [httparse::EMPTY_HEADER; 32];
             let mut req = httparse::Request::new(&mut hs);
             if let Ok(httparse::Status::Complete(n)) = req.parse(&buf) {
-                let headers: Vec<(String, String)> = req
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_ascii_lowercase(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
-                    .collect();
+                let headers = super::header_pairs(req.headers);
                 let length = headers
                     .iter()
                     .find(|(k, _)| k == "content-length")

@@ -147,6 +147,19 @@ pub fn values(m: &Metric) -> Vec<f64> {
         .collect()
 }
 
+/// Header names (lowercased) and values of a parsed HTTP head.
+pub fn header_pairs(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
+}
+
 /// A config for one scrape job sending to `gateway`, with fast retries.
 pub fn config(job: &str, target: SocketAddr, interval: &str, gateway: &str) -> String {
     format!(

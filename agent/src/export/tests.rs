@@ -20,6 +20,7 @@ use crate::otlp::proto::common::v1::InstrumentationScope;
 use crate::otlp::proto::resource::v1::Resource;
 use crate::otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use crate::queue::{Lane, NewBatch, Options, Signal};
+use crate::route::{Routes, Table};
 use gateway::{Gateway, Stop};
 
 /// One request the server got.
@@ -795,4 +796,145 @@ fn a_stopped_sender_leaves_its_loop() {
     );
     running.stop();
     assert_eq!(server.requests().len(), 1);
+}
+
+/// The labels `endpoint` and `signal="traces"` of `url`, for counters.
+fn traces_of(url: &str) -> [(&str, &str); 2] {
+    [("endpoint", url), ("signal", "traces")]
+}
+
+#[test]
+fn a_503_is_retried_until_the_gateway_takes_the_batch() {
+    let server = Server::start(|_, i| Reply(if i < 2 { 503 } else { 200 }, vec![]));
+    let config = export_config(&server.url(), "");
+    let dir = TempDir::new("retry");
+    let payload = crate::otlp::encode(&spans(3, 10)).gzip;
+    let (queue, lane) = queue_with(&dir, &server.url(), &[(payload, 3)]);
+    let metrics = Arc::new(Metrics::new());
+    let mut running = run(gateway(&config, &queue, &metrics));
+    wait_for(
+        Duration::from_secs(20),
+        || is_empty(&queue, &lane),
+        || format!("{} requests", server.requests().len()),
+    );
+    running.stop();
+    let url = server.url();
+    let labels = traces_of(&url);
+    assert_eq!(server.requests().len(), 3, "two 503s, then the 200");
+    let names: Vec<Vec<String>> = server.requests().iter().map(Request::spans).collect();
+    assert!(
+        names.iter().all(|n| n == &names[0]),
+        "the same batch each time"
+    );
+    assert_eq!(
+        counter(&metrics, "tern_export_retried_batches_total", &labels),
+        2.0
+    );
+    assert_eq!(
+        counter(&metrics, "tern_export_sent_batches_total", &labels),
+        1.0
+    );
+    assert!(
+        !metrics.render().contains("tern_dropped_batches_total{"),
+        "a retry is not a drop"
+    );
+}
+
+#[test]
+fn a_permanent_refusal_drops_the_batch_and_the_next_is_delivered() {
+    let server = Server::start(|_, i| Reply(if i == 0 { 400 } else { 200 }, vec![]));
+    let config = export_config(&server.url(), "");
+    let dir = TempDir::new("permanent");
+    let first = crate::otlp::encode(&spans(2, 10)).gzip;
+    let second = crate::otlp::encode(&spans(5, 10)).gzip;
+    let (queue, lane) = queue_with(&dir, &server.url(), &[(first, 2), (second, 5)]);
+    let metrics = Arc::new(Metrics::new());
+    let mut running = run(gateway(&config, &queue, &metrics));
+    wait_for(
+        Duration::from_secs(20),
+        || is_empty(&queue, &lane),
+        || format!("{} requests", server.requests().len()),
+    );
+    running.stop();
+    let url = server.url();
+    assert_eq!(server.requests().len(), 2, "each batch posted once");
+    assert_eq!(server.requests()[1].spans().len(), 5);
+    let dropped = [
+        ("signal", "traces"),
+        ("destination", url.as_str()),
+        ("reason", "permanent"),
+    ];
+    assert_eq!(
+        counter(&metrics, "tern_dropped_batches_total", &dropped),
+        1.0
+    );
+    assert_eq!(
+        counter(&metrics, "tern_dropped_points_total", &dropped),
+        2.0
+    );
+    assert_eq!(
+        counter(&metrics, "tern_export_sent_batches_total", &traces_of(&url)),
+        1.0
+    );
+    assert_eq!(
+        counter(
+            &metrics,
+            "tern_export_retried_batches_total",
+            &traces_of(&url)
+        ),
+        0.0
+    );
+}
+
+#[test]
+fn a_gateway_failing_past_failover_after_hands_its_lanes_to_the_next() {
+    let down = Server::start(|_, _| Reply(503, vec![]));
+    let up = Server::start(|_, _| Reply(200, vec![]));
+    let mut config = export_config(&down.url(), "");
+    config.endpoints.push(up.url());
+    config.failover_after = Some(Duration::from_millis(200));
+    let dir = TempDir::new("failover");
+    let payload = crate::otlp::encode(&spans(3, 10)).gzip;
+    let (queue, lane) = queue_with(&dir, &down.url(), &[(payload, 3)]);
+    let routes = Routes::default();
+    routes.set(Table::new(&config.endpoints, config.routing));
+    let metrics = Arc::new(Metrics::new());
+    let g = Gateway::new(
+        Sender::new(&down.url(), &config).unwrap(),
+        &down.url(),
+        queue.clone(),
+        metrics.clone(),
+        routes.clone(),
+        &config,
+    );
+    let mut running = run(g);
+    let next = Lane::new(Signal::Traces, &up.url());
+    wait_for(
+        Duration::from_secs(20),
+        || is_empty(&queue, &lane) && !is_empty(&queue, &next),
+        || metrics.render(),
+    );
+    running.stop();
+    assert!(
+        routes
+            .current()
+            .members
+            .iter()
+            .any(|m| m.destination == down.url() && m.down),
+        "the failing gateway is marked down"
+    );
+    let url = down.url();
+    let moved = [("endpoint", url.as_str()), ("reason", "failover")];
+    assert_eq!(
+        counter(&metrics, "tern_export_rerouted_batches_total", &moved),
+        1.0
+    );
+    assert_eq!(
+        counter(&metrics, "tern_export_rerouted_points_total", &moved),
+        3.0
+    );
+    assert!(
+        !metrics.render().contains("tern_dropped_batches_total{"),
+        "failing over drops nothing"
+    );
 }
