@@ -277,19 +277,30 @@
 //! threads of its own, which may keep sled's files, and so its lock, for a
 //! moment after that: `open` waits for it (up to 30 s) once the queue's own
 //! lock is free, so a reopen in the same process does not fail.
+//!
+//! The code follows the paths above: `store` holds the [`Queue`] and the
+//! state its paths share (counters, the flusher, flush and remove); `open`
+//! is the lock, sled, the format check and the recovery scan (and
+//! [`Queue::inspect`]); `writer` is push, the size policy and checkpoints;
+//! `reader` is peek, ack, drop and moves between lanes. `segments` (payload
+//! files), `acklog`, `format` (keys and records), `space` (free space),
+//! `lane`, `batch`, `stats`, `options` and `error` are the nouns they use.
 
 mod acklog;
 mod batch;
 mod error;
 mod format;
 mod lane;
+mod open;
 mod options;
+mod reader;
 mod segments;
 mod space;
 mod stats;
 mod store;
 #[cfg(test)]
 mod tests;
+mod writer;
 
 pub use batch::{Batch, Checkpoint, DropReason, Dropped, NewBatch, Peeked, Pushed};
 pub use error::QueueError;
@@ -297,3 +308,12 @@ pub use lane::{BatchId, Lane, Signal};
 pub use options::{FullPolicy, Options};
 pub use stats::{Backlog, LaneStats, Stats};
 pub use store::{PushListener, Queue};
+
+// Every source and sender thread holds a clone of the queue, and a sender
+// waits on a listener from another thread: held at compile time.
+const _: () = {
+    const fn send_sync<T: Send + Sync + Clone>() {}
+    const fn send<T: Send>() {}
+    send_sync::<Queue>();
+    send::<PushListener>();
+};
