@@ -1,6 +1,7 @@
 //! Holds the dependency order written in the crate docs (lib.rs): reads every
 //! `crate::` path in every file under `src/` and fails on one that points at
-//! a module on the same line of that order or below its own.
+//! a module on the same line of that order or below its own; and keeps ureq
+//! inside the HTTP client.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -112,6 +113,23 @@ fn modules_import_only_the_layers_below_their_own() {
         "imports against the order of lib.rs:\n{}",
         wrong.join("\n")
     );
+}
+
+#[test]
+fn ureq_is_named_in_the_http_client_alone() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let naming: Vec<String> = files
+        .iter()
+        .filter(|f| {
+            std::fs::read_to_string(f)
+                .expect("a readable source file")
+                .contains(concat!("ureq", "::"))
+        })
+        .map(|f| f.strip_prefix(&src).unwrap_or(f).display().to_string())
+        .collect();
+    assert_eq!(naming, ["http/client.rs"]);
 }
 
 #[test]

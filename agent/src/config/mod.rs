@@ -1,8 +1,8 @@
 //! Configuration: the TOML file users write, parsed in two stages.
 //!
 //! `Raw*` structs mirror the file exactly and reject unknown keys
-//! (`deny_unknown_fields`). [`Config::from_raw`] then validates and converts them
-//! ("15s" to a [`Duration`], "256MiB" to bytes) into the types the runtime uses.
+//! (`deny_unknown_fields`). `Config::from_raw` then validates and converts them
+//! ("15s" to a [`Duration`](std::time::Duration), "256MiB" to bytes) into the types the runtime uses.
 //! Every error names the file, line, column and key, as `tern check` prints it:
 //!
 //! ```text

@@ -44,6 +44,12 @@
 //! stopped; a request in flight is bounded by `export.timeout`, redirects
 //! included.
 //!
+//! The code: this file starts the exporter; `coordinator` is the
+//! `tern-route` thread (and `tern-dns`, with `dns`); `gateway` is the
+//! delivery loop of one sender thread; `sender` speaks OTLP/HTTP to one
+//! gateway over `http::client`; `resplit` moves a lane's batches to other
+//! gateways; `retry` is the backoff; `error` is [`ExportError`] and its
+//! classes. It uses `route`, `http`, `queue` and `otlp`, never `sources`.
 
 pub(crate) mod dns;
 mod error;

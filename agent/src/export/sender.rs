@@ -1,4 +1,4 @@
-//! One OTLP/HTTP sender per gateway: ureq with rustls, one keep-alive
+//! One OTLP/HTTP sender per gateway, on the shared HTTP client, one keep-alive
 //! connection, and the classification of every answer into success, retry,
 //! split (413), permanent failure or local fault.
 //!

@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-/// The `[export.tls]` and `[scrape.tls]` sections: the TLS settings of a
-/// [`Client`].
+/// The `[export.tls]` and `[scrape.tls]` sections: the TLS settings of the
+/// HTTP client.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TlsConfig {
     /// PEM file of CA certificates trusted in addition to the system roots.
