@@ -27,3 +27,4 @@ mod notify;
 mod outage;
 mod receiver;
 mod scrape;
+mod vm;

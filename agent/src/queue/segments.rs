@@ -353,19 +353,6 @@ impl Segments {
         Ok(())
     }
 
-    /// Handles of the segments being appended to, to sync without holding
-    /// the queue's lock; marks them synced.
-    pub(super) fn active_handles(&mut self) -> Vec<File> {
-        let now = Instant::now();
-        self.active
-            .values_mut()
-            .filter_map(|active| {
-                active.synced = now;
-                active.file.try_clone().ok()
-            })
-            .collect()
-    }
-
     /// Stops appending to lane `lane`'s segment after a failed write: whatever
     /// was half-written there is never named by the index. A segment that no
     /// index record ever named is deleted at once (no flush can be needed

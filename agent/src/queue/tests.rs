@@ -1591,3 +1591,34 @@ fn write_amplification() {
         }
     }
 }
+
+/// Disk bytes an ack costs: the ack log's write and the index's removal at
+/// the next flush. Run with `cargo test --release -p tern --lib ack_cost --
+/// --ignored --nocapture`; figures in the module docs.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn ack_cost() {
+    let dir = TempDir::new("ack-cost");
+    let queue = open(&dir, &opts(1 << 30));
+    let lane = logs();
+    let n = 20_000u64;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let payload = (i as u32).to_be_bytes().repeat(500);
+        ids.push(push(&queue, &lane, &payload));
+    }
+    queue.flush().unwrap();
+    let (wchar0, bytes0) = io_counters();
+    let started = Instant::now();
+    for id in ids {
+        assert!(queue.ack(id).unwrap());
+    }
+    queue.flush().unwrap();
+    let elapsed = started.elapsed();
+    let (wchar1, bytes1) = io_counters();
+    println!(
+        "ack cost: {n} acks in {elapsed:?}: {:.1} bytes passed to write and {:.1} bytes reaching the disk per ack",
+        (wchar1 - wchar0) as f64 / n as f64,
+        (bytes1 - bytes0) as f64 / n as f64
+    );
+}

@@ -1,0 +1,332 @@
+//! Power cuts of a virtual machine: tern runs as /init's child in a qemu-system
+//! guest (a Debian kernel, a busybox initramfs, an ext4 disk image), a host
+//! client posts numbered spans to its receiver through qemu's user network,
+//! the gateway on the host is mostly down, and the host kills qemu at random
+//! moments: the guest loses its page cache as in a real power cut.
+//!
+//! Ignored: scripts/test-vm builds the images and runs these with
+//! `TERN_VM_*` set (see `Vm::from_env`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::harness::spans::{free_port, post, span_names, spans};
+use crate::harness::{http_get, FakeGateway, Reply, TempDir};
+
+/// How to boot one guest, from the environment scripts/test-vm sets.
+struct Vm {
+    qemu: String,
+    /// Machine arguments: `-M`, `-cpu`, the devices' flavour.
+    machine: Vec<String>,
+    kernel: PathBuf,
+    initrd: PathBuf,
+    /// An empty ext4 image to copy for each run.
+    disk: PathBuf,
+    /// The kernel's console device (`ttyS0`, `ttyAMA0`).
+    console: String,
+    /// `pci` or `device`: the virtio transport of the machine.
+    virtio: String,
+}
+
+impl Vm {
+    fn from_env() -> Option<Vm> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Some(Vm {
+            qemu: var("TERN_VM_QEMU")?,
+            machine: var("TERN_VM_MACHINE")?
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
+            kernel: var("TERN_VM_KERNEL")?.into(),
+            initrd: var("TERN_VM_INITRD")?.into(),
+            disk: var("TERN_VM_DISK")?.into(),
+            console: var("TERN_VM_CONSOLE")?,
+            virtio: var("TERN_VM_VIRTIO").unwrap_or_else(|| "pci".into()),
+        })
+    }
+
+    /// Boots the guest on `disk` with its receiver and self metrics forwarded
+    /// to `receiver` and `metrics` on the host's loopback.
+    fn boot(
+        &self,
+        disk: &PathBuf,
+        gateway: u16,
+        fsync: bool,
+        ports: (u16, u16),
+        log: &PathBuf,
+    ) -> Child {
+        let (receiver, metrics) = ports;
+        let net = format!(
+            "user,id=n0,hostfwd=tcp:127.0.0.1:{receiver}-:4318,hostfwd=tcp:127.0.0.1:{metrics}-:12345"
+        );
+        let console = std::fs::File::create(log).unwrap();
+        Command::new(&self.qemu)
+            .args(&self.machine)
+            .args(["-m", "256", "-nographic", "-no-reboot", "-accel", "tcg"])
+            .arg("-kernel")
+            .arg(&self.kernel)
+            .arg("-initrd")
+            .arg(&self.initrd)
+            .arg("-append")
+            .arg(format!(
+                "console={} panic=-1 edd=off quiet tern.gw={gateway} tern.fsync={}",
+                self.console,
+                u8::from(fsync)
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "file={},format=raw,if=none,id=d0,cache=writeback",
+                disk.display()
+            ))
+            .args(["-device", &format!("virtio-blk-{},drive=d0", self.virtio)])
+            .args(["-netdev", &net])
+            // No option ROM: iPXE would add seconds to every boot.
+            .args([
+                "-device",
+                &format!(
+                    "virtio-net-{},netdev=n0{}",
+                    self.virtio,
+                    if self.virtio == "pci" {
+                        ",romfile="
+                    } else {
+                        ""
+                    }
+                ),
+            ])
+            .stdin(Stdio::null())
+            .stdout(console)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start qemu")
+    }
+}
+
+/// What one boot saw.
+struct Boot {
+    /// From qemu's start to the receiver's first 200.
+    ready: Duration,
+    /// Batches dropped as corrupt on open (damaged records).
+    corrupt: f64,
+}
+
+/// Waits until the guest's receiver answers; posts nothing that counts.
+fn wait_ready(receiver: std::net::SocketAddr, qemu: &mut Child) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while Instant::now() < deadline {
+        if qemu.try_wait().unwrap().is_some() {
+            return false;
+        }
+        // An empty request: accepted with nothing to queue.
+        if post(receiver, &[]) == Some(200) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+fn power_cuts(fsync: bool) {
+    let Some(vm) = Vm::from_env() else {
+        eprintln!("skipped: run by scripts/test-vm (TERN_VM_* not set)");
+        return;
+    };
+    let cuts: usize = std::env::var("TERN_VM_CUTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let dir = TempDir::new("vm");
+    let disk = dir.path().join("disk.img");
+    // The guests' consoles (tern's log included), kept for a look afterwards.
+    let logs = std::env::var_os("TERN_VM_LOGS")
+        .map_or_else(|| dir.path().to_path_buf(), PathBuf::from)
+        .join(if fsync { "fsync-on" } else { "fsync-off" });
+    let _ = std::fs::remove_dir_all(&logs);
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::copy(&vm.disk, &disk).unwrap();
+    let gateway = Arc::new(FakeGateway::start());
+    gateway.set_default(Reply::Status(503, None));
+    let receiver = free_port();
+    let metrics = free_port();
+    let ports = (receiver.port(), metrics.port());
+
+    // span number -> when its request got 200
+    let acked: Arc<Mutex<BTreeMap<u64, (Instant, usize)>>> = Arc::default();
+    let mut next = 0u64;
+    let mut boots = Vec::new();
+    let mut cut_times = Vec::new();
+    for cut in 0..=cuts {
+        let last = cut == cuts;
+        let log = logs.join(format!("console-{cut}.log"));
+        if std::env::var_os("TERN_VM_KEEP_DISK").is_some() {
+            std::fs::copy(&disk, logs.join(format!("disk-before-boot-{cut}.img"))).unwrap();
+        }
+        let started = Instant::now();
+        let mut qemu = vm.boot(&disk, gateway.addr.port(), fsync, ports, &log);
+        assert!(
+            wait_ready(receiver, &mut qemu),
+            "boot {cut}: the guest's receiver never answered\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        let corrupt = http_get(metrics, "/metrics")
+            .map(|(_, text)| {
+                text.lines()
+                    .filter(|l| {
+                        l.starts_with("tern_dropped_batches_total") && l.contains("corrupt")
+                    })
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum()
+            })
+            .unwrap_or(0.0);
+        boots.push(Boot {
+            ready: started.elapsed(),
+            corrupt,
+        });
+        if last {
+            // Drain: the gateway stays up.
+            gateway.set_default(Reply::Ok);
+            let want: Vec<u64> = acked.lock().unwrap().keys().copied().collect();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while Instant::now() < deadline {
+                let seen = span_names(&gateway.received());
+                if want.iter().all(|n| seen.contains_key(&format!("span-{n}"))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            let _ = qemu.kill();
+            let _ = qemu.wait();
+            break;
+        }
+        // The gateway is mostly down: up for a moment now and then.
+        let stop = Arc::new(AtomicBool::new(false));
+        let flapper = {
+            let (stop, gateway) = (stop.clone(), gateway.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let up = fastrand::u8(..5) == 0;
+                    gateway.set_default(if up {
+                        Reply::Ok
+                    } else {
+                        Reply::Status(503, None)
+                    });
+                    std::thread::sleep(Duration::from_millis(fastrand::u64(200..700)));
+                }
+            })
+        };
+        let client = {
+            let (stop, acked) = (stop.clone(), acked.clone());
+            let first = next;
+            let boot = cut;
+            std::thread::spawn(move || {
+                let mut n = first;
+                while !stop.load(Ordering::Relaxed) {
+                    if post(receiver, &spans(n)) == Some(200) {
+                        let now = Instant::now();
+                        acked
+                            .lock()
+                            .unwrap()
+                            .extend((n..n + 5).map(|k| (k, (now, boot))));
+                    }
+                    n += 5;
+                }
+                n
+            })
+        };
+        std::thread::sleep(Duration::from_millis(fastrand::u64(500..4000)));
+        // The power cut.
+        let _ = qemu.kill();
+        cut_times.push(Instant::now());
+        let _ = qemu.wait();
+        stop.store(true, Ordering::Relaxed);
+        next = client.join().unwrap();
+        flapper.join().unwrap();
+        gateway.set_default(Reply::Status(503, None));
+    }
+
+    let acked = acked.lock().unwrap().clone();
+    let received = gateway.received();
+    let seen = span_names(&received);
+    let lost: Vec<(u64, Instant)> = acked
+        .iter()
+        .filter(|(n, _)| !seen.contains_key(&format!("span-{n}")))
+        .map(|(&n, &(at, _))| (n, at))
+        .collect();
+    // Per boot: spans acked, lost, and the oldest loss's age at its own cut.
+    for (boot, &cut_at) in cut_times.iter().enumerate() {
+        let of_boot: Vec<_> = acked.iter().filter(|(_, (_, b))| *b == boot).collect();
+        let lost_here: Vec<Duration> = of_boot
+            .iter()
+            .filter(|(n, _)| !seen.contains_key(&format!("span-{n}")))
+            .map(|(_, (at, _))| cut_at - *at)
+            .collect();
+        eprintln!(
+            "  boot {boot}: {} acked, {} lost, oldest lost acked {:.2} s before the cut",
+            of_boot.len(),
+            lost_here.len(),
+            lost_here
+                .iter()
+                .max()
+                .copied()
+                .unwrap_or_default()
+                .as_secs_f64()
+        );
+    }
+    // How long before its cut each lost span had been acknowledged.
+    let window = lost
+        .iter()
+        .filter_map(|(_, at)| {
+            cut_times
+                .iter()
+                .find(|&&cut| cut >= *at)
+                .map(|&cut| cut - *at)
+        })
+        .max()
+        .unwrap_or_default();
+    let mut digests: HashMap<u64, usize> = HashMap::new();
+    for r in received.iter().filter(|r| r.answered == 200) {
+        *digests.entry(r.digest).or_insert(0) += 1;
+    }
+    let doubled: usize = digests.values().map(|n| n - 1).sum();
+    let ready: Vec<f64> = boots.iter().map(|b| b.ready.as_secs_f64()).collect();
+    let corrupt: f64 = boots.iter().map(|b| b.corrupt).sum();
+    let corrupt_max = boots.iter().map(|b| b.corrupt).fold(0.0, f64::max);
+    eprintln!(
+        "vm power cuts (fsync = {fsync}): {cuts} cuts, {} spans acked, {} arrived, {} lost (acked at most {:.1} s before their cut), {doubled} batches sent twice, {corrupt} damaged batches dropped ({corrupt_max} at most in one boot), boot to ready {:.1} to {:.1} s",
+        acked.len(),
+        acked.keys().filter(|n| seen.contains_key(&format!("span-{n}"))).count(),
+        lost.len(),
+        window.as_secs_f64(),
+        ready.iter().copied().fold(f64::MAX, f64::min),
+        ready.iter().copied().fold(0.0, f64::max),
+    );
+    assert!(acked.len() > 50, "too few spans accepted: {}", acked.len());
+    if fsync {
+        assert!(
+            lost.is_empty(),
+            "acknowledged spans lost: {:?}",
+            &lost[..lost.len().min(20)]
+        );
+    } else {
+        // What fsync = false promises: about the last flush interval (1 s).
+        assert!(
+            window <= Duration::from_secs(3),
+            "spans acked {window:?} before a cut were lost"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs the VM images: scripts/test-vm"]
+fn vm_power_cuts_fsync_on_lose_nothing_acknowledged() {
+    power_cuts(true);
+}
+
+#[test]
+#[ignore = "needs the VM images: scripts/test-vm"]
+fn vm_power_cuts_fsync_off_lose_at_most_the_last_interval() {
+    power_cuts(false);
+}
