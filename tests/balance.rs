@@ -20,27 +20,11 @@ use tern::otlp::proto::metrics::v1::{
 use tern::otlp::proto::resource::v1::Resource;
 use tern::otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
-use crate::harness::{wait_for, Agent, FakeGateway};
+use crate::harness::{receiver_config, wait_for, Agent, FakeGateway};
 
 /// A config with the receiver on a free port and `export` lines.
 fn config(export: &str) -> String {
-    format!(
-        r#"[agent]
-state_dir = "{{state_dir}}"
-listen = "127.0.0.1:0"
-
-[receiver.otlp]
-listen = "127.0.0.1:0"
-
-[export]
-timeout = "2s"
-{export}
-
-[export.retry]
-initial_interval = "100ms"
-max_interval = "500ms"
-"#
-    )
+    receiver_config("", "", export)
 }
 
 fn endpoints(gateways: &[&FakeGateway]) -> String {

@@ -14,29 +14,17 @@ use tern::otlp::proto::resource::v1::Resource;
 use tern::otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use tern::queue::{Lane, NewBatch, Options, Queue, Signal};
 
-use crate::harness::{wait_for, Agent, FakeGateway, Reply, TempDir};
+use crate::harness::{receiver_config, wait_for, Agent, FakeGateway, Reply, TempDir};
 
 /// A config with the OTLP receiver on a free port, sending to `gateway`
 /// with `extra` lines in `[export]`.
 fn config(gateway: &str, extra: &str) -> String {
-    format!(
-        r#"[agent]
-state_dir = "{{state_dir}}"
-listen = "127.0.0.1:0"
-
-[receiver.otlp]
-listen = "127.0.0.1:0"
-
-[export]
-endpoints = ["{gateway}"]
-timeout = "2s"
-headers = {{ "X-Scope-OrgID" = "edge" }}
-{extra}
-
-[export.retry]
-initial_interval = "100ms"
-max_interval = "500ms"
-"#
+    receiver_config(
+        "",
+        "",
+        &format!(
+            "endpoints = [\"{gateway}\"]\nheaders = {{ \"X-Scope-OrgID\" = \"edge\" }}\n{extra}"
+        ),
     )
 }
 

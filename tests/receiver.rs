@@ -21,30 +21,14 @@ use tern::otlp::proto::metrics::v1::metric;
 use tern::otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use tern::sources::otlp::Status;
 
-use crate::harness::{attr, header_pairs, wait_for, Agent, FakeGateway, Reply};
+use crate::harness::{attr, header_pairs, receiver_config, wait_for, Agent, FakeGateway, Reply};
 
 /// A config with the receiver on a free port, sending to `gateway`.
 fn config(gateway: &str, receiver: &str, resource: &str) -> String {
-    format!(
-        r#"[agent]
-state_dir = "{{state_dir}}"
-listen = "127.0.0.1:0"
-
-[resource]
-{resource}
-
-[receiver.otlp]
-listen = "127.0.0.1:0"
-{receiver}
-
-[export]
-endpoints = ["{gateway}"]
-timeout = "2s"
-
-[export.retry]
-initial_interval = "100ms"
-max_interval = "500ms"
-"#
+    receiver_config(
+        &format!("\n[resource]\n{resource}\n"),
+        receiver,
+        &format!("endpoints = [\"{gateway}\"]"),
     )
 }
 

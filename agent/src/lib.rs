@@ -49,3 +49,5 @@ pub use config::{Config, ConfigError};
 
 #[cfg(test)]
 mod layers;
+#[cfg(test)]
+mod tempdir;

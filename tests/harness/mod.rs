@@ -160,6 +160,30 @@ pub fn header_pairs(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A config with the OTLP receiver on a free port and fast retries: `tables`
+/// (such as `[resource]`) before the receiver's, `receiver` lines in
+/// `[receiver.otlp]` and `export` lines in `[export]`.
+pub fn receiver_config(tables: &str, receiver: &str, export: &str) -> String {
+    format!(
+        r#"[agent]
+state_dir = "{{state_dir}}"
+listen = "127.0.0.1:0"
+{tables}
+[receiver.otlp]
+listen = "127.0.0.1:0"
+{receiver}
+
+[export]
+timeout = "2s"
+{export}
+
+[export.retry]
+initial_interval = "100ms"
+max_interval = "500ms"
+"#
+    )
+}
+
 /// A config for one scrape job sending to `gateway`, with fast retries.
 pub fn config(job: &str, target: SocketAddr, interval: &str, gateway: &str) -> String {
     format!(

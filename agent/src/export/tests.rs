@@ -3,8 +3,8 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -21,6 +21,7 @@ use crate::otlp::proto::resource::v1::Resource;
 use crate::otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use crate::queue::{Lane, NewBatch, Options, Signal};
 use crate::route::{Routes, Table};
+use crate::tempdir::TempDir;
 use gateway::{Gateway, Stop};
 
 /// One request the server got.
@@ -204,33 +205,6 @@ fn serve(
     }
 }
 
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "tern-export-{name}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The `[export]` settings for `endpoint`, with `extra` lines in `[export]`.
 fn export_config(endpoint: &str, extra: &str) -> ExportConfig {
     let text = format!(
@@ -366,8 +340,24 @@ fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool, why: impl Fn() -
     }
 }
 
+/// Runs `gateway` until `lane` is empty, then stops it.
+fn deliver_all(gateway: Gateway, queue: &Queue, lane: &Lane, server: &Server) {
+    let mut running = run(gateway);
+    wait_for(
+        Duration::from_secs(20),
+        || is_empty(queue, lane),
+        || format!("{} requests", server.requests().len()),
+    );
+    running.stop();
+}
+
 fn is_empty(queue: &Queue, lane: &Lane) -> bool {
     queue.peek(lane, 1).unwrap().batches.is_empty()
+}
+
+/// The labels `endpoint` and `signal="traces"` of `url`, for counters.
+fn traces_of(url: &str) -> [(&str, &str); 2] {
+    [("endpoint", url), ("signal", "traces")]
 }
 
 fn counter(metrics: &Metrics, name: &'static str, labels: &[(&str, &str)]) -> f64 {
@@ -502,16 +492,10 @@ fn a_failed_ack_is_retried_without_posting_again() {
     let metrics = Arc::new(Metrics::new());
     let g = gateway(&config, &queue, &metrics);
     g.failing_acks.store(3, Ordering::SeqCst);
-    let mut running = run(g);
-    wait_for(
-        Duration::from_secs(20),
-        || is_empty(&queue, &lane),
-        || format!("{} requests", server.requests().len()),
-    );
-    running.stop();
+    deliver_all(g, &queue, &lane, &server);
     assert_eq!(server.requests().len(), 1, "posted once");
-    let labels = [("endpoint", server.url()), ("signal", "traces".to_string())];
-    let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let url = server.url();
+    let labels = traces_of(&url);
     assert_eq!(
         counter(&metrics, "tern_export_ack_failures_total", &labels),
         3.0
@@ -550,13 +534,7 @@ fn a_413_splits_until_the_gateway_takes_each_part() {
     let behind = crate::otlp::encode(&behind).gzip;
     let (queue, lane) = queue_with(&dir, &server.url(), &[(payload, 20), (behind, 1)]);
     let metrics = Arc::new(Metrics::new());
-    let mut running = run(gateway(&config, &queue, &metrics));
-    wait_for(
-        Duration::from_secs(20),
-        || is_empty(&queue, &lane),
-        || format!("{} requests", server.requests().len()),
-    );
-    running.stop();
+    deliver_all(gateway(&config, &queue, &metrics), &queue, &lane, &server);
     let delivered: Vec<String> = server
         .requests()
         .iter()
@@ -584,8 +562,8 @@ fn a_413_splits_until_the_gateway_takes_each_part() {
         counter(&metrics, "tern_dropped_points_total", &drop_labels),
         1.0
     );
-    let labels = [("endpoint", server.url()), ("signal", "traces".to_string())];
-    let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let url = server.url();
+    let labels = traces_of(&url);
     assert_eq!(
         counter(&metrics, "tern_export_sent_batches_total", &labels),
         2.0
@@ -615,21 +593,15 @@ fn parts_delivered_are_not_sent_again_when_a_later_part_fails() {
     let payload = crate::otlp::encode(&spans(6, 10)).gzip;
     let (queue, lane) = queue_with(&dir, &server.url(), &[(payload, 6)]);
     let metrics = Arc::new(Metrics::new());
-    let mut running = run(gateway(&config, &queue, &metrics));
-    wait_for(
-        Duration::from_secs(20),
-        || is_empty(&queue, &lane),
-        || format!("{} requests", server.requests().len()),
-    );
-    running.stop();
+    deliver_all(gateway(&config, &queue, &metrics), &queue, &lane, &server);
     let names: Vec<Vec<String>> = server.requests().iter().map(Request::spans).collect();
     let first_half: Vec<String> = (0..3).map(|i| format!("s{i}")).collect();
     let second_half: Vec<String> = (3..6).map(|i| format!("s{i}")).collect();
     assert_eq!(names.len(), 5, "{names:?}");
     assert_eq!(names[1], first_half);
     assert!(names[2..].iter().all(|n| n == &second_half), "{names:?}");
-    let labels = [("endpoint", server.url()), ("signal", "traces".to_string())];
-    let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let url = server.url();
+    let labels = traces_of(&url);
     assert_eq!(
         counter(&metrics, "tern_export_sent_batches_total", &labels),
         1.0
@@ -656,13 +628,7 @@ fn a_stored_batch_that_cannot_be_read_is_dropped_as_corrupt() {
         &[(b"\x1f\x8bdamaged".to_vec(), 7), (good, 2)],
     );
     let metrics = Arc::new(Metrics::new());
-    let mut running = run(gateway(&config, &queue, &metrics));
-    wait_for(
-        Duration::from_secs(20),
-        || is_empty(&queue, &lane),
-        || format!("{} requests", server.requests().len()),
-    );
-    running.stop();
+    deliver_all(gateway(&config, &queue, &metrics), &queue, &lane, &server);
     assert_eq!(server.requests().len(), 1, "only the good batch was sent");
     assert_eq!(server.requests()[0].spans(), ["s0", "s1"]);
     let url = server.url();
@@ -798,11 +764,6 @@ fn a_stopped_sender_leaves_its_loop() {
     assert_eq!(server.requests().len(), 1);
 }
 
-/// The labels `endpoint` and `signal="traces"` of `url`, for counters.
-fn traces_of(url: &str) -> [(&str, &str); 2] {
-    [("endpoint", url), ("signal", "traces")]
-}
-
 #[test]
 fn a_503_is_retried_until_the_gateway_takes_the_batch() {
     let server = Server::start(|_, i| Reply(if i < 2 { 503 } else { 200 }, vec![]));
@@ -811,13 +772,7 @@ fn a_503_is_retried_until_the_gateway_takes_the_batch() {
     let payload = crate::otlp::encode(&spans(3, 10)).gzip;
     let (queue, lane) = queue_with(&dir, &server.url(), &[(payload, 3)]);
     let metrics = Arc::new(Metrics::new());
-    let mut running = run(gateway(&config, &queue, &metrics));
-    wait_for(
-        Duration::from_secs(20),
-        || is_empty(&queue, &lane),
-        || format!("{} requests", server.requests().len()),
-    );
-    running.stop();
+    deliver_all(gateway(&config, &queue, &metrics), &queue, &lane, &server);
     let url = server.url();
     let labels = traces_of(&url);
     assert_eq!(server.requests().len(), 3, "two 503s, then the 200");
@@ -849,13 +804,7 @@ fn a_permanent_refusal_drops_the_batch_and_the_next_is_delivered() {
     let second = crate::otlp::encode(&spans(5, 10)).gzip;
     let (queue, lane) = queue_with(&dir, &server.url(), &[(first, 2), (second, 5)]);
     let metrics = Arc::new(Metrics::new());
-    let mut running = run(gateway(&config, &queue, &metrics));
-    wait_for(
-        Duration::from_secs(20),
-        || is_empty(&queue, &lane),
-        || format!("{} requests", server.requests().len()),
-    );
-    running.stop();
+    deliver_all(gateway(&config, &queue, &metrics), &queue, &lane, &server);
     let url = server.url();
     assert_eq!(server.requests().len(), 2, "each batch posted once");
     assert_eq!(server.requests()[1].spans().len(), 5);

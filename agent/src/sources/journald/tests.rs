@@ -4,7 +4,6 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +16,7 @@ use crate::otlp::proto::collector::logs::v1::ExportLogsServiceRequest;
 use crate::otlp::proto::common::v1::any_value;
 use crate::queue::{Lane, Options, Queue};
 use crate::sources::DEFAULT_DESTINATION;
+use crate::tempdir::TempDir;
 
 fn testdata() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/journal-export")
@@ -159,26 +159,6 @@ fn cursors_compare_by_identity() {
     assert_eq!(lost_between(a, &b.replace("s=739", "s=000")), None);
 }
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::SeqCst);
-        let path =
-            std::env::temp_dir().join(format!("tern-journald-{}-{n}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn journald_config(extra: &str) -> JournaldConfig {
     Config::parse(Path::new("t.toml"), &format!("[journald]\n{extra}"))
         .unwrap()
@@ -189,7 +169,7 @@ fn journald_config(extra: &str) -> JournaldConfig {
 fn setup(extra: &str) -> (TempDir, Queue, Pipeline, Arc<Metrics>) {
     let dir = TempDir::new("pipeline");
     let (queue, _) = Queue::open(
-        &dir.0,
+        dir.path(),
         &Options {
             fsync: false,
             ..Options::default()

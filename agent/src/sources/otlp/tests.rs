@@ -3,7 +3,6 @@
 //! `tests/receiver.rs` drive the built binary with the OpenTelemetry SDK.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use prost::Message;
@@ -17,27 +16,7 @@ use crate::otlp::proto::resource::v1::Resource;
 use crate::otlp::proto::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use crate::queue::{Lane, Options, Queue};
 use crate::sources::DEFAULT_DESTINATION;
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!(
-            "tern-otlp-{name}-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::tempdir::TempDir;
 
 fn traces(spans: usize, service: Option<&str>) -> ExportTraceServiceRequest {
     ExportTraceServiceRequest {
@@ -279,13 +258,13 @@ fn unknown_protobuf_fields_survive() {
 /// A receiver on a real queue, without its server running.
 fn receiver(dir: &TempDir, extra: &str, queue_size: u64) -> (Receiver, Queue, Arc<Metrics>) {
     let text = format!("[receiver.otlp]\nlisten = \"127.0.0.1:0\"\n{extra}\n[resource]\n\"host.name\" = \"box-1\"\n");
-    let config = Config::parse(&dir.0.join("t.toml"), &text).unwrap();
+    let config = Config::parse(&dir.path().join("t.toml"), &text).unwrap();
     let options = Options {
         max_size: queue_size,
         fsync: false,
         ..Options::default()
     };
-    let (queue, _) = Queue::open(&dir.0, &options).unwrap();
+    let (queue, _) = Queue::open(dir.path(), &options).unwrap();
     let metrics = Arc::new(Metrics::new());
     let sink = Sink::new(queue.clone(), metrics.clone(), false);
     let executor = Arc::new(smol::Executor::new());
