@@ -72,8 +72,19 @@ pub fn split_raw(table: &Table, signal: Signal, raw: &[u8]) -> Option<Split> {
             split_by_resource(signal, raw, n, pick)
         }
         key => match signal {
-            Signal::Traces => split_traces(raw, key, n, pick),
-            Signal::Logs => split_logs(raw, key, n, pick),
+            Signal::Traces => {
+                split_items::<ExportTraceServiceRequest>(raw, key, n, &pick, |span| {
+                    pick(key_hash(&span.trace_id))
+                })
+            }
+            // Records without a trace id spread evenly.
+            Signal::Logs => split_items::<ExportLogsServiceRequest>(raw, key, n, &pick, |record| {
+                if record.trace_id.is_empty() {
+                    pick(fastrand::u64(..))
+                } else {
+                    pick(key_hash(&record.trace_id))
+                }
+            }),
             Signal::Metrics => split_metrics(raw, key, n, pick),
         },
     }
@@ -334,114 +345,59 @@ fn halve_decoded<R: Request>(raw: &[u8]) -> Result<Halved, &'static str> {
     Ok(Halved::Two(half(a), half(b)))
 }
 
-fn split_traces(
+/// Splits a traces or logs request: each resource entry whole under the
+/// `service` and `resource` keys, else each span or record by
+/// `item_gateway` (its trace id), keeping its resource and scope.
+fn split_items<R: Request>(
     raw: &[u8],
     key: RoutingKey,
     n: usize,
-    pick: impl Fn(u64) -> usize,
+    pick: &impl Fn(u64) -> usize,
+    item_gateway: impl Fn(&R::Item) -> usize,
 ) -> Option<Split> {
-    let request = ExportTraceServiceRequest::decode(raw).ok()?;
-    let mut parts: Vec<(ExportTraceServiceRequest, usize)> =
-        (0..n).map(|_| Default::default()).collect();
-    for mut rs in request.resource_spans {
+    let mut request = R::decode(raw).ok()?;
+    let mut parts: Vec<(R, usize)> = (0..n).map(|_| Default::default()).collect();
+    for mut entry in std::mem::take(request.entries_mut()) {
         let resource_gw = match key {
-            RoutingKey::Service => Some(pick(service_key(rs.resource.as_ref()))),
-            RoutingKey::Resource => Some(pick(resource_key(rs.resource.as_ref()))),
+            RoutingKey::Service => Some(pick(service_key(R::resource(&entry).as_ref()))),
+            RoutingKey::Resource => Some(pick(resource_key(R::resource(&entry).as_ref()))),
             _ => None,
         };
         if let Some(g) = resource_gw {
-            let items = rs.scope_spans.iter().map(|s| s.spans.len()).sum::<usize>();
-            let slot = parts.get_mut(g)?;
-            slot.0.resource_spans.push(rs);
-            slot.1 += items;
-            continue;
-        }
-        let scopes = std::mem::take(&mut rs.scope_spans);
-        let mut per: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
-        for mut ss in scopes {
-            let spans = std::mem::take(&mut ss.spans);
-            scatter(
-                group(spans, n, |s| pick(key_hash(&s.trace_id))),
-                |g, spans| {
-                    if let Some(slot) = per.get_mut(g) {
-                        let mut part = ss.clone();
-                        part.spans = spans;
-                        slot.push(part);
-                    }
-                },
-            );
-        }
-        for (g, scopes) in per.into_iter().enumerate() {
-            if scopes.is_empty() {
-                continue;
-            }
-            let items = scopes.iter().map(|s| s.spans.len()).sum::<usize>();
-            let mut part = rs.clone();
-            part.scope_spans = scopes;
-            let slot = parts.get_mut(g)?;
-            slot.0.resource_spans.push(part);
-            slot.1 += items;
-        }
-    }
-    Some(finish(parts, |r| !r.resource_spans.is_empty()))
-}
-
-fn split_logs(raw: &[u8], key: RoutingKey, n: usize, pick: impl Fn(u64) -> usize) -> Option<Split> {
-    let request = ExportLogsServiceRequest::decode(raw).ok()?;
-    let mut parts: Vec<(ExportLogsServiceRequest, usize)> =
-        (0..n).map(|_| Default::default()).collect();
-    for mut rl in request.resource_logs {
-        let resource_gw = match key {
-            RoutingKey::Service => Some(pick(service_key(rl.resource.as_ref()))),
-            RoutingKey::Resource => Some(pick(resource_key(rl.resource.as_ref()))),
-            _ => None,
-        };
-        if let Some(g) = resource_gw {
-            let items = rl
-                .scope_logs
+            let items = R::scopes(&entry)
                 .iter()
-                .map(|s| s.log_records.len())
+                .map(|s| R::items(s).len())
                 .sum::<usize>();
             let slot = parts.get_mut(g)?;
-            slot.0.resource_logs.push(rl);
+            slot.0.entries_mut().push(entry);
             slot.1 += items;
             continue;
         }
-        let scopes = std::mem::take(&mut rl.scope_logs);
-        let mut per: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
-        for mut sl in scopes {
-            let records = std::mem::take(&mut sl.log_records);
-            // Records without a trace id spread evenly.
-            scatter(
-                group(records, n, |r| {
-                    if r.trace_id.is_empty() {
-                        pick(fastrand::u64(..))
-                    } else {
-                        pick(key_hash(&r.trace_id))
-                    }
-                }),
-                |g, records| {
-                    if let Some(slot) = per.get_mut(g) {
-                        let mut part = sl.clone();
-                        part.log_records = records;
-                        slot.push(part);
-                    }
-                },
-            );
+        let scopes = std::mem::take(R::scopes_mut(&mut entry));
+        let mut per: Vec<Vec<R::Scope>> = (0..n).map(|_| Vec::new()).collect();
+        for mut scope in scopes {
+            let items = std::mem::take(R::items_mut(&mut scope));
+            scatter(group(items, n, &item_gateway), |g, items| {
+                if let Some(slot) = per.get_mut(g) {
+                    let mut part = scope.clone();
+                    *R::items_mut(&mut part) = items;
+                    slot.push(part);
+                }
+            });
         }
         for (g, scopes) in per.into_iter().enumerate() {
             if scopes.is_empty() {
                 continue;
             }
-            let items = scopes.iter().map(|s| s.log_records.len()).sum::<usize>();
-            let mut part = rl.clone();
-            part.scope_logs = scopes;
+            let items = scopes.iter().map(|s| R::items(s).len()).sum::<usize>();
+            let mut part = entry.clone();
+            *R::scopes_mut(&mut part) = scopes;
             let slot = parts.get_mut(g)?;
-            slot.0.resource_logs.push(part);
+            slot.0.entries_mut().push(part);
             slot.1 += items;
         }
     }
-    Some(finish(parts, |r| !r.resource_logs.is_empty()))
+    Some(finish(parts, |r| !r.entries().is_empty()))
 }
 
 /// Splits one metric's data points by stream (name and point attributes).
