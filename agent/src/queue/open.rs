@@ -14,12 +14,15 @@ use event_listener::Event;
 use super::acklog::AckLog;
 use super::batch::{DropReason, Dropped};
 use super::error::QueueError;
-use super::format::{self, *};
+use super::format::{
+    self, checkpoint_key, decode_lane_prefix, index_key, split_index_key, IndexRecord, CHECKPOINT,
+    FORMAT_KEY, FORMAT_VERSION, INDEX, INDEX_END, NEXT_SEQ_KEY,
+};
 use super::options::Options;
 use super::segments::{self, Segments};
 use super::space::{self, is_disk_full, Space};
 use super::stats::Stats;
-use super::store::*;
+use super::store::{Flusher, Inner, Queue, State, DATA_DIR, DIR_NAME, INDEX_DIR};
 
 /// The file whose flock says the queue is open, inside the queue's directory.
 pub(super) const LOCK_NAME: &str = "lock";

@@ -5,11 +5,11 @@
 
 use super::batch::{Batch, DropReason, Dropped, Peeked};
 use super::error::QueueError;
-use super::format::{self, *};
+use super::format::{self, checkpoint_key, index_key, split_index_key, IndexRecord, NEXT_SEQ_KEY};
 use super::lane::{BatchId, Lane};
-use super::segments::{self};
+use super::segments;
 use super::stats::Backlog;
-use super::store::*;
+use super::store::{created, lane_id, Head, Inner, Queue, State};
 
 /// How many batches one sled write moves during [`Queue::reroute`]: bounds the
 /// memory of one write while keeping each step atomic.

@@ -4,13 +4,13 @@
 
 use super::batch::{Checkpoint, DropReason, Dropped, NewBatch, Pushed};
 use super::error::QueueError;
-use super::format::{self, *};
+use super::format::{self, checkpoint_key, index_key, IndexRecord, MAX_SOURCE_LEN};
 use super::lane::{BatchId, Lane};
 use super::options::FullPolicy;
 use super::reader::next_head;
-use super::segments::{self};
+use super::segments;
 use super::space::is_disk_full;
-use super::store::*;
+use super::store::{lane_id, len_u64, millis, Head, Inner, Latest, Queue, State};
 
 impl Queue {
     /// Stores a batch in `lane` under the configured [`Options::full_policy`].
