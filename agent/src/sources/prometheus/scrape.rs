@@ -35,7 +35,7 @@ const ACCEPT: &str =
 #[non_exhaustive]
 pub enum ScrapeError {
     /// The target could not be reached or did not answer in time.
-    Http(String),
+    Http(Box<dyn std::error::Error + Send + Sync>),
     /// The target answered with a status other than 200.
     Status(u16),
     /// The body was larger than `body_size_limit`.
@@ -69,7 +69,14 @@ impl std::fmt::Display for ScrapeError {
     }
 }
 
-impl std::error::Error for ScrapeError {}
+impl std::error::Error for ScrapeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ScrapeError::Http(e) => Some(e.as_ref()),
+            _ => None,
+        }
+    }
+}
 
 /// Starts one scrape thread per target of `job`.
 pub fn spawn_job(
@@ -282,7 +289,7 @@ impl Scraper {
             )
             .map_err(|e| match e {
                 HttpError::TooLarge(limit) => ScrapeError::TooLarge(limit),
-                e => ScrapeError::Http(e.to_string()),
+                e => ScrapeError::Http(Box::new(e)),
             })?;
         if fetched.status != 200 {
             return Err(ScrapeError::Status(fetched.status));
