@@ -88,6 +88,13 @@ impl Queue {
             .partition(|u| !acked.contains(&index_key(&u.prefix, u.seq)));
         for u in &delivered {
             carry_checkpoint(&db, &index_key(&u.prefix, u.seq), &u.value).map_err(sled_err)?;
+            // The scan above read the checkpoint keys before this one was
+            // written: the source must resume after this batch, not before.
+            if let Some((_, Some((source, checkpoint)))) =
+                IndexRecord::decode_with_checkpoint(&u.value)
+            {
+                state.note_checkpoint(source, u.seq, checkpoint, true);
+            }
         }
         let highest_acked = acked
             .iter()

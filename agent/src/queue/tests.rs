@@ -1437,6 +1437,15 @@ fn crash_keeps_every_ack() {
             lost.iter().all(|&&c| c % 3 != 0) && lost.len() <= 1,
             "round {round}: unacked batches lost: {lost:?}"
         );
+        // The source resumes after the newest batch it pushed, acked or not:
+        // a checkpoint older than that would read its input again.
+        let checkpoint = queue.checkpoint("counter").unwrap().unwrap();
+        let checkpoint: u64 = std::str::from_utf8(&checkpoint).unwrap().parse().unwrap();
+        let newest = *pushed.last().unwrap();
+        assert!(
+            checkpoint == newest || checkpoint == newest + 1,
+            "round {round}: checkpoint {checkpoint}, newest push printed {newest}"
+        );
         // Leave only the unacked ones for the next round's bookkeeping.
         acked.extend(lost.into_iter().copied().collect::<Vec<_>>());
     }
