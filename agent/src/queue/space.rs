@@ -83,6 +83,14 @@ impl Space {
         if self.checked.elapsed() < CHECK_EVERY {
             return false;
         }
+        self.refresh_now(restore)
+    }
+
+    /// Reads the free space now, whenever it was last read: right before the
+    /// index is flushed, so that a disk another program has just filled
+    /// gets its reserve released before sled writes (sled refuses every
+    /// write after one that failed, until the queue is opened again).
+    pub(super) fn refresh_now(&mut self, restore: bool) -> bool {
         self.checked = Instant::now();
         match statvfs(&self.reserve_dir()) {
             Ok((available, _)) => self.available = available,

@@ -263,7 +263,7 @@ impl Inner {
         // holds pushes back for one sync and one flush a second.
         let mut state = self.lock();
         if let Some(space) = state.space.as_mut() {
-            space.refresh(true);
+            space.refresh_now(true);
         }
         if state.flushed_since_switch {
             let switched = state.acks.as_mut().map_or(Ok(()), AckLog::switch);
