@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::harness::spans::{free_port, post, span_names, spans};
+use crate::harness::spans::{free_port, post, receiver_config_at, span_names, spans};
 use crate::harness::{wait_for, Agent, FakeGateway, Reply};
 
 #[test]
@@ -15,24 +15,7 @@ fn a_sigkill_storm_loses_no_acknowledged_span() {
     const KILLS: usize = 20;
     let receiver = free_port();
     let gateway = Arc::new(FakeGateway::start());
-    let config = format!(
-        r#"[agent]
-state_dir = "{{state_dir}}"
-listen = "127.0.0.1:0"
-
-[receiver.otlp]
-listen = "{receiver}"
-
-[export]
-endpoints = ["{}"]
-timeout = "2s"
-
-[export.retry]
-initial_interval = "50ms"
-max_interval = "200ms"
-"#,
-        gateway.url()
-    );
+    let config = receiver_config_at(receiver, &gateway.url());
     let mut agent = Agent::start(&config);
 
     // The gateway flaps: up and down in turns of 150 to 600 ms.

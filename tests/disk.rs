@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::harness::agent::tern_command;
 use crate::harness::exporter::ScriptedExporter;
-use crate::harness::spans::{free_port, post, span_names, spans};
+use crate::harness::spans::{free_port, post, receiver_config_at, span_names, spans};
 use crate::harness::{config, wait_for, Agent, FakeGateway, Reply, TempDir};
 
 /// A tmpfs of a fixed size mounted on a directory, unmounted on drop.
@@ -185,27 +185,6 @@ fn a_disk_tern_fills_itself_stays_deliverable() {
     assert_eq!(agent.terminate(), Some(0), "{}", agent.diagnostics());
 }
 
-/// A config with the receiver on `receiver`, sending to `gateway`.
-fn receiver_config(receiver: std::net::SocketAddr, gateway: &str) -> String {
-    format!(
-        r#"[agent]
-state_dir = "{{state_dir}}"
-listen = "127.0.0.1:0"
-
-[receiver.otlp]
-listen = "{receiver}"
-
-[export]
-endpoints = ["{gateway}"]
-timeout = "2s"
-
-[export.retry]
-initial_interval = "50ms"
-max_interval = "200ms"
-"#
-    )
-}
-
 /// Posts 120 requests of five numbered spans while the gateway is down, stops
 /// tern, damages its queue with `damage`, starts it with the gateway up, and
 /// returns (spans arrived once, spans arrived more than once, corrupt points
@@ -215,7 +194,7 @@ fn damaged_run(name: &str, damage: impl FnOnce(&Path)) -> (usize, usize, f64) {
     let gateway = FakeGateway::start();
     gateway.set_default(Reply::Status(503, None));
     let dir = TempDir::new(name);
-    let mut agent = Agent::start_in(dir, &receiver_config(receiver, &gateway.url()));
+    let mut agent = Agent::start_in(dir, &receiver_config_at(receiver, &gateway.url()));
     for i in 0..120u64 {
         assert_eq!(post(receiver, &spans(i * 5)), Some(200));
     }
@@ -288,14 +267,14 @@ fn an_unreadable_segment_is_named_set_aside_and_the_rest_delivered() {
     let gateway = FakeGateway::start();
     gateway.set_default(Reply::Status(503, None));
     let dir = TempDir::new("unreadable");
-    let mut agent = Agent::start_in(dir, &receiver_config(receiver, &gateway.url()));
+    let mut agent = Agent::start_in(dir, &receiver_config_at(receiver, &gateway.url()));
     for i in 0..20u64 {
         assert_eq!(post(receiver, &spans(i * 5)), Some(200));
     }
     assert_eq!(agent.terminate(), Some(0), "{}", agent.diagnostics());
     let exporter =
         ScriptedExporter::start(|n| (200, "text/plain", format!("g {n}\n").into_bytes()));
-    let cfg = receiver_config(receiver, &gateway.url())
+    let cfg = receiver_config_at(receiver, &gateway.url())
         + &format!(
             "\n[[scrape]]\njob = \"g\"\ntargets = [\"{}\"]\ninterval = \"200ms\"\n",
             exporter.addr

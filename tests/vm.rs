@@ -8,7 +8,7 @@
 //! `TERN_VM_*` set (see `Vm::from_env`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -51,14 +51,7 @@ impl Vm {
 
     /// Boots the guest on `disk` with its receiver and self metrics forwarded
     /// to `receiver` and `metrics` on the host's loopback.
-    fn boot(
-        &self,
-        disk: &PathBuf,
-        gateway: u16,
-        fsync: bool,
-        ports: (u16, u16),
-        log: &PathBuf,
-    ) -> Child {
+    fn boot(&self, disk: &Path, gateway: u16, fsync: bool, ports: (u16, u16), log: &Path) -> Child {
         let (receiver, metrics) = ports;
         let net = format!(
             "user,id=n0,hostfwd=tcp:127.0.0.1:{receiver}-:4318,hostfwd=tcp:127.0.0.1:{metrics}-:12345"

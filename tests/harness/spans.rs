@@ -72,3 +72,25 @@ pub fn span_names(received: &[Received]) -> HashMap<String, usize> {
     }
     seen
 }
+
+/// A config with the receiver on `receiver` (kept across restarts), sending
+/// to `gateway` with fast retries.
+pub fn receiver_config_at(receiver: SocketAddr, gateway: &str) -> String {
+    format!(
+        r#"[agent]
+state_dir = "{{state_dir}}"
+listen = "127.0.0.1:0"
+
+[receiver.otlp]
+listen = "{receiver}"
+
+[export]
+endpoints = ["{gateway}"]
+timeout = "2s"
+
+[export.retry]
+initial_interval = "50ms"
+max_interval = "200ms"
+"#
+    )
+}

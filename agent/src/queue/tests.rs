@@ -1291,36 +1291,44 @@ fn crash_child() {
     }
 }
 
+/// Starts `crash_child` in a process of its own on `dir`, its stdout piped.
+fn spawn_crash_child(exe: &Path, dir: &TempDir, fsync: bool, ack: bool) -> std::process::Child {
+    let mut command = Command::new(exe);
+    command
+        .args([
+            "queue::tests::crash_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("TERN_QUEUE_CRASH_DIR", dir.path())
+        .env(
+            if fsync {
+                "TERN_QUEUE_CRASH_FSYNC"
+            } else {
+                "TERN_QUEUE_CRASH_NO_FSYNC"
+            },
+            "1",
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if ack {
+        command.env("TERN_QUEUE_CRASH_ACK", "1");
+    }
+    command.spawn().unwrap()
+}
+
 #[test]
 fn crash_keeps_every_acknowledged_push() {
     let dir = TempDir::new("crash");
     let exe = std::env::current_exe().unwrap();
     let mut printed = BTreeSet::new();
     for round in 0..6 {
-        let mut child = Command::new(&exe)
-            .args([
-                "queue::tests::crash_child",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("TERN_QUEUE_CRASH_DIR", dir.path())
-            // A process crash loses nothing the kernel has, fsync or not: the
-            // index entries sled had not written yet are rebuilt from the
-            // segments on open.
-            .env(
-                if round % 2 == 0 {
-                    "TERN_QUEUE_CRASH_FSYNC"
-                } else {
-                    "TERN_QUEUE_CRASH_NO_FSYNC"
-                },
-                "1",
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        // A process crash loses nothing the kernel has, fsync or not: the
+        // index entries sled had not written yet are rebuilt from the
+        // segments on open.
+        let mut child = spawn_crash_child(&exe, &dir, round % 2 == 0, false);
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let kill_after = fastrand::usize(1..120);
         let mut seen_this_round = 0;
@@ -1377,28 +1385,7 @@ fn crash_keeps_every_ack() {
     let exe = std::env::current_exe().unwrap();
     let (mut pushed, mut acked) = (BTreeSet::new(), BTreeSet::new());
     for round in 0..6 {
-        let mut child = Command::new(&exe)
-            .args([
-                "queue::tests::crash_child",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("TERN_QUEUE_CRASH_DIR", dir.path())
-            .env("TERN_QUEUE_CRASH_ACK", "1")
-            .env(
-                if round % 2 == 0 {
-                    "TERN_QUEUE_CRASH_FSYNC"
-                } else {
-                    "TERN_QUEUE_CRASH_NO_FSYNC"
-                },
-                "1",
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_crash_child(&exe, &dir, round % 2 == 0, true);
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let kill_after = fastrand::usize(1..150);
         let mut record = |line: &str| {
@@ -1613,7 +1600,7 @@ fn ack_cost() {
     let n = 20_000u64;
     let mut ids = Vec::new();
     for i in 0..n {
-        let payload = (i as u32).to_be_bytes().repeat(500);
+        let payload = i.to_be_bytes().repeat(250);
         ids.push(push(&queue, &lane, &payload));
     }
     queue.flush().unwrap();
