@@ -20,7 +20,8 @@ use crate::http::{Client, HttpError, TlsConfig};
 use crate::lifecycle::Shutdown;
 use crate::queue::{self, Queue, QueueError, Stats};
 use crate::route::Routes;
-use crate::sources::{journald, otlp, prometheus, Sink};
+use crate::sources::prometheus::schedule::{self, Scheduler, Targets};
+use crate::sources::{journald, otlp, Sink};
 use crate::telemetry::notify;
 use crate::telemetry::{self, Metrics};
 
@@ -181,7 +182,13 @@ pub fn run(config: Config) -> Result<(), Error> {
         None => None,
     };
 
-    let mut running = Running::start(&config, queue.clone(), metrics.clone(), &routes)?;
+    let mut running = Some(Running::start(
+        &config,
+        queue.clone(),
+        metrics.clone(),
+        &routes,
+        Targets::default(),
+    )?);
     ready.store(true, Ordering::SeqCst);
     metrics.set("tern_ready", &[], 1.0);
     notify::ready(&summary(&config));
@@ -201,7 +208,10 @@ pub fn run(config: Config) -> Result<(), Error> {
             match signal {
                 Ok(async_signal::Signal::Hup) => {
                     let old = config.clone();
-                    config = reload(&config, &mut running, &queue, &metrics, &routes);
+                    let (next, now_running) =
+                        reload(&config, running.take(), &queue, &metrics, &routes);
+                    config = next;
+                    running = now_running;
                     if let Some(r) = &receiver {
                         r.reconfigure(&config, receiver_sink(&config));
                     }
@@ -223,7 +233,9 @@ pub fn run(config: Config) -> Result<(), Error> {
     // What was accepted is in the queue already; a scrape or a send still in
     // flight after these deadlines is abandoned (its data was not accepted,
     // or is sent again after the restart), so that stopping is quick.
-    running.stop_within(SOURCES_STOP_WAIT, EXPORT_STOP_WAIT);
+    if let Some(mut running) = running {
+        running.stop_within(SOURCES_STOP_WAIT, EXPORT_STOP_WAIT);
+    }
     queue.flush()?;
     log::info!(
         "Stopped; queue flushed batches={} took_ms={}",
@@ -259,47 +271,57 @@ fn join_until(handles: Vec<JoinHandle<()>>, deadline: Instant) -> usize {
 }
 
 /// Applies a new config on SIGHUP: sources and the exporter restart with it,
-/// the queue stays open (its settings need a restart). A bad config is
-/// refused and the running one kept.
+/// the queue stays open (its settings need a restart), scrape targets that
+/// stay keep their staleness memory and removed ones get their markers. A
+/// bad config is refused and the running one kept. Gives back the config in
+/// force and what runs (nothing only if neither config could start).
 fn reload(
     old: &Config,
-    running: &mut Running,
+    running: Option<Running>,
     queue: &Queue,
     metrics: &Arc<Metrics>,
     routes: &Routes,
-) -> Config {
+) -> (Config, Option<Running>) {
     let new = match Config::load(&old.path) {
         Ok(c) => c,
         Err(e) => {
             log::warn!("Reload refused, keeping the running config error={e}");
             metrics.inc("tern_config_reloads_total", &[("result", "failure")]);
-            return old.clone();
+            return (old.clone(), running);
         }
     };
-    if new.agent != old.agent || new.export.queue != old.export.queue {
-        log::warn!("Reload: [agent] and [export.queue] changes take effect after a restart");
+    if new.agent.state_dir != old.agent.state_dir
+        || new.agent.listen != old.agent.listen
+        || new.export.queue != old.export.queue
+    {
+        log::warn!("Reload: agent.state_dir, agent.listen and [export.queue] changes take effect after a restart");
     }
     log::info!("Reloading config={}", new.path.display());
-    running.stop();
+    let targets = running.map(Running::stop).unwrap_or_default();
     for job in &old.scrape {
-        for t in &job.targets {
-            metrics.remove_matching("tern_scrape_up", "instance", &t.instance);
+        for label in schedule::self_metric_labels(job) {
+            metrics.remove_matching("tern_scrape_up", "instance", &label);
         }
     }
     log::set_max_level(new.agent.log_level);
-    match Running::start(&new, queue.clone(), metrics.clone(), routes) {
+    match Running::start(&new, queue.clone(), metrics.clone(), routes, targets) {
         Ok(r) => {
-            *running = r;
             metrics.inc("tern_config_reloads_total", &[("result", "success")]);
-            new
+            (new, Some(r))
         }
         Err(e) => {
             log::error!("Reload failed to start, restarting the old config error={e}");
             metrics.inc("tern_config_reloads_total", &[("result", "failure")]);
-            if let Ok(r) = Running::start(old, queue.clone(), metrics.clone(), routes) {
-                *running = r;
-            }
-            old.clone()
+            let r = Running::start(
+                old,
+                queue.clone(),
+                metrics.clone(),
+                routes,
+                Targets::default(),
+            )
+            .map_err(|e| log::error!("Restarting the old config failed error={e}"))
+            .ok();
+            (old.clone(), r)
         }
     }
 }
@@ -308,17 +330,21 @@ fn reload(
 /// that stopping sources first puts everything they hold into the queue.
 struct Running {
     sources_stop: Arc<Shutdown>,
+    scrapes: Scheduler,
     sources: Vec<JoinHandle<()>>,
     export_stop: Arc<Shutdown>,
     exporter: Option<JoinHandle<()>>,
 }
 
 impl Running {
+    /// Starts `config`'s sources and exporter; scrape targets that were in
+    /// `previous` keep their staleness memory, removed ones get markers.
     fn start(
         config: &Config,
         queue: Queue,
         metrics: Arc<Metrics>,
         routes: &Routes,
+        previous: Targets,
     ) -> Result<Running, Error> {
         let sources_stop = Arc::new(Shutdown::new());
         let export_stop = Arc::new(Shutdown::new());
@@ -329,39 +355,53 @@ impl Running {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        let mut scrapes = Scheduler::start(
+            &config.scrape,
+            &resource,
+            config.agent.scrape_worker_count(),
+            sink.clone(),
+            metrics.clone(),
+            previous,
+        )?;
         let mut sources = Vec::new();
-        for job in &config.scrape {
-            sources.extend(prometheus::scrape::spawn_job(
-                job,
-                &resource,
-                sink.clone(),
-                metrics.clone(),
-                sources_stop.clone(),
-            )?);
-        }
         if let Some(j) = &config.journald {
-            sources.push(journald::spawn(
+            match journald::spawn(
                 j,
                 &resource,
                 sink.clone(),
                 metrics.clone(),
                 sources_stop.clone(),
-            )?);
+            ) {
+                Ok(h) => sources.push(h),
+                Err(e) => {
+                    scrapes.stop();
+                    return Err(e.into());
+                }
+            }
         }
-        let exporter = crate::export::spawn(
+        let exporter = match crate::export::spawn(
             &config.export,
             queue,
             metrics,
             routes.clone(),
             export_stop.clone(),
-        )?;
+        ) {
+            Ok(e) => e,
+            Err(e) => {
+                sources_stop.trigger();
+                scrapes.stop();
+                return Err(e.into());
+            }
+        };
+        let targets: usize = config.scrape.iter().map(|s| s.targets.len()).sum();
         log::info!(
-            "Started scrape_jobs={} threads={}",
+            "Started scrape_jobs={} targets={targets} scrape_workers={}",
             config.scrape.len(),
-            sources.len()
+            scrapes.workers()
         );
         Ok(Running {
             sources_stop,
+            scrapes,
             sources,
             export_stop,
             exporter,
@@ -373,7 +413,9 @@ impl Running {
     /// that are left to the process's exit.
     fn stop_within(&mut self, sources: Duration, export: Duration) {
         self.sources_stop.trigger();
-        let left = join_until(self.sources.drain(..).collect(), Instant::now() + sources);
+        let mut threads = self.scrapes.stop();
+        threads.append(&mut self.sources);
+        let left = join_until(threads, Instant::now() + sources);
         if left > 0 {
             log::info!("Stopping without waiting for sources still busy threads={left}");
         }
@@ -384,15 +426,23 @@ impl Running {
         }
     }
 
-    fn stop(&mut self) {
+    /// Stops everything and waits for it; gives back the scrape targets for
+    /// the next generation (a reload).
+    fn stop(mut self) -> Targets {
         self.sources_stop.trigger();
-        for h in self.sources.drain(..) {
+        for h in self
+            .scrapes
+            .stop()
+            .into_iter()
+            .chain(self.sources.drain(..))
+        {
             let _ = h.join();
         }
         self.export_stop.trigger();
         if let Some(h) = self.exporter.take() {
             let _ = h.join();
         }
+        self.scrapes.into_targets()
     }
 }
 

@@ -1,9 +1,53 @@
 //! Lifecycle tools every long-running part shares: the stop signal
 //! ([`Shutdown`]) that blocking loops sleep on, and the [`RateLimit`] that
-//! keeps a failing target from flooding the log.
+//! keeps a failing target from flooding the log, and [`spawn`], which starts
+//! every thread tern runs and says which limit to raise when the system
+//! refuses one.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// Starts a named thread for `what` (for example "scrape worker 3 of 4").
+///
+/// When the system refuses the thread (EAGAIN: the process or user is at its
+/// task limit, `ulimit -u` or systemd's `TasksMax=`; ENOMEM: at its memory
+/// limit), the error names what tern was starting and the limit to raise,
+/// instead of a bare "Resource temporarily unavailable".
+pub fn spawn<T: Send + 'static>(
+    name: String,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<T>> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(f)
+        .map_err(|e| refused(what, e))
+}
+
+fn refused(what: &str, e: std::io::Error) -> std::io::Error {
+    let threads = thread_count().map_or(String::new(), |n| format!(" (tern runs {n} now)"));
+    let hint = match e.raw_os_error() {
+        Some(11) => format!(
+            "the system refused a new thread{threads}: raise the task limit \
+             (systemd TasksMax=, ulimit -u, or pids.max of the cgroup) or lower \
+             agent.scrape_workers"
+        ),
+        Some(12) => "the system refused memory for its stack: raise the memory limit \
+             (systemd MemoryMax=, ulimit -v, or memory.max of the cgroup)"
+            .to_string(),
+        _ => "the system refused a new thread".to_string(),
+    };
+    std::io::Error::new(e.kind(), format!("starting {what}: {e}; {hint}"))
+}
+
+/// Threads of this process, from /proc (None where there is no /proc).
+fn thread_count() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+}
 
 /// Lets one message through per period and counts what it held back, so a
 /// target that fails every second does not flood the journal.

@@ -32,6 +32,27 @@ pub struct AgentConfig {
     pub listen: SocketAddr,
     /// Log level: error, warn, info, debug or trace. Defaults to `info`.
     pub log_level: log::LevelFilter,
+    /// Threads that scrape the `[[scrape]]` targets, all jobs together. 0 (the
+    /// default) picks twice the number of cores, at least 2 and at most 8:
+    /// scrapes mostly wait on the network, and a hanging target holds one
+    /// worker for at most its timeout.
+    pub scrape_workers: usize,
+}
+
+/// The most `agent.scrape_workers`: past it, threads cost more memory than
+/// the waiting they hide (each holds a parse window and a batch buffer).
+const MAX_SCRAPE_WORKERS: usize = 64;
+
+impl AgentConfig {
+    /// The number of scrape workers to start: `scrape_workers`, or when it
+    /// is 0 twice the cores this process may run on, between 2 and 8.
+    pub fn scrape_worker_count(&self) -> usize {
+        if self.scrape_workers > 0 {
+            return self.scrape_workers;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (2 * cores).clamp(2, 8)
+    }
 }
 
 impl Cx<'_> {
@@ -73,10 +94,25 @@ impl Cx<'_> {
             None => DEFAULT_LOG_LEVEL,
         };
 
+        let scrape_workers = match &agent.scrape_workers {
+            None => 0,
+            Some(n) if (0..=MAX_SCRAPE_WORKERS as i64).contains(n.get_ref()) => {
+                usize::try_from(*n.get_ref()).unwrap_or(0)
+            }
+            Some(n) => {
+                return Err(self.err(
+                    n,
+                    "agent.scrape_workers",
+                    format!("must be between 0 (automatic) and {MAX_SCRAPE_WORKERS}"),
+                ))
+            }
+        };
+
         Ok(AgentConfig {
             state_dir,
             listen,
             log_level,
+            scrape_workers,
         })
     }
 }

@@ -44,6 +44,7 @@ pub(super) struct RawAgent {
     pub(super) state_dir: Option<Spanned<String>>,
     pub(super) listen: Option<Spanned<String>>,
     pub(super) log_level: Option<Spanned<String>>,
+    pub(super) scrape_workers: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

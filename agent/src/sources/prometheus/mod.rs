@@ -3,5 +3,6 @@
 
 pub mod convert;
 pub mod parse;
+pub mod schedule;
 pub mod scrape;
 pub mod stale;

@@ -1,10 +1,6 @@
-//! The scrape loop: one named thread per target (`tern-scrape-<job>-<n>`) that
-//! fetches the exposition, parses it, converts it and hands the batches to the
-//! sink.
-//!
-//! Targets of a job are spread over the interval by a hash of their URL, so a
-//! box with twenty exporters does not wake them all in the same millisecond,
-//! and every agent keeps the same phase across restarts.
+//! One scrape of one target: fetch the exposition, parse it, convert it and
+//! hand the batches to the sink. The scheduler (`schedule.rs`) runs scrapes
+//! on its workers; a [`Target`] keeps only what must outlive a scrape.
 //!
 //! A scrape is all or nothing, as in Prometheus: batches are buffered
 //! (compressed) until the whole body has parsed, and a body that fails anywhere
@@ -13,18 +9,17 @@
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{ScrapeConfig, ScrapeTarget};
 use crate::http::{is_https, Client, HttpError};
-use crate::lifecycle::{RateLimit, Shutdown};
+use crate::lifecycle::RateLimit;
 use crate::sources::Sink;
 use crate::telemetry::Metrics;
 
 use super::convert::{Builder, TargetInfo};
 use super::parse::{Format, Limits, Parser};
-use super::stale::SeriesMemory;
+use super::stale::{Recording, SeriesMemory};
 
 /// What tern asks exporters for: OpenMetrics first, as Prometheus does.
 const ACCEPT: &str =
@@ -78,159 +73,181 @@ impl std::error::Error for ScrapeError {
     }
 }
 
-/// Starts one scrape thread per target of `job`.
-pub fn spawn_job(
-    job: &ScrapeConfig,
-    resource: &[(String, String)],
-    sink: Sink,
-    metrics: Arc<Metrics>,
-    shutdown: Arc<Shutdown>,
-) -> std::io::Result<Vec<JoinHandle<()>>> {
-    let https = job.targets.iter().any(|t| is_https(&t.url));
-    let client = Client::new(&job.tls, job.timeout, https).map_err(|e| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("scrape job {}: {e}", job.job),
-        )
-    })?;
-    let mut handles = Vec::new();
-    for (n, target) in job.targets.iter().enumerate() {
-        let mut extra: Vec<(String, String)> = resource.to_vec();
-        extra.extend(job.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let scraper = Scraper::new(
-            job,
-            target,
-            client.clone(),
-            extra,
-            sink.clone(),
-            metrics.clone(),
-        );
-        let shutdown = shutdown.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("tern-scrape-{}-{n}", job.job))
-            .spawn(move || scraper.run(&shutdown))?;
-        handles.push(handle);
-    }
-    Ok(handles)
+/// What the targets of one job share: its settings and HTTP client.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub(crate) config: ScrapeConfig,
+    client: Client,
+    limits: Limits,
+    /// The resource attributes every target of the job adds: the config's
+    /// `[resource]` and the job's `labels`.
+    extra: Vec<(String, String)>,
 }
 
-/// Scrapes one target on its interval.
-pub struct Scraper {
-    job: ScrapeConfig,
-    target: ScrapeTarget,
-    info: TargetInfo,
-    client: Client,
-    sink: Sink,
-    metrics: Arc<Metrics>,
-    limits: Limits,
-    errors: RateLimit,
-    /// The series of the last good scrape, to mark vanished ones stale.
-    memory: SeriesMemory,
-    /// The buffer bodies are read into, kept so that a large target costs one
-    /// allocation for its life, not one per scrape (which also fragments the heap).
+impl Job {
+    /// The shared part of `config`'s targets.
+    pub(crate) fn new(
+        config: &ScrapeConfig,
+        resource: &[(String, String)],
+    ) -> std::io::Result<Job> {
+        let https = config.targets.iter().any(|t| is_https(&t.url));
+        let client = Client::new(&config.tls, config.timeout, https).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("scrape job {}: {e}", config.job),
+            )
+        })?;
+        let mut extra: Vec<(String, String)> = resource.to_vec();
+        extra.extend(config.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Ok(Job {
+            config: config.clone(),
+            client,
+            limits: Limits::default(),
+            extra,
+        })
+    }
+}
+
+/// What a worker keeps from one scrape to the next, whatever target it
+/// scrapes: the body and batch buffers and the series hashes of a scrape.
+/// A worker's buffers grow to its largest target, once; targets keep none.
+#[derive(Debug, Default)]
+pub(crate) struct Scratch {
+    /// The buffer bodies are read into.
     buffer: Vec<u8>,
-    /// The same for the batch being encoded (up to a few MiB)...
+    /// The batch being encoded (up to a few MiB).
     batch_buffer: Vec<u8>,
-    /// ... and the series hashes of a scrape (8 bytes a series).
+    /// The series hashes of a scrape (8 bytes a series).
     hashes: Vec<u64>,
 }
 
-impl std::fmt::Debug for Scraper {
+/// One scrape target and what tern remembers of it between scrapes: the
+/// identities of its series (for staleness) and a few counters, nothing
+/// that grows with a scrape's size beyond that.
+pub(crate) struct Target {
+    pub(crate) job: Arc<Job>,
+    pub(crate) target: ScrapeTarget,
+    /// The `instance` label of its self metrics: `host:port`, plus the path
+    /// when another target of the job has the same `host:port`.
+    pub(crate) label: String,
+    info: TargetInfo,
+    /// The `target_info` labels of the last good scrape: the resource its
+    /// series were sent with, for their staleness markers.
+    target_info: Vec<(String, String)>,
+    errors: RateLimit,
+    /// The series of the last good scrape, to mark vanished ones stale.
+    memory: SeriesMemory,
+}
+
+impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Scraper")
+        f.debug_struct("Target")
             .field("url", &self.target.url)
             .finish()
     }
 }
 
-impl Scraper {
-    /// A scraper for one target of `job`, with the job's HTTP client.
-    pub(crate) fn new(
-        job: &ScrapeConfig,
-        target: &ScrapeTarget,
-        client: Client,
-        extra: Vec<(String, String)>,
-        sink: Sink,
-        metrics: Arc<Metrics>,
-    ) -> Scraper {
+impl Target {
+    /// A target of `job` whose self metrics are labelled `label`.
+    pub(crate) fn new(job: Arc<Job>, target: &ScrapeTarget, label: String) -> Target {
         let scheme = target.url.split("://").next().unwrap_or("http").to_string();
-        Scraper {
+        Target {
             info: TargetInfo {
-                job: job.job.clone(),
+                job: job.config.job.clone(),
                 instance: target.instance.clone(),
                 scheme,
-                extra,
+                extra: job.extra.clone(),
             },
-            job: job.clone(),
+            job,
             target: target.clone(),
-            client,
-            sink,
-            metrics,
-            limits: Limits::default(),
+            label,
+            target_info: Vec::new(),
             errors: RateLimit::new(Duration::from_secs(60)),
             memory: SeriesMemory::default(),
-            buffer: Vec::new(),
-            batch_buffer: Vec::new(),
-            hashes: Vec::new(),
         }
     }
 
-    /// Scrapes on the interval until `shutdown` fires.
-    pub fn run(mut self, shutdown: &Shutdown) {
-        let interval = self.job.interval;
-        let offset = spread_offset(&self.target.url, interval);
-        if shutdown.sleep(offset) {
+    /// Takes over what `old` (the same target before a reload) remembers,
+    /// if its series would go out under the same resource; otherwise gives
+    /// `old` back, for its series to be marked stale.
+    pub(crate) fn adopt(&mut self, old: Target) -> Option<Target> {
+        if old.target.url != self.target.url
+            || old.info.job != self.info.job
+            || old.info.extra != self.info.extra
+        {
+            return Some(old);
+        }
+        self.memory = old.memory;
+        self.target_info = old.target_info;
+        None
+    }
+
+    /// The time between two scrapes.
+    pub(crate) fn interval(&self) -> Duration {
+        self.job.config.interval
+    }
+
+    /// The target's fixed offset within the interval, so that a box with
+    /// many exporters does not wake them all in the same millisecond, and
+    /// every agent keeps the same phase across restarts.
+    pub(crate) fn offset(&self) -> Duration {
+        spread_offset(&self.target.url, self.interval())
+    }
+
+    /// Marks every series of the last good scrape stale (a target removed
+    /// by a reload) and queues the markers.
+    pub(crate) fn retire(mut self, sink: &Sink) {
+        if self.memory.is_empty() {
             return;
         }
-        let mut next = Instant::now();
-        loop {
-            self.scrape_once();
-            next += interval;
-            let now = Instant::now();
-            while next < now {
-                // Missed ticks (a slow scrape, a suspended box) are skipped, not bunched.
-                next += interval;
-            }
-            if shutdown.sleep(next - now) {
-                return;
-            }
+        let mut builder = Builder::new(
+            self.info.resource(&self.target_info),
+            unix_nanos(SystemTime::now()),
+        );
+        self.memory.emit_stale(None, series_hash, &mut builder);
+        self.memory.clear();
+        for (batch, points) in builder.finish() {
+            sink.push_metrics(batch, points, &self.info.job, &self.info.instance);
         }
     }
 
-    /// Scrapes the target once and queues the result.
-    pub fn scrape_once(&mut self) {
+    /// Scrapes the target once and queues the result, with `scratch`'s buffers.
+    pub(crate) fn scrape(&mut self, scratch: &mut Scratch, sink: &Sink, metrics: &Metrics) {
         let started = Instant::now();
         let now_nanos = unix_nanos(SystemTime::now());
-        let fetched = self.fetch();
+        let fetched = self.fetch(scratch);
         let target_info = match &fetched {
-            Ok((body, format)) => self.target_info(body, *format),
+            Ok((body, format)) => self.read_target_info(body, *format),
             Err(_) => Vec::new(),
         };
         let mut builder = Builder::with_buffer(
             self.info.resource(&target_info),
             now_nanos,
-            std::mem::take(&mut self.batch_buffer),
+            std::mem::take(&mut scratch.batch_buffer),
         );
         let result = fetched.and_then(|(body, format)| {
-            let result = self.convert(&body, format, &mut builder).map(|samples| {
-                let mut hashes = std::mem::take(&mut self.hashes);
-                self.memory
-                    .remember(&mut hashes, &body, format, &self.limits);
-                self.hashes = hashes;
-                samples
-            });
-            self.buffer = body;
+            let mut next = Recording::default();
+            let result = self
+                .convert(&body, format, &mut scratch.hashes, &mut next, &mut builder)
+                .map(|samples| {
+                    self.memory.remember(&mut scratch.hashes, next);
+                    samples
+                });
+            scratch.buffer = body;
             result
         });
         let duration = started.elapsed().as_secs_f64();
         let (up, samples) = match &result {
-            Ok(n) => (1.0, *n),
+            Ok(n) => {
+                self.target_info = target_info;
+                (1.0, *n)
+            }
             Err(e) => {
                 builder.discard();
                 if let Some(suppressed) = self.errors.check() {
                     log::warn!(
                         "Scrape failed job={} target={} error={e} suppressed={suppressed}",
-                        self.job.job,
+                        self.info.job,
                         self.target.url
                     );
                 }
@@ -252,40 +269,39 @@ impl Scraper {
             samples as f64,
         );
         let (batches, batch_buffer) = builder.finish_with_buffer();
-        self.batch_buffer = batch_buffer;
+        scratch.batch_buffer = batch_buffer;
         for (batch, points) in batches {
-            self.sink
-                .push_metrics(batch, points, &self.info.job, &self.info.instance);
+            sink.push_metrics(batch, points, &self.info.job, &self.info.instance);
         }
         let labels = [
-            ("job", self.job.job.as_str()),
-            ("instance", self.target.instance.as_str()),
+            ("job", self.info.job.as_str()),
+            ("instance", self.label.as_str()),
         ];
-        self.metrics.set("tern_scrape_up", &labels, up);
-        self.metrics
-            .set("tern_scrape_duration_seconds", &labels, duration);
-        self.metrics
-            .set("tern_scrape_samples", &labels, samples as f64);
+        metrics.set("tern_scrape_up", &labels, up);
+        metrics.set("tern_scrape_duration_seconds", &labels, duration);
+        metrics.set("tern_scrape_samples", &labels, samples as f64);
         let result_label = result.as_ref().map_or_else(|e| e.reason(), |_| "ok");
-        self.metrics.inc(
+        metrics.inc(
             "tern_scrapes_total",
             &[labels[0], labels[1], ("result", result_label)],
         );
     }
 
-    fn fetch(&mut self) -> Result<(Vec<u8>, Format), ScrapeError> {
-        let timeout = format!("{}", self.job.timeout.as_secs_f64());
+    fn fetch(&mut self, scratch: &mut Scratch) -> Result<(Vec<u8>, Format), ScrapeError> {
+        let config = &self.job.config;
+        let timeout = format!("{}", config.timeout.as_secs_f64());
         let headers = [
             ("Accept", ACCEPT),
             ("X-Prometheus-Scrape-Timeout-Seconds", timeout.as_str()),
         ];
         let fetched = self
+            .job
             .client
             .get_into(
                 &self.target.url,
                 &headers,
-                self.job.body_size_limit,
-                std::mem::take(&mut self.buffer),
+                config.body_size_limit,
+                std::mem::take(&mut scratch.buffer),
             )
             .map_err(|e| match e {
                 HttpError::TooLarge(limit) => ScrapeError::TooLarge(limit),
@@ -302,21 +318,24 @@ impl Scraper {
     }
 
     /// Parses and converts a body; returns the sample count, and leaves the
-    /// series hashes in `self.hashes`, in exposition order.
+    /// series hashes in `hashes`, in exposition order.
     fn convert(
         &mut self,
         body: &[u8],
         format: Format,
+        hashes: &mut Vec<u64>,
+        next: &mut Recording,
         builder: &mut Builder,
     ) -> Result<usize, ScrapeError> {
-        let hashes = &mut self.hashes;
         hashes.clear();
-        let mut parser = Parser::new(body, format, &self.limits);
+        let mut parser = Parser::new(body, format, &self.job.limits);
         while let Some(family) = parser.next() {
             let family = family.map_err(|e| ScrapeError::Parse(e.to_string()))?;
+            let first = hashes.len();
             for sample in &family.samples {
                 hashes.push(series_hash(sample));
             }
+            self.memory.record(next, &family, hashes, first);
             builder.family(&family, false);
             parser.recycle(family.samples);
         }
@@ -331,11 +350,11 @@ impl Scraper {
     /// The labels of the `target_info` metric, if the body has one. Only
     /// OpenTelemetry-instrumented apps expose it, so the cheap substring check
     /// spares everyone else a second parse.
-    fn target_info(&self, body: &[u8], format: Format) -> Vec<(String, String)> {
+    fn read_target_info(&self, body: &[u8], format: Format) -> Vec<(String, String)> {
         if !contains(body, b"target_info") {
             return Vec::new();
         }
-        for family in Parser::new(body, format, &self.limits).flatten() {
+        for family in Parser::new(body, format, &self.job.limits).flatten() {
             if family.name == "target_info" {
                 if let Some(sample) = family.samples.first() {
                     return sample

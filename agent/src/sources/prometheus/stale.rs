@@ -15,7 +15,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use super::convert::Builder;
-use super::parse::{Family, Format, Label, Limits, MetricType, Parser, Sample};
+use super::parse::{Family, Label, MetricType, Sample};
 
 /// The series of the last good scrape of one target.
 #[derive(Debug, Default)]
@@ -91,19 +91,41 @@ impl SeriesMemory {
         gone
     }
 
-    /// Remembers the series of a good scrape: `hashes` (in exposition order)
-    /// and, only when they differ from what is remembered, the identities
-    /// read again from `body`. `hashes` gets the previous scrape's vector back,
-    /// for the caller to fill next time.
-    pub fn remember(
-        &mut self,
-        hashes: &mut Vec<u64>,
-        body: &[u8],
-        format: Format,
-        limits: &Limits,
-    ) {
-        if !same_words(hashes, &self.hashes) {
-            self.table = Table::build(body, format, limits);
+    /// Notes one family of a scrape as it goes by. `hashes` are the
+    /// scrape's series hashes so far, this family's last, and `first` the
+    /// index of this family's first one. While the scrape repeats the
+    /// remembered series in the same order (a steady target), nothing is
+    /// copied; from the first family that differs, `next` records the new
+    /// identities, starting with the remembered ones before it.
+    pub fn record(&self, next: &mut Recording, family: &Family<'_>, hashes: &[u64], first: usize) {
+        if next.table.is_none() {
+            let end = hashes.len();
+            let same = self
+                .hashes
+                .get(first..end)
+                .zip(hashes.get(first..end))
+                .is_some_and(|(was, now)| same_words(was, now));
+            if same {
+                return;
+            }
+            next.table = Some(TableBuilder::with_prefix(&self.table, first));
+        }
+        if let Some(table) = &mut next.table {
+            table.family(family);
+        }
+    }
+
+    /// Remembers the series of a good scrape: `hashes` (in exposition
+    /// order) and the identities `next` recorded. `hashes` gets the previous
+    /// scrape's vector back, for the caller to fill next time.
+    pub fn remember(&mut self, hashes: &mut Vec<u64>, next: Recording) {
+        match next.table {
+            Some(table) => self.table = table.finish(),
+            // The same series as before, or the first ones of them.
+            None if hashes.len() != self.hashes.len() => {
+                self.table = TableBuilder::with_prefix(&self.table, hashes.len()).finish();
+            }
+            None => {}
         }
         std::mem::swap(&mut self.hashes, hashes);
     }
@@ -157,54 +179,108 @@ impl SeriesMemory {
     }
 }
 
-impl Table {
-    fn build(body: &[u8], format: Format, limits: &Limits) -> Table {
-        let mut t = Table::default();
-        let mut interned: HashMap<String, StrRef> = HashMap::new();
-        let mut intern = |text: &mut String, s: &str| -> StrRef {
-            if let Some(r) = interned.get(s) {
-                return *r;
+/// The identities of a scrape's series, recorded by [`SeriesMemory::record`]
+/// from the first family that differs from what is remembered.
+#[derive(Debug, Default)]
+pub struct Recording {
+    table: Option<TableBuilder>,
+}
+
+/// A [`Table`] being filled, with its interning maps.
+#[derive(Debug, Default)]
+struct TableBuilder {
+    table: Table,
+    interned: HashMap<String, StrRef>,
+    pair_ids: HashMap<(StrRef, StrRef), u32>,
+}
+
+impl TableBuilder {
+    /// A table holding the first `n` series of `old` (and their families).
+    fn with_prefix(old: &Table, n: usize) -> TableBuilder {
+        let mut b = TableBuilder::default();
+        let n = to_u32(n);
+        for f in &old.families {
+            let (start, end) = (f.series.0, f.series.1.min(n));
+            if start >= end {
+                break;
             }
-            let r = (to_u32(text.len()), to_u32(s.len()));
-            text.push_str(s);
-            interned.insert(s.to_string(), r);
-            r
-        };
-        let mut pair_ids: HashMap<(StrRef, StrRef), u32> = HashMap::new();
-        for family in Parser::new(body, format, limits).flatten() {
-            let first = to_u32(t.series.len());
-            for s in &family.samples {
-                let start = to_u32(t.labels.len());
-                for l in &s.labels {
-                    let pair = (intern(&mut t.text, l.name), intern(&mut t.text, &l.value));
-                    let next = to_u32(t.pairs.len());
-                    let id = *pair_ids.entry(pair).or_insert(next);
-                    if id == next {
-                        t.pairs.push(pair);
-                    }
-                    t.labels.push(id);
-                }
-                t.series.push(SeriesRecord {
-                    name: intern(&mut t.text, s.name),
-                    labels: (start, to_u32(t.labels.len())),
-                });
+            let first = to_u32(b.table.series.len());
+            for s in old.series.get(start as usize..end as usize).unwrap_or(&[]) {
+                let labels = old
+                    .labels_of(s)
+                    .iter()
+                    .filter_map(|i| old.pairs.get(*i as usize))
+                    .map(|(n, v)| (old.str(*n), old.str(*v)));
+                b.series(old.str(s.name), labels);
             }
             let record = FamilyRecord {
-                name: intern(&mut t.text, family.name),
-                kind: family.kind,
-                help: family.help.as_deref().map(|h| intern(&mut t.text, h)),
-                unit: family.unit.map(|u| intern(&mut t.text, u)),
-                series: (first, to_u32(t.series.len())),
+                name: b.intern(old.str(f.name)),
+                kind: f.kind,
+                help: f.help.map(|h| b.intern(old.str(h))),
+                unit: f.unit.map(|u| b.intern(old.str(u))),
+                series: (first, to_u32(b.table.series.len())),
             };
-            t.families.push(record);
+            b.table.families.push(record);
         }
+        b
+    }
+
+    fn intern(&mut self, s: &str) -> StrRef {
+        if let Some(r) = self.interned.get(s) {
+            return *r;
+        }
+        let text = &mut self.table.text;
+        let r = (to_u32(text.len()), to_u32(s.len()));
+        text.push_str(s);
+        self.interned.insert(s.to_string(), r);
+        r
+    }
+
+    fn series<'s>(&mut self, name: &str, labels: impl Iterator<Item = (&'s str, &'s str)>) {
+        let start = to_u32(self.table.labels.len());
+        for (n, v) in labels {
+            let pair = (self.intern(n), self.intern(v));
+            let next = to_u32(self.table.pairs.len());
+            let id = *self.pair_ids.entry(pair).or_insert(next);
+            if id == next {
+                self.table.pairs.push(pair);
+            }
+            self.table.labels.push(id);
+        }
+        let name = self.intern(name);
+        self.table.series.push(SeriesRecord {
+            name,
+            labels: (start, to_u32(self.table.labels.len())),
+        });
+    }
+
+    fn family(&mut self, family: &Family<'_>) {
+        let first = to_u32(self.table.series.len());
+        for s in &family.samples {
+            self.series(s.name, s.labels.iter().map(|l| (l.name, l.value.as_ref())));
+        }
+        let record = FamilyRecord {
+            name: self.intern(family.name),
+            kind: family.kind,
+            help: family.help.as_deref().map(|h| self.intern(h)),
+            unit: family.unit.map(|u| self.intern(u)),
+            series: (first, to_u32(self.table.series.len())),
+        };
+        self.table.families.push(record);
+    }
+
+    fn finish(self) -> Table {
+        let mut t = self.table;
         t.text.shrink_to_fit();
+        t.families.shrink_to_fit();
         t.series.shrink_to_fit();
         t.labels.shrink_to_fit();
         t.pairs.shrink_to_fit();
         t
     }
+}
 
+impl Table {
     fn str(&self, (offset, len): StrRef) -> &str {
         let start = offset as usize;
         self.text.get(start..start + len as usize).unwrap_or("")
@@ -245,6 +321,8 @@ mod tests {
     use prost::Message;
     use std::io::Read;
 
+    use crate::sources::prometheus::parse::{Format, Limits, Parser};
+
     /// A body's series hashes in exposition order, as the scraper makes them.
     fn hashes(body: &str) -> Vec<u64> {
         Parser::new(body.as_bytes(), Format::PrometheusText, &Limits::default())
@@ -253,15 +331,91 @@ mod tests {
             .collect()
     }
 
+    /// A good scrape of `body` as the scraper does it: record each family as
+    /// it goes by, then remember. Gives what vanished since the last one.
+    fn scrape(memory: &mut SeriesMemory, body: &str) -> Vec<u64> {
+        let mut hashes = Vec::new();
+        let mut next = Recording::default();
+        for family in Parser::new(body.as_bytes(), Format::PrometheusText, &Limits::default()) {
+            let family = family.unwrap();
+            let first = hashes.len();
+            hashes.extend(family.samples.iter().map(series_hash));
+            memory.record(&mut next, &family, &hashes, first);
+        }
+        let gone = memory.vanished(&hashes);
+        memory.remember(&mut hashes, next);
+        gone
+    }
+
+    /// The series every stale point of `memory` would name, as `name{k=v,...}`.
+    fn stale_series(memory: &SeriesMemory) -> Vec<String> {
+        let target = TargetInfo {
+            job: "j".into(),
+            instance: "h:1".into(),
+            scheme: "http".into(),
+            extra: vec![],
+        };
+        let mut builder = Builder::new(target.resource(&[]), 1);
+        memory.emit_stale(None, series_hash, &mut builder);
+        let mut out = Vec::new();
+        for (batch, _) in builder.finish() {
+            let mut raw = Vec::new();
+            flate2::read::GzDecoder::new(batch.gzip.as_slice())
+                .read_to_end(&mut raw)
+                .unwrap();
+            let request = ExportMetricsServiceRequest::decode(raw.as_slice()).unwrap();
+            for m in &request.resource_metrics[0].scope_metrics[0].metrics {
+                let Some(metric::Data::Gauge(g)) = &m.data else {
+                    panic!("{m:?}")
+                };
+                for p in &g.data_points {
+                    let labels: Vec<String> = p
+                        .attributes
+                        .iter()
+                        .map(|kv| format!("{}={:?}", kv.key, kv.value))
+                        .collect();
+                    out.push(format!("{}{{{}}}", m.name, labels.join(",")));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn recorded_identities_follow_each_scrape_from_where_it_differs() {
+        let a = "# TYPE a gauge\na{x=\"1\"} 1\na{x=\"2\"} 1\n";
+        let b = "# TYPE b gauge\nb{y=\"1\"} 1\n";
+        let b2 = "# TYPE b gauge\nb{y=\"2\"} 1\nb{y=\"3\"} 1\n";
+        let c = "# TYPE c gauge\nc 1\n";
+        let mut memory = SeriesMemory::default();
+        assert!(scrape(&mut memory, &format!("{a}{b}{c}")).is_empty());
+        let all = stale_series(&memory);
+        assert_eq!(all.len(), 4, "{all:?}");
+        // Steady: nothing recorded, the same identities.
+        assert!(scrape(&mut memory, &format!("{a}{b}{c}")).is_empty());
+        assert_eq!(stale_series(&memory), all);
+        // A change in the middle: the prefix comes from memory, the rest from the scrape.
+        assert_eq!(scrape(&mut memory, &format!("{a}{b2}{c}")).len(), 1);
+        let now = stale_series(&memory);
+        assert_eq!(now.len(), 5, "{now:?}");
+        assert_eq!(now[..2], all[..2]);
+        assert!(
+            now[2].starts_with("b{y=") && now[2].contains("\"2\""),
+            "{now:?}"
+        );
+        assert!(now[4].starts_with("c{"), "{now:?}");
+        // Series gone from the end only: the table keeps the first ones.
+        assert_eq!(scrape(&mut memory, a).len(), 3);
+        assert_eq!(stale_series(&memory), all[..2]);
+        // And from the start.
+        assert_eq!(scrape(&mut memory, c).len(), 2);
+        assert_eq!(stale_series(&memory), vec![all[3].clone()]);
+    }
+
     #[test]
     fn vanished_is_what_the_last_scrape_had_and_this_one_lacks() {
         let mut memory = SeriesMemory::default();
-        memory.remember(
-            &mut vec![50, 30, 90, 30, 70, 10],
-            b"",
-            Format::PrometheusText,
-            &Limits::default(),
-        );
+        memory.remember(&mut vec![50, 30, 90, 30, 70, 10], Recording::default());
         let none: &[u64] = &[];
         for (current, gone) in [
             (vec![50, 30, 90, 30, 70, 10], none),
@@ -281,12 +435,7 @@ mod tests {
         let before = "# HELP g Help.\n# TYPE g gauge\ng{s=\"a\"} 1\ng{s=\"b\"} 2\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 1\nh_count 1\nh_sum 1\n";
         let after = "# TYPE g gauge\ng{s=\"a\"} 1\n";
         let mut memory = SeriesMemory::default();
-        memory.remember(
-            &mut hashes(before),
-            before.as_bytes(),
-            Format::PrometheusText,
-            &Limits::default(),
-        );
+        scrape(&mut memory, before);
         let gone = memory.vanished(&hashes(after));
         assert_eq!(gone.len(), 5, "g{{s=b}} and the four histogram samples");
 
@@ -325,12 +474,7 @@ mod tests {
         );
 
         // The same set again keeps the table; an emptied memory emits nothing.
-        memory.remember(
-            &mut hashes(before),
-            b"",
-            Format::PrometheusText,
-            &Limits::default(),
-        );
+        assert!(scrape(&mut memory, before).is_empty());
         assert_eq!(
             memory.vanished(&hashes(after)).len(),
             5,
