@@ -30,62 +30,60 @@ pub(super) fn spawn_dns(
     shutdown: Arc<Shutdown>,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("tern-dns".into())
-        .spawn(move || {
-            let errors = RateLimit::new(Duration::from_secs(60));
-            let mut last: Option<Vec<String>> = None;
-            loop {
-                let server = config.resolver.or_else(dns::system_nameserver);
-                let result = match server {
-                    Some(s) => dns::resolve(&config.hostname, s, config.timeout),
-                    None => Err(dns::DnsError::NoServer),
-                };
-                match result {
-                    Ok(ips) if !ips.is_empty() => {
-                        let set: Vec<String> = ips
-                            .iter()
-                            .map(|ip| {
-                                format!(
-                                    "{}://{}",
-                                    config.scheme,
-                                    std::net::SocketAddr::new(*ip, config.port)
-                                )
-                            })
-                            .collect();
-                        if last.as_ref() != Some(&set) {
-                            last = Some(set.clone());
-                            if updates.send(set).is_err() {
-                                break;
-                            }
+    crate::lifecycle::spawn("tern-dns".into(), "the DNS watcher thread", move || {
+        let errors = RateLimit::new(Duration::from_secs(60));
+        let mut last: Option<Vec<String>> = None;
+        loop {
+            let server = config.resolver.or_else(dns::system_nameserver);
+            let result = match server {
+                Some(s) => dns::resolve(&config.hostname, s, config.timeout),
+                None => Err(dns::DnsError::NoServer),
+            };
+            match result {
+                Ok(ips) if !ips.is_empty() => {
+                    let set: Vec<String> = ips
+                        .iter()
+                        .map(|ip| {
+                            format!(
+                                "{}://{}",
+                                config.scheme,
+                                std::net::SocketAddr::new(*ip, config.port)
+                            )
+                        })
+                        .collect();
+                    if last.as_ref() != Some(&set) {
+                        last = Some(set.clone());
+                        if updates.send(set).is_err() {
+                            break;
                         }
                     }
-                    // An empty answer keeps the last set: with nowhere to send,
-                    // batches would only wait.
-                    Ok(_) => {
-                        metrics.inc("tern_export_resolve_failures_total", &[("reason", "empty")]);
-                        if let Some(suppressed) = errors.check() {
-                            log::warn!(
+                }
+                // An empty answer keeps the last set: with nowhere to send,
+                // batches would only wait.
+                Ok(_) => {
+                    metrics.inc("tern_export_resolve_failures_total", &[("reason", "empty")]);
+                    if let Some(suppressed) = errors.check() {
+                        log::warn!(
                                 "DNS answer has no address, keeping the gateway set hostname={} suppressed={suppressed}",
                                 config.hostname
                             );
-                        }
                     }
-                    Err(e) => {
-                        metrics.inc("tern_export_resolve_failures_total", &[("reason", "error")]);
-                        if let Some(suppressed) = errors.check() {
-                            log::warn!(
+                }
+                Err(e) => {
+                    metrics.inc("tern_export_resolve_failures_total", &[("reason", "error")]);
+                    if let Some(suppressed) = errors.check() {
+                        log::warn!(
                                 "Resolving the gateways failed, keeping the gateway set hostname={} error={e} suppressed={suppressed}",
                                 config.hostname
                             );
-                        }
                     }
                 }
-                if shutdown.sleep(config.interval) {
-                    break;
-                }
             }
-        })
+            if shutdown.sleep(config.interval) {
+                break;
+            }
+        }
+    })
 }
 
 /// A running sender and its own stop signal.
@@ -213,10 +211,8 @@ impl Coordinator {
         );
         let name = format!("tern-send-{}", host_port(destination));
         let thread_stop = stop.clone();
-        match std::thread::Builder::new()
-            .name(name)
-            .spawn(move || gateway.run(&thread_stop))
-        {
+        let what = format!("the sender thread of {destination}");
+        match crate::lifecycle::spawn(name, &what, move || gateway.run(&thread_stop)) {
             Ok(handle) => {
                 self.senders
                     .insert(destination.to_string(), Running { stop, handle });

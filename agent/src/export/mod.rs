@@ -136,9 +136,9 @@ pub(crate) fn spawn(
     for d in kept {
         coordinator.start_sender(&d);
     }
-    let handle = std::thread::Builder::new()
-        .name("tern-route".into())
-        .spawn(move || coordinator.run(&shutdown))?;
+    let handle = crate::lifecycle::spawn("tern-route".into(), "the export thread", move || {
+        coordinator.run(&shutdown)
+    })?;
     Ok(Some(handle))
 }
 

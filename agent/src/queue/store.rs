@@ -507,13 +507,15 @@ impl Flusher {
     pub(super) fn start(inner: Arc<Inner>) -> std::io::Result<Flusher> {
         let (stop, stopped) = mpsc::channel::<()>();
         let interval = inner.options.flush_interval;
-        let thread = std::thread::Builder::new()
-            .name("tern-queue-flush".into())
-            .spawn(move || {
+        let thread = crate::lifecycle::spawn(
+            "tern-queue-flush".into(),
+            "the queue's flush thread",
+            move || {
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
                     inner.tick();
                 }
-            })?;
+            },
+        )?;
         Ok(Flusher {
             stop: Some(stop),
             thread: Some(thread),

@@ -245,19 +245,19 @@ impl Child {
             stderr: Arc::new(Mutex::new(String::new())),
         };
         if let Some(out) = stdout {
-            child.threads.push(
-                std::thread::Builder::new()
-                    .name("tern-journald-out".into())
-                    .spawn(move || read_stdout(out, &tx))?,
-            );
+            child.threads.push(crate::lifecycle::spawn(
+                "tern-journald-out".into(),
+                "the journalctl reader",
+                move || read_stdout(out, &tx),
+            )?);
         }
         if let Some(err) = stderr {
             let last = child.stderr.clone();
-            child.threads.push(
-                std::thread::Builder::new()
-                    .name("tern-journald-err".into())
-                    .spawn(move || read_stderr(err, &last))?,
-            );
+            child.threads.push(crate::lifecycle::spawn(
+                "tern-journald-err".into(),
+                "the journalctl error reader",
+                move || read_stderr(err, &last),
+            )?);
         }
         Ok(child)
     }

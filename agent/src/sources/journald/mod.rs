@@ -132,9 +132,9 @@ pub fn spawn(
         warnings: HashMap::new(),
         announced: false,
     };
-    std::thread::Builder::new()
-        .name("tern-journald".into())
-        .spawn(move || source.run(&shutdown))
+    crate::lifecycle::spawn("tern-journald".into(), "the journald source", move || {
+        source.run(&shutdown)
+    })
 }
 
 /// The journalctl process loop: where to start, following, restarts.
