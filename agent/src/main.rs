@@ -57,6 +57,13 @@ struct QueueArgs {
 }
 
 fn main() -> ExitCode {
+    // smol::unblock's pool (the receiver's decoding and queue pushes, the
+    // queue statistics of /metrics) would otherwise grow to 500 threads
+    // under a flood of requests; two keep tern's thread count fixed. Set
+    // before any other thread exists, so nothing reads the environment at once.
+    if std::env::var_os("BLOCKING_MAX_THREADS").is_none() {
+        std::env::set_var("BLOCKING_MAX_THREADS", "2");
+    }
     let cli: Cli = argh::from_env();
     if cli.version {
         println!("tern {}", env!("CARGO_PKG_VERSION"));

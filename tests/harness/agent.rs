@@ -183,6 +183,11 @@ impl Agent {
         metric_value(&self.metrics(), series)
     }
 
+    /// tern's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Sends a signal (by name, as `kill -s` takes it) to tern.
     pub fn signal(&self, name: &str) {
         let pid = self.child.as_ref().expect("running").id();

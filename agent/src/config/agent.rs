@@ -33,9 +33,9 @@ pub struct AgentConfig {
     /// Log level: error, warn, info, debug or trace. Defaults to `info`.
     pub log_level: log::LevelFilter,
     /// Threads that scrape the `[[scrape]]` targets, all jobs together. 0 (the
-    /// default) picks twice the number of cores, at least 2 and at most 8:
-    /// scrapes mostly wait on the network, and a hanging target holds one
-    /// worker for at most its timeout.
+    /// default) picks the number of cores, at least 2 and at most 4: a
+    /// hanging target holds one worker for at most its timeout, and more
+    /// workers cost threads (README: "Threads").
     pub scrape_workers: usize,
 }
 
@@ -45,13 +45,13 @@ const MAX_SCRAPE_WORKERS: usize = 64;
 
 impl AgentConfig {
     /// The number of scrape workers to start: `scrape_workers`, or when it
-    /// is 0 twice the cores this process may run on, between 2 and 8.
+    /// is 0 the cores this process may run on, between 2 and 4.
     pub fn scrape_worker_count(&self) -> usize {
         if self.scrape_workers > 0 {
             return self.scrape_workers;
         }
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        (2 * cores).clamp(2, 8)
+        cores.clamp(2, 4)
     }
 }
 
