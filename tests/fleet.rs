@@ -79,7 +79,8 @@ fn answer(mut stream: TcpStream) {
     let text = String::from_utf8_lossy(&head);
     let path = text.split(' ').nth(1).unwrap_or("");
     let port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
-    let mut body = String::from("# HELP fleet_value A series of the fleet.\n# TYPE fleet_value gauge\n");
+    let mut body =
+        String::from("# HELP fleet_value A series of the fleet.\n# TYPE fleet_value gauge\n");
     for k in 0..SERIES {
         body.push_str(&format!(
             "fleet_value{{target=\"{port}{path}\",series=\"{k}\"}} {k}\n"
@@ -200,7 +201,10 @@ endpoints = ["{}"]
     let elapsed = started.elapsed().as_secs_f64();
     let after = ok_scrapes(&text, &labels);
     let (threads, names) = threads_of(pid);
-    assert!(threads <= 16, "tern runs {threads} threads for 501 targets: {names:?}");
+    assert!(
+        threads <= 16,
+        "tern runs {threads} threads for 501 targets: {names:?}"
+    );
 
     // Each target kept its interval: the hanging one held a worker for its
     // timeout on every tick and delayed no one.
@@ -219,12 +223,13 @@ endpoints = ["{}"]
     assert_eq!(stuck_up, Some(0.0), "the hanging target is down");
     let failed = metric_value(
         &text,
-        &format!(
-            "tern_scrapes_total{{job=\"fleet\",instance=\"{stuck}\",result=\"http_error\"}}"
-        ),
+        &format!("tern_scrapes_total{{job=\"fleet\",instance=\"{stuck}\",result=\"http_error\"}}"),
     )
     .unwrap_or(0.0);
-    assert!(failed >= expected.floor() - 1.0, "hanging target tried {failed} times");
+    assert!(
+        failed >= expected.floor() - 1.0,
+        "hanging target tried {failed} times"
+    );
 
     // And every target's series reached the gateway, under its own label.
     let seen: std::collections::HashSet<String> = flatten(&gateway.delivered())
@@ -318,14 +323,18 @@ fn sighup_starts_added_targets_and_marks_removed_ones_stale() {
     // Target 0 gets its markers once, and is no longer scraped.
     std::thread::sleep(Duration::from_secs(1));
     let points = fleet_points(&gateway);
-    assert_eq!(points.iter().filter(|(t, _)| *t == name(0) && !false).filter(|(_, s)| *s).count(), SERIES);
+    let stale_0 = points.iter().filter(|(t, s)| *t == name(0) && *s).count();
+    assert_eq!(
+        stale_0, SERIES,
+        "one marker per series of the removed target"
+    );
     let up = |p: usize| {
         agent.metric(&format!(
-            "tern_scrape_up{{job=\"fleet\",instance=\"{}\"}}",
+            "tern_scrape_up{{job=\"fleet\",instance=\"{}/metrics/{p}\"}}",
             fleet.addrs[0]
         ))
-        .map(|v| (p, v))
     };
-    // One target per host:port now: the self metrics name it by host:port alone.
-    assert_eq!(up(1), Some((1, 1.0)));
+    assert_eq!(up(1), Some(1.0));
+    assert_eq!(up(2), Some(1.0));
+    assert_eq!(up(0), None, "the removed target's self metrics go");
 }
