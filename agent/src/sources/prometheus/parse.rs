@@ -1,12 +1,17 @@
 //! The exposition-format parser: turns one scrape body into metric families.
 //!
-//! The scrape loop calls [`Parser::new`] on each response body, with the
-//! [`Format`] picked from the response's Content-Type, and hands each
-//! [`Family`] the parser yields to the OTLP converter. The parser borrows the
-//! body (names and most label values are `&str` slices of it) and allocates
-//! only the per-family sample vectors, one label vector per labelled sample and
-//! the few label values or HELP texts that contain escapes. It does not decide
-//! what a family becomes in OTLP; that is the converter's job.
+//! The scrape loop hands each response body, as it arrives, to a [`Stream`],
+//! with the [`Format`] picked from the response's Content-Type; the stream
+//! holds a bounded window of the body and calls back with each [`Family`],
+//! which the loop hands to the OTLP converter. A body already in memory can
+//! be iterated with [`Parser::new`] instead; both give the same families and
+//! errors. Families borrow the window or body (names and most label values
+//! are `&str` slices of it); the parser allocates the per-family sample
+//! vectors (reused from family to family), one label vector per labelled
+//! sample, the few label values or HELP texts that contain escapes, and an
+//! owned copy of each family name (and of its 0.0.4 HELP text), for the
+//! checks of later families. It does not decide what a family becomes in OTLP; that is the
+//! converter's job.
 //!
 //! # Formats and the rules enforced
 //!
@@ -81,9 +86,11 @@
 //! # Hostile input
 //!
 //! Work is linear in the body size: every byte is looked at a bounded number of
-//! times, and sets (family names, metrics of a family) are hashed with a
-//! randomly keyed hasher. [`Limits`] bound the size of lines, names, label
-//! values and label sets. Nothing on the input path can panic.
+//! times (a family larger than a [`Stream`]'s window is parsed again each time
+//! the window doubles, which at most quadruples its cost), and sets (family names,
+//! metrics of a family) are hashed with a randomly keyed hasher. [`Limits`]
+//! bound the size of lines, names, label values and label sets. Nothing on the
+//! input path can panic.
 //!
 //! # Errors
 //!
@@ -91,6 +98,15 @@
 //! for 0.0.4 it is what Prometheus does): the families yielded before the
 //! error were well formed, but the caller should drop the whole scrape. After
 //! the first error the iterator ends.
+//!
+//! The error is the first one in body order. A byte that is not UTF-8 is an
+//! error ([`ErrorKind::Utf8`]) on its line once the lines before it have been
+//! parsed: an error on an earlier line comes first, and the families those
+//! lines complete are yielded first. (Before bodies were streamed, the whole
+//! body was checked first, so a bad byte anywhere was the only error and no
+//! family was yielded; a stream cannot look ahead, and [`Parser`] does as
+//! [`Stream`] does, so that both agree.) Likewise anything after OpenMetrics'
+//! `# EOF` is the [`ErrorKind::Eof`] error, even when it is not UTF-8.
 //!
 //! See: <https://prometheus.io/docs/instrumenting/exposition_formats/#text-based-format>
 //!
@@ -100,6 +116,7 @@ mod names;
 mod number;
 mod openmetrics;
 mod scan;
+mod stream;
 mod text;
 
 #[cfg(test)]
@@ -110,6 +127,7 @@ use std::fmt;
 
 pub(crate) use scan::same_bytes;
 use scan::Cursor;
+pub use stream::{Stream, StreamError};
 
 /// Exposition format of a scrape body, chosen from the response Content-Type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -354,8 +372,114 @@ enum State<'a> {
     Text(text::TextState<'a>),
     // Boxed: the OpenMetrics state is the largest by far.
     OpenMetrics(Box<openmetrics::OmState<'a>>),
-    /// The body was rejected before parsing (invalid UTF-8); yielded once.
-    Failed(Option<ParseError>),
+}
+
+/// An empty sample vector and empty label vectors, kept for the next families.
+type Vectors<'a> = (Vec<Sample<'a>>, Vec<Vec<Label<'a>>>);
+
+impl<'a> State<'a> {
+    /// The state for a body of about `len` bytes that reuses `vectors`.
+    fn new(format: Format, len: usize, vectors: Vectors<'a>) -> State<'a> {
+        match format {
+            Format::PrometheusText => State::Text(text::TextState::with_vectors(len, vectors)),
+            Format::OpenMetrics => {
+                State::OpenMetrics(Box::new(openmetrics::OmState::with_vectors(vectors)))
+            }
+        }
+    }
+
+    /// The next family of the window; `None` at its end or where it pauses.
+    fn next_family(
+        &mut self,
+        cur: &mut Cursor<'a>,
+        limits: &Limits,
+        strict: bool,
+        scratch: &mut Vec<Label<'a>>,
+    ) -> Option<Result<Family<'a>, ParseError>> {
+        match self {
+            State::Text(st) => st.next_family(cur, limits, scratch),
+            State::OpenMetrics(st) => st.next_family(cur, limits, strict, scratch),
+        }
+    }
+
+    /// See [`Parser::recycle`].
+    fn recycle(&mut self, mut samples: Vec<Sample<'a>>) {
+        let (spare, pool) = match self {
+            State::Text(st) => (&mut st.spare, &mut st.label_pool),
+            State::OpenMetrics(st) => (&mut st.spare, &mut st.label_pool),
+        };
+        text::recycle_samples(&mut samples, pool);
+        *spare = samples;
+    }
+
+    /// The error for a window that is followed by more of the body, but
+    /// whose end [`State::next_family`] reached without an error: one whose
+    /// next line has a byte that is not UTF-8, on line `line`. That is the
+    /// error unless `# EOF` came before it.
+    fn error_at_cut(&self, cur: &Cursor<'a>) -> ParseError {
+        if self.ended() {
+            openmetrics::text_after_eof(cur.line())
+        } else {
+            utf8_error(cur.line())
+        }
+    }
+
+    /// True once an OpenMetrics `# EOF` is read: the body must end there.
+    fn ended(&self) -> bool {
+        match self {
+            State::Text(_) => false,
+            State::OpenMetrics(st) => st.ended(),
+        }
+    }
+
+    /// See [`text::TextState::rewind`].
+    fn rewind(&mut self, cur: &Cursor<'a>) -> (usize, usize) {
+        match self {
+            State::Text(st) => st.rewind(cur),
+            State::OpenMetrics(st) => st.rewind(cur),
+        }
+    }
+
+    /// The same state for the next window (after [`State::rewind`]).
+    fn detach<'b>(self) -> State<'b> {
+        match self {
+            State::Text(st) => State::Text(st.detach()),
+            State::OpenMetrics(st) => State::OpenMetrics(Box::new(st.detach())),
+        }
+    }
+
+    /// Takes back the vectors for the next body.
+    fn into_vectors<'b>(self) -> Vectors<'b> {
+        match self {
+            State::Text(st) => st.into_vectors(),
+            State::OpenMetrics(st) => st.into_vectors(),
+        }
+    }
+}
+
+/// The error for a body that is not UTF-8 from line `line` on.
+fn utf8_error(line: usize) -> ParseError {
+    ParseError::new(
+        line,
+        ErrorKind::Utf8,
+        "invalid utf-8: body is not text".to_owned(),
+    )
+}
+
+/// Splits off the lines of `bytes` before the one with the first byte that
+/// is not UTF-8: returns those lines as text, and the number of that line
+/// counted from `first_line`, the number of the first. All text and `None`
+/// when it is all UTF-8.
+fn utf8_lines(bytes: &[u8], first_line: usize) -> (&str, Option<usize>) {
+    let bad = match std::str::from_utf8(bytes) {
+        Ok(text) => return (text, None),
+        Err(e) => e.valid_up_to(),
+    };
+    let valid = bytes.get(..bad).unwrap_or(&[]);
+    let cut = valid.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let line = first_line + valid.iter().filter(|&&b| b == b'\n').count();
+    let text = std::str::from_utf8(valid.get(..cut).unwrap_or(&[])).unwrap_or("");
+    (text, Some(line))
 }
 
 /// Iterates the metric families of one exposition body.
@@ -376,31 +500,14 @@ pub struct Parser<'a> {
 impl<'a> Parser<'a> {
     /// Starts parsing `body` as `format`, bounded by `limits`.
     ///
-    /// The whole body is checked to be UTF-8 first; if it is not, the first
-    /// item is an error naming the line of the first bad byte.
+    /// When the body is not UTF-8, the lines before the one with the first
+    /// bad byte are parsed as usual, and then, unless one of them was an
+    /// error, the last item is an error naming that line.
     pub fn new(body: &'a [u8], format: Format, limits: &Limits) -> Parser<'a> {
-        let (src, state) = match std::str::from_utf8(body) {
-            Ok(src) => {
-                let state = match format {
-                    Format::PrometheusText => State::Text(text::TextState::new(src.len())),
-                    Format::OpenMetrics => State::OpenMetrics(Box::default()),
-                };
-                (src, state)
-            }
-            Err(e) => {
-                let valid = body.get(..e.valid_up_to()).unwrap_or(&[]);
-                let line = 1 + valid.iter().filter(|&&b| b == b'\n').count();
-                let err = ParseError::new(
-                    line,
-                    ErrorKind::Utf8,
-                    "invalid utf-8: body is not text".to_owned(),
-                );
-                ("", State::Failed(Some(err)))
-            }
-        };
+        let (src, bad_line) = utf8_lines(body, 1);
         Parser {
-            cur: Cursor::new(src),
-            state,
+            cur: Cursor::window(src, 1, bad_line.is_none(), usize::MAX),
+            state: State::new(format, src.len(), Default::default()),
             limits: *limits,
             strict: false,
             done: false,
@@ -422,14 +529,8 @@ impl<'a> Parser<'a> {
     /// allocator unmaps a page as soon as the blocks on it are freed, so a
     /// scrape that frees and allocates again every family's vectors made
     /// thousands of mmap/munmap calls (a fifth of the CPU at 100k series).
-    pub fn recycle(&mut self, mut samples: Vec<Sample<'a>>) {
-        let (spare, pool) = match &mut self.state {
-            State::Text(st) => (&mut st.spare, &mut st.label_pool),
-            State::OpenMetrics(st) => (&mut st.spare, &mut st.label_pool),
-            State::Failed(_) => return,
-        };
-        text::recycle_samples(&mut samples, pool);
-        *spare = samples;
+    pub fn recycle(&mut self, samples: Vec<Sample<'a>>) {
+        self.state.recycle(samples);
     }
 }
 
@@ -440,13 +541,9 @@ impl<'a> Iterator for Parser<'a> {
         if self.done {
             return None;
         }
-        let item = match &mut self.state {
-            State::Text(st) => st.next_family(&mut self.cur, &self.limits, &mut self.scratch),
-            State::OpenMetrics(st) => {
-                st.next_family(&mut self.cur, &self.limits, self.strict, &mut self.scratch)
-            }
-            State::Failed(err) => err.take().map(Err),
-        };
+        let item =
+            self.state
+                .next_family(&mut self.cur, &self.limits, self.strict, &mut self.scratch);
         match item {
             Some(Ok(family)) => Some(Ok(family)),
             Some(Err(e)) => {
@@ -455,7 +552,8 @@ impl<'a> Iterator for Parser<'a> {
             }
             None => {
                 self.done = true;
-                None
+                // The text ends before the body: at a line that is not UTF-8.
+                (!self.cur.is_last()).then(|| Err(self.state.error_at_cut(&self.cur)))
             }
         }
     }

@@ -15,14 +15,20 @@
 //! `a`), and per family, every metric's label set. Label sets are hashed in
 //! exposition order, so a metric that comes back with its labels in another
 //! order is not noticed; that errs on the side of accepting.
+//!
+//! The name sets outlive the window of the body they were read in, so they
+//! own their names. The family being read borrows its window; when a window
+//! ends before the family does, [`OmState::rewind`] takes its names back out
+//! of the sets and tells where it started, so that it is read again, whole,
+//! from the next window.
 
 use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hasher};
 
-use super::names::{HashKeyed, KeyMap, Name, NameMap};
+use super::names::{HashKeyed, NameMap};
 use super::number::{self, Grammar};
 use super::scan::{is_metric_name_chars, unescape_help, Cursor};
-use super::text::take_labels;
+use super::text::{recycle_samples, reuse, reuse_all, take_labels};
 use super::{ErrorKind, Family, Label, Limits, MetricType, ParseError, Sample};
 
 /// Most characters (code points) in the labels of one exemplar.
@@ -122,51 +128,6 @@ fn parse_type(word: &str) -> Option<MetricType> {
     })
 }
 
-/// A sample name a family may use: its name and one of its type's suffixes.
-///
-/// Equal when the concatenations are equal, so that gauge `a_total` (`a_total`
-/// + ``) and counter `a` (`a` + `_total`) are the same claim.
-#[derive(Debug, Clone, Copy)]
-struct Claim<'a> {
-    base: &'a str,
-    suffix: &'static str,
-}
-
-impl Claim<'_> {
-    fn bytes(&self) -> impl Iterator<Item = u8> + '_ {
-        self.base.bytes().chain(self.suffix.bytes())
-    }
-}
-
-impl PartialEq for Claim<'_> {
-    fn eq(&self, other: &Self) -> bool {
-        self.base.len() + self.suffix.len() == other.base.len() + other.suffix.len()
-            && self.bytes().eq(other.bytes())
-    }
-}
-
-impl Eq for Claim<'_> {}
-
-impl Hash for Claim<'_> {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        // Feed the concatenation in fixed 8-byte words, so that the hash does
-        // not depend on where the name ends and the suffix begins.
-        let mut word = 0u64;
-        let mut filled = 0u32;
-        for b in self.bytes() {
-            word = (word << 8) | u64::from(b);
-            filled += 1;
-            if filled == 8 {
-                state.write_u64(word);
-                word = 0;
-                filled = 0;
-            }
-        }
-        state.write_u64(word);
-        state.write_u32(filled);
-    }
-}
-
 /// Label-set hash of each metric of a family → index of its first sample.
 type MetricIndex = HashKeyed<usize>;
 
@@ -214,11 +175,31 @@ struct Builder<'a> {
     from_sample: bool,
     metrics: MetricIndex,
     point: Point,
+    /// Where the family started, and the sizes of the name sets before it,
+    /// for [`OmState::rewind`].
+    start: Start,
+}
+
+/// Where a family started: its first line, and the sizes of the name sets
+/// before that line added the family's names.
+#[derive(Debug, Clone, Copy)]
+struct Start {
+    /// Offset in the window of the family's first line.
+    offset: usize,
+    /// Line number of that line.
+    line: usize,
+    names: usize,
+    claims: usize,
 }
 
 impl<'a> Builder<'a> {
     /// `samples`: an empty vector to fill (one given back, or new).
-    fn new(name: &'a str, from_sample: bool, samples: Vec<Sample<'a>>) -> Builder<'a> {
+    fn new(
+        name: &'a str,
+        from_sample: bool,
+        samples: Vec<Sample<'a>>,
+        start: Start,
+    ) -> Builder<'a> {
         Builder {
             family: Family {
                 name,
@@ -234,6 +215,7 @@ impl<'a> Builder<'a> {
             from_sample,
             metrics: MetricIndex::default(),
             point: Point::default(),
+            start,
         }
     }
 
@@ -530,6 +512,11 @@ fn hash_label_set(hasher: &RandomState, labels: &[Label<'_>], skip: Option<&str>
     h.finish()
 }
 
+/// The error for anything after `# EOF`, on line `line`.
+pub(super) fn text_after_eof(line: usize) -> ParseError {
+    ParseError::new(line, ErrorKind::Eof, "text after # EOF".to_owned())
+}
+
 /// Which metadata line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Meta {
@@ -542,9 +529,13 @@ enum Meta {
 #[derive(Debug, Default)]
 pub(super) struct OmState<'a> {
     /// Names of all families so far, including those without samples.
-    names: NameMap<'a, ()>,
-    /// Sample names all families so far may use.
-    claims: KeyMap<Claim<'a>, ()>,
+    names: NameMap<()>,
+    /// Sample names all families so far may use: each family's name and one
+    /// of its type's suffixes, so that a gauge `a_total` clashes with a
+    /// counter `a`.
+    claims: NameMap<()>,
+    /// Room to write a claim in.
+    claim: String,
     current: Option<Builder<'a>>,
     /// Keys the metric label-set hashes.
     hasher: RandomState,
@@ -572,11 +563,21 @@ impl<'a> OmState<'a> {
                 return None;
             }
             if cur.at_end() {
+                if !cur.is_last() {
+                    return None;
+                }
                 return Some(Err(cur.error(
                     ErrorKind::Eof,
                     "missing # EOF at end of input",
                     None,
                 )));
+            }
+            // Only right after a family's first line: then the next window
+            // reads that one line again.
+            if let Some(b) = &self.current {
+                if b.start.line + 1 == cur.line() && cur.may_pause(b.start.offset) {
+                    return None;
+                }
             }
             let line = match cur.peek() {
                 Some(b'#') => self.metadata(cur, limits, strict),
@@ -588,6 +589,87 @@ impl<'a> OmState<'a> {
                 Ok(None) => {}
                 Err(e) => return Some(Err(e)),
             }
+        }
+    }
+
+    /// A family starting on the cursor's line, before it adds its names.
+    fn start(&self, cur: &Cursor<'_>) -> Start {
+        Start {
+            offset: cur.line_start(),
+            line: cur.line(),
+            names: self.names.len(),
+            claims: self.claims.len(),
+        }
+    }
+
+    /// True once `# EOF` is read. When that was the last line of a window
+    /// that is not the last, anything after it is an error
+    /// ([`text_after_eof`]).
+    pub(super) fn ended(&self) -> bool {
+        self.eof
+    }
+
+    /// Ends a window that is not the last, where [`OmState::next_family`]
+    /// returned `None` before `# EOF`: drops the family being read and takes
+    /// its names back out of the sets. Returns the offset in the window and
+    /// the line number where the next window must start: that family's first
+    /// line, or the cursor.
+    pub(super) fn rewind(&mut self, cur: &Cursor<'a>) -> (usize, usize) {
+        let Some(b) = self.current.take() else {
+            return (cur.pos(), cur.line());
+        };
+        self.names.truncate(b.start.names);
+        self.claims.truncate(b.start.claims);
+        let mut samples = b.family.samples;
+        recycle_samples(&mut samples, &mut self.label_pool);
+        self.spare = samples;
+        (b.start.offset, b.start.line)
+    }
+
+    /// The same state for another window. The family being read, if any, is
+    /// dropped: call [`OmState::rewind`] first.
+    pub(super) fn detach<'b>(mut self) -> OmState<'b> {
+        self.give_back_current();
+        OmState {
+            names: self.names,
+            claims: self.claims,
+            claim: self.claim,
+            current: None,
+            hasher: self.hasher,
+            eof: self.eof,
+            exemplar_labels: reuse(self.exemplar_labels),
+            spare: reuse(self.spare),
+            label_pool: reuse_all(self.label_pool),
+        }
+    }
+
+    /// Takes back the vectors for reuse: the spare sample vector (emptied)
+    /// and the label vectors.
+    pub(super) fn into_vectors<'b>(mut self) -> (Vec<Sample<'b>>, Vec<Vec<Label<'b>>>) {
+        self.give_back_current();
+        (reuse(self.spare), reuse_all(self.label_pool))
+    }
+
+    /// Puts the vectors of the family being read, if any, with the spare ones.
+    fn give_back_current(&mut self) {
+        if let Some(b) = self.current.take() {
+            let mut samples = b.family.samples;
+            recycle_samples(&mut samples, &mut self.label_pool);
+            if samples.capacity() > self.spare.capacity() {
+                self.spare = samples;
+            }
+        }
+    }
+
+    /// A state for a new body that reuses `vectors` (from
+    /// [`OmState::into_vectors`]).
+    pub(super) fn with_vectors(
+        (spare, label_pool): (Vec<Sample<'a>>, Vec<Vec<Label<'a>>>),
+    ) -> OmState<'a> {
+        OmState {
+            spare,
+            label_pool,
+            ..OmState::default()
         }
     }
 
@@ -619,7 +701,10 @@ impl<'a> OmState<'a> {
             ));
         }
         for &suffix in suffixes(kind) {
-            if !self.claims.entry(Claim { base: name, suffix }, || ()).1 {
+            self.claim.clear();
+            self.claim.push_str(name);
+            self.claim.push_str(suffix);
+            if !self.claims.entry(&self.claim, || ()).1 {
                 let (kind, what) = if b.from_sample {
                     (ErrorKind::Order, "sample belongs to an earlier family")
                 } else {
@@ -628,8 +713,7 @@ impl<'a> OmState<'a> {
                         "family name clashes with an earlier family",
                     )
                 };
-                let clash = format!("{name}{suffix}");
-                return Err(cur.error(kind, what, Some(&clash)));
+                return Err(cur.error(kind, what, Some(&self.claim)));
             }
         }
         b.sealed = true;
@@ -648,10 +732,10 @@ impl<'a> OmState<'a> {
                 Some(b'\n') => {
                     cur.end_line(limits, "end of line")?;
                     if !cur.at_end() {
-                        return Err(cur.error(ErrorKind::Eof, "text after # EOF", None));
+                        return Err(text_after_eof(cur.line()));
                     }
                 }
-                Some(_) => return Err(cur.error(ErrorKind::Eof, "text after # EOF", None)),
+                Some(_) => return Err(text_after_eof(cur.line())),
             }
             self.eof = true;
             return self.finish_current(cur, strict);
@@ -697,10 +781,12 @@ impl<'a> OmState<'a> {
             None
         } else {
             let done = self.finish_current(cur, strict)?;
-            if !self.names.entry(Name(name), || ()).1 {
+            let start = self.start(cur);
+            if !self.names.entry(name, || ()).1 {
                 return metadata("metric family appears twice", name);
             }
-            self.current = Some(Builder::new(name, false, std::mem::take(&mut self.spare)));
+            let samples = std::mem::take(&mut self.spare);
+            self.current = Some(Builder::new(name, false, samples, start));
             done
         };
         let Some(b) = self.current.as_mut() else {
@@ -809,14 +895,16 @@ impl<'a> OmState<'a> {
             Some(role) => (None, role),
             None => {
                 let done = self.finish_current(cur, strict)?;
-                if !self.names.entry(Name(name), || ()).1 {
+                let start = self.start(cur);
+                if !self.names.entry(name, || ()).1 {
                     return Err(cur.error(
                         ErrorKind::Order,
                         "family interleaved with another family",
                         Some(name),
                     ));
                 }
-                self.current = Some(Builder::new(name, true, std::mem::take(&mut self.spare)));
+                let samples = std::mem::take(&mut self.spare);
+                self.current = Some(Builder::new(name, true, samples, start));
                 (done, Role::Value)
             }
         };
@@ -897,38 +985,6 @@ impl<'a> OmState<'a> {
 mod tests {
     use super::*;
     use std::borrow::Cow;
-    use std::collections::hash_map::DefaultHasher;
-
-    fn hash_of(c: Claim<'_>) -> u64 {
-        let mut h = DefaultHasher::new();
-        c.hash(&mut h);
-        h.finish()
-    }
-
-    #[test]
-    fn claims_compare_by_concatenation() {
-        let gauge = Claim {
-            base: "a_total",
-            suffix: "",
-        };
-        let counter = Claim {
-            base: "a",
-            suffix: "_total",
-        };
-        assert_eq!(gauge, counter);
-        assert_eq!(hash_of(gauge), hash_of(counter));
-        let long = Claim {
-            base: "some_rather_long_family_name",
-            suffix: "_created",
-        };
-        let split = Claim {
-            base: "some_rather_long_family_name_created",
-            suffix: "",
-        };
-        assert_eq!(long, split);
-        assert_eq!(hash_of(long), hash_of(split));
-        assert_ne!(gauge, split);
-    }
 
     #[test]
     fn label_sets_compare_in_any_order() {

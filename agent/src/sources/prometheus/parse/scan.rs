@@ -1,9 +1,15 @@
 //! Byte-level scanning shared by both formats: the cursor, names, label sets,
 //! quoted strings and escapes.
 //!
-//! The body is valid UTF-8 (checked once by `Parser::new`) and every position
-//! the scanner cuts at sits next to an ASCII delimiter, so each cut is a char
-//! boundary; `Cursor::slice` still goes through `str::get`, which cannot panic.
+//! The text scanned is valid UTF-8 (each window of the body is checked before
+//! it is parsed) and every position the scanner cuts at sits next to an ASCII
+//! delimiter, so each cut is a char boundary; `Cursor::slice` still goes
+//! through `str::get`, which cannot panic.
+//!
+//! A cursor scans one *window* of the body: the whole body, or (when it is
+//! streamed) a run of whole lines of it. Line numbers count from the start of
+//! the body. A window that is not the last ends right after a `\n`, so within
+//! a line, running out of input always means the body ended there.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -134,15 +140,21 @@ fn ident_end(hay: &[u8], mut i: usize, colon: bool) -> usize {
     i
 }
 
-/// A position in the body, with the line it is on.
+/// A position in a window of the body, with the line it is on.
 pub(super) struct Cursor<'a> {
     src: &'a str,
     /// Invariant: `pos <= src.len()`.
     pos: usize,
-    /// 1-based number of the line `pos` is on.
+    /// 1-based number, in the whole body, of the line `pos` is on.
     line: usize,
-    /// Byte offset where the current line starts.
+    /// Byte offset (in `src`) where the current line starts.
     line_start: usize,
+    /// True when the window ends the body; else it ends right after a `\n`.
+    last: bool,
+    /// The parser stops after the first line of a family that starts at this
+    /// offset or later (see `Stream`); `usize::MAX` when it reads to the end.
+    /// Invariant: at least 1.
+    pause_at: usize,
 }
 
 impl fmt::Debug for Cursor<'_> {
@@ -152,22 +164,56 @@ impl fmt::Debug for Cursor<'_> {
             .field("len", &self.src.len())
             .field("pos", &self.pos)
             .field("line", &self.line)
+            .field("last", &self.last)
             .finish()
     }
 }
 
 impl<'a> Cursor<'a> {
-    pub(super) fn new(src: &'a str) -> Cursor<'a> {
+    /// A cursor over a window of a body that starts on line `line`; `last`
+    /// when the body ends with it, else `src` ends with `\n`.
+    pub(super) fn window(src: &'a str, line: usize, last: bool, pause_at: usize) -> Cursor<'a> {
+        debug_assert!(last || src.is_empty() || src.ends_with('\n'));
         Cursor {
             src,
             pos: 0,
-            line: 1,
+            line,
             line_start: 0,
+            last,
+            pause_at: pause_at.max(1),
         }
     }
 
+    /// True at the end of the window (which may not be the end of the body).
     pub(super) fn at_end(&self) -> bool {
         self.pos >= self.src.len()
+    }
+
+    /// True when the window ends the body.
+    pub(super) fn is_last(&self) -> bool {
+        self.last
+    }
+
+    /// True when the parser may stop after a family's first line, which
+    /// starts at `start`: at or past `pause_at`. Never at the window's first
+    /// line, so that a window that stops has made progress.
+    pub(super) fn may_pause(&self, start: usize) -> bool {
+        start >= self.pause_at
+    }
+
+    /// The offset in the window.
+    pub(super) fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// The 1-based line number, in the whole body, of the current line.
+    pub(super) fn line(&self) -> usize {
+        self.line
+    }
+
+    /// The offset in the window where the current line starts.
+    pub(super) fn line_start(&self) -> usize {
+        self.line_start
     }
 
     pub(super) fn peek(&self) -> Option<u8> {

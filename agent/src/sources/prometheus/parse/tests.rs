@@ -61,16 +61,16 @@ fn names<'a>(families: &[Family<'a>]) -> Vec<(&'a str, MetricType, usize)> {
         .collect()
 }
 
-fn testdata() -> PathBuf {
+pub(super) fn testdata() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata")
 }
 
-fn read(path: &Path) -> Vec<u8> {
+pub(super) fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// Files under `dir` (recursively) whose names satisfy `want`, sorted.
-fn files(dir: &Path, want: &dyn Fn(&str) -> bool) -> Vec<PathBuf> {
+pub(super) fn files(dir: &Path, want: &dyn Fn(&str) -> bool) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -814,8 +814,25 @@ fn hostile_huge_family() {
 fn hostile_invalid_utf8_and_nul() {
     let e = parse_bytes(b"a 1\nb{c=\"\xff\"} 1\n", Format::PrometheusText).expect_err("utf-8");
     assert_eq!((e.kind(), e.line), (ErrorKind::Utf8, 2));
-    let e = parse_bytes(b"a 1\n# EOF\n\xc3", Format::OpenMetrics).expect_err("utf-8");
+    assert_eq!(e.to_string(), "line 2: invalid utf-8: body is not text");
+    let e = parse_bytes(b"a 1\nb 2\nc \xc3\n# EOF\n", Format::OpenMetrics).expect_err("utf-8");
     assert_eq!((e.kind(), e.line), (ErrorKind::Utf8, 3));
+    // The first error in body order wins: the lines before the bad byte's
+    // are parsed first, and yield their families...
+    let items: Vec<_> = Parser::new(
+        b"a 1\nb 2\nc{d=\"\xff\"} 1\n",
+        Format::PrometheusText,
+        &Limits::default(),
+    )
+    .map(|r| r.map(|f| f.name))
+    .collect();
+    assert_eq!(items, [Ok("a"), Err(utf8_error(3))]);
+    let e =
+        parse_bytes(b"a 1\nb x\nc{d=\"\xff\"} 1\n", Format::PrometheusText).expect_err("syntax");
+    assert_eq!((e.kind(), e.line), (ErrorKind::Syntax, 2));
+    // ...and anything after `# EOF` is an error before it is read.
+    let e = parse_bytes(b"a 1\n# EOF\n\xc3", Format::OpenMetrics).expect_err("after eof");
+    assert_eq!((e.kind(), e.line), (ErrorKind::Eof, 3));
     // NUL is a valid character in label values and help text...
     let f = text("# HELP a x\0y\na{b=\"\0\"} 1\n");
     assert_eq!(f[0].help.as_deref(), Some("x\0y"));

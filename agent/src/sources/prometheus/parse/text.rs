@@ -8,19 +8,45 @@
 //! earlier TYPE or HELP line), else a histogram or summary it is a suffix of,
 //! else a new untyped family named after the sample. A family that comes back
 //! after another one is yielded again, with the same type and help.
+//!
+//! What is known about each name outlives the window of the body it was read
+//! in, so it is owned. The family being built borrows its window; when a
+//! window ends before the family does, [`TextState::rewind`] undoes what the
+//! family changed and tells where it started, so that it is read again, whole,
+//! from the next window.
 
 use std::borrow::Cow;
 
-use super::names::{Name, NameMap};
+use super::names::NameMap;
 use super::number::{self, Grammar};
 use super::scan::{unescape_help, Cursor};
 use super::{ErrorKind, Family, Label, Limits, MetricType, ParseError, Sample};
 
 /// What the metadata so far says about one name.
 #[derive(Debug, Default)]
-struct Known<'a> {
+struct Known {
     kind: Option<MetricType>,
-    help: Option<Cow<'a, str>>,
+    /// Invariant: `Some` only when `help_seen` (both are set by the one HELP
+    /// line a name may have).
+    help: Option<Box<str>>,
+    help_seen: bool,
+    has_samples: bool,
+}
+
+/// Where the family being built started, and what its first line found in
+/// `known`, so that [`TextState::rewind`] can undo the family.
+#[derive(Debug, Default, Clone, Copy)]
+struct Start {
+    /// Offset in the window of the family's first line.
+    offset: usize,
+    /// Line number of that line.
+    line: usize,
+    /// The family's entry in `known`.
+    known: usize,
+    /// True when that line made the entry.
+    made: bool,
+    /// The entry's fields before that line (`help` follows `help_seen`).
+    kind: Option<MetricType>,
     help_seen: bool,
     has_samples: bool,
 }
@@ -47,9 +73,11 @@ struct Current<'a> {
 pub(super) struct TextState<'a> {
     /// Metadata and sample presence per family name, for the whole body.
     /// One lookup per family start; the family being built keeps its index.
-    known: NameMap<'a, Known<'a>>,
+    known: NameMap<Known>,
     /// The family being built; it may have metadata and no samples yet.
     current: Option<Current<'a>>,
+    /// Where `current` started (stale while `current` is `None`).
+    start: Start,
     /// An empty sample vector given back by the caller, for the next family.
     pub(super) spare: Vec<Sample<'a>>,
     /// Empty label vectors given back by the caller, for the next samples.
@@ -67,12 +95,15 @@ impl<'a> TextState<'a> {
         TextState {
             known: NameMap::with_capacity((len / BYTES_PER_FAMILY).min(MAX_RESERVED)),
             current: None,
+            start: Start::default(),
             spare: Vec::new(),
             label_pool: Vec::new(),
         }
     }
 
-    /// Reads lines until a family is complete; `None` at the end of the body.
+    /// Reads lines until a family is complete; `None` at the end of the body,
+    /// or of a window that is not the last, or where the cursor says to pause.
+    /// The family being built is finished only at the end of the body.
     pub(super) fn next_family(
         &mut self,
         cur: &mut Cursor<'a>,
@@ -81,7 +112,18 @@ impl<'a> TextState<'a> {
     ) -> Option<Result<Family<'a>, ParseError>> {
         loop {
             if cur.at_end() {
+                if !cur.is_last() {
+                    return None;
+                }
                 return self.current.take().and_then(Current::finished).map(Ok);
+            }
+            // Only right after a family's first line: then the next window
+            // reads that one line again.
+            if self.current.is_some()
+                && self.start.line + 1 == cur.line()
+                && cur.may_pause(self.start.offset)
+            {
+                return None;
             }
             match self.line(cur, limits, scratch) {
                 Ok(Some(family)) => return Some(Ok(family)),
@@ -118,17 +160,99 @@ impl<'a> TextState<'a> {
             .and_then(Current::finished)
     }
 
-    /// The index of `name`'s entry in `known`, made if new.
-    fn known_index(&mut self, name: &'a str) -> usize {
-        self.known.entry(Name(name), Known::default).0
+    /// Starts a family named `name` on the cursor's line: the index of its
+    /// entry in `known`, made if new. Records what [`TextState::rewind`]
+    /// needs, so it must come before the line changes the entry.
+    fn start_family(&mut self, cur: &Cursor<'a>, name: &str) -> usize {
+        let (index, made) = self.known.entry(name, Known::default);
+        let before = self.known.value(index);
+        self.start = Start {
+            offset: cur.line_start(),
+            line: cur.line(),
+            known: index,
+            made,
+            kind: before.and_then(|k| k.kind),
+            help_seen: before.is_some_and(|k| k.help_seen),
+            has_samples: before.is_some_and(|k| k.has_samples),
+        };
+        index
     }
 
     /// The index of `name`'s metadata: that of the family being built when
-    /// `same` (it has this name; no lookup), else from the index.
-    fn known_for(&mut self, name: &'a str, same: bool) -> usize {
+    /// `same` (it has this name; no lookup), else that of a family started here.
+    fn known_for(&mut self, cur: &Cursor<'a>, name: &'a str, same: bool) -> usize {
         match &self.current {
             Some(c) if same => c.known,
-            _ => self.known_index(name),
+            _ => self.start_family(cur, name),
+        }
+    }
+
+    /// Ends a window that is not the last, where [`TextState::next_family`]
+    /// returned `None`: drops the family being built and undoes what it
+    /// changed. Returns the offset in the window and the line number where
+    /// the next window must start: that family's first line, or the cursor.
+    pub(super) fn rewind(&mut self, cur: &Cursor<'a>) -> (usize, usize) {
+        let Some(c) = self.current.take() else {
+            return (cur.pos(), cur.line());
+        };
+        let s = self.start;
+        if s.made {
+            self.known.truncate(s.known);
+        } else if let Some(k) = self.known.value_mut(s.known) {
+            k.kind = s.kind;
+            k.has_samples = s.has_samples;
+            if !s.help_seen {
+                k.help_seen = false;
+                k.help = None;
+            }
+        }
+        let mut samples = c.family.samples;
+        recycle_samples(&mut samples, &mut self.label_pool);
+        self.spare = samples;
+        (s.offset, s.line)
+    }
+
+    /// The same state for another window. The family being built, if any,
+    /// is dropped: call [`TextState::rewind`] first.
+    pub(super) fn detach<'b>(mut self) -> TextState<'b> {
+        self.give_back_current();
+        TextState {
+            known: self.known,
+            current: None,
+            start: self.start,
+            spare: reuse(self.spare),
+            label_pool: reuse_all(self.label_pool),
+        }
+    }
+
+    /// Takes back the vectors for reuse: the spare sample vector (emptied)
+    /// and the label vectors.
+    pub(super) fn into_vectors<'b>(mut self) -> (Vec<Sample<'b>>, Vec<Vec<Label<'b>>>) {
+        self.give_back_current();
+        (reuse(self.spare), reuse_all(self.label_pool))
+    }
+
+    /// Puts the vectors of the family being built, if any, with the spare ones.
+    fn give_back_current(&mut self) {
+        if let Some(c) = self.current.take() {
+            let mut samples = c.family.samples;
+            recycle_samples(&mut samples, &mut self.label_pool);
+            if samples.capacity() > self.spare.capacity() {
+                self.spare = samples;
+            }
+        }
+    }
+
+    /// A state for a new body that reuses `vectors` (from
+    /// [`TextState::into_vectors`]).
+    pub(super) fn with_vectors(
+        len: usize,
+        (spare, label_pool): (Vec<Sample<'a>>, Vec<Vec<Label<'a>>>),
+    ) -> TextState<'a> {
+        TextState {
+            spare,
+            label_pool,
+            ..TextState::new(len)
         }
     }
 
@@ -203,7 +327,7 @@ impl<'a> TextState<'a> {
         same: bool,
         help: Cow<'a, str>,
     ) -> Result<Option<Family<'a>>, ParseError> {
-        let index = self.known_for(name, same);
+        let index = self.known_for(cur, name, same);
         let Some(known) = self.known.value_mut(index) else {
             return Ok(None);
         };
@@ -211,7 +335,8 @@ impl<'a> TextState<'a> {
             return Err(cur.error(ErrorKind::Metadata, "duplicate help line", Some(name)));
         }
         known.help_seen = true;
-        known.help = Some(help.clone());
+        // Owned: a family of this name may come back after this window.
+        known.help = Some(help.as_ref().into());
         let kind = known.kind.unwrap_or(MetricType::Unknown);
         match self.current.as_mut() {
             Some(c) if same => {
@@ -238,7 +363,7 @@ impl<'a> TextState<'a> {
         same: bool,
         kind: MetricType,
     ) -> Result<Option<Family<'a>>, ParseError> {
-        let index = self.known_for(name, same);
+        let index = self.known_for(cur, name, same);
         let Some(known) = self.known.value_mut(index) else {
             return Ok(None);
         };
@@ -249,7 +374,7 @@ impl<'a> TextState<'a> {
             return Err(cur.error(ErrorKind::Metadata, "type line after samples", Some(name)));
         }
         known.kind = Some(kind);
-        let help = known.help.clone();
+        let help = owned_help(known);
         match self.current.as_mut() {
             Some(c) if same => {
                 c.family.kind = kind;
@@ -323,8 +448,8 @@ impl<'a> TextState<'a> {
             Some(role) => (None, role),
             None => {
                 let (family_name, kind, role) = self.resolve(name);
-                let index = self.known_index(family_name);
-                let help = self.known.value(index).and_then(|k| k.help.clone());
+                let index = self.start_family(cur, family_name);
+                let help = self.known.value(index).and_then(owned_help);
                 let family = Family {
                     name: family_name,
                     kind,
@@ -363,11 +488,7 @@ impl<'a> TextState<'a> {
 
     /// Finds the family a sample starts, as Go's parser does.
     fn resolve(&self, name: &'a str) -> (&'a str, MetricType, Role) {
-        let known = |name: &'a str| {
-            self.known
-                .get(&Name(name))
-                .and_then(|i| self.known.value(i))
-        };
+        let known = |name: &'a str| self.known.get(name).and_then(|i| self.known.value(i));
         if let Some(known) = known(name) {
             let kind = known.kind.unwrap_or(MetricType::Unknown);
             if let Some(role) = role(kind, "") {
@@ -394,6 +515,25 @@ impl<'a> Current<'a> {
     fn finished(self) -> Option<Family<'a>> {
         (!self.family.samples.is_empty()).then_some(self.family)
     }
+}
+
+/// The HELP text known for a name, for a family that starts without a HELP line.
+fn owned_help<'a>(known: &Known) -> Option<Cow<'a, str>> {
+    known.help.as_deref().map(|h| Cow::Owned(h.to_owned()))
+}
+
+/// An empty vector of another lifetime on the same allocation: a vector of
+/// labels or samples of one window, emptied, for the next window. (Collecting
+/// an emptied `into_iter` reuses its allocation when the element layouts are
+/// equal, as here; a test holds that.)
+pub(super) fn reuse<T, U>(mut v: Vec<T>) -> Vec<U> {
+    v.clear();
+    v.into_iter().filter_map(|_| None).collect()
+}
+
+/// [`reuse`] for each vector of `pool` (whose vectors are empty) and the pool.
+pub(super) fn reuse_all<T, U>(pool: Vec<Vec<T>>) -> Vec<Vec<U>> {
+    pool.into_iter().map(reuse).collect()
 }
 
 /// Moves the labels out of `scratch` into a vector of their own: one from
