@@ -1,5 +1,19 @@
-//! The child processes: tern, Prometheus in agent mode and node_exporter, each
-//! killed when its guard drops.
+//! The child processes: tern, Prometheus in agent mode, vmagent and
+//! node_exporter, each killed when its guard drops.
+//!
+//! All three agents get the same [`Job`]: the same targets, interval, timeout
+//! and body size limit, and the bench's sink as their only upstream.
+//!
+//! vmagent (Debian's `victoria-metrics` package) runs with
+//! `-promscrape.config` (the same scrape config as Prometheus, without
+//! `body_size_limit`, which it takes as `-promscrape.maxScrapeSize`),
+//! `-remoteWrite.url` (the sink, on a path of its own), `-remoteWrite.tmpDataPath`
+//! in the temp dir (its on-disk queue), `-httpListenAddr=127.0.0.1:0` (self
+//! metrics and `/-/ready`, on a free loopback port found through /proc) and
+//! `-loggerLevel=WARN`. Version 1.79 has no usage reporting or update check, so
+//! it needs no flag to stay off the network; its other defaults (caches up to
+//! 60% of RAM, 2 x cores remote-write queues, stream parsing of bodies over
+//! 1 MB) are left as a user gets them.
 //!
 //! Children are started through `setpriv --pdeathsig KILL` when util-linux has
 //! it, so the kernel kills them even if the bench itself is killed or aborts
@@ -15,6 +29,10 @@ use super::{http, procfs, wait_until};
 
 /// Where Debian installs Prometheus.
 pub(crate) const PROMETHEUS_BIN: &str = "/usr/bin/prometheus";
+/// Where Debian's `victoria-metrics` package installs vmagent.
+pub(crate) const VMAGENT_BIN: &str = "/usr/bin/vmagent";
+/// The Debian package vmagent comes in (its binary does not print a version).
+pub(crate) const VMAGENT_PACKAGE: &str = "victoria-metrics";
 /// Where Debian installs node_exporter (older releases used /usr/sbin).
 pub(crate) const NODE_EXPORTER_BINS: [&str; 2] = [
     "/usr/bin/prometheus-node-exporter",
@@ -156,6 +174,77 @@ pub(crate) enum Kind {
     Tern,
     /// Prometheus 2.42 with `--enable-feature=agent`.
     Prometheus,
+    /// vmagent 1.79 (VictoriaMetrics).
+    Vmagent,
+}
+
+impl Kind {
+    /// The products its scrapes name in `User-Agent`, as the exporters count
+    /// them. vmagent's stream parsing (bodies over 1 MB) uses Go's HTTP client
+    /// without setting one, so Go's default names it there.
+    pub(crate) fn user_agents(self) -> &'static [&'static str] {
+        match self {
+            Kind::Tern => &["tern"],
+            Kind::Prometheus => &["Prometheus"],
+            Kind::Vmagent => &["vm_promscrape", "Go-http-client"],
+        }
+    }
+
+    /// The sink path it sends to.
+    pub(crate) fn sink_path(self) -> &'static str {
+        match self {
+            Kind::Tern => super::sink::OTLP_METRICS_PATH,
+            Kind::Prometheus => super::sink::REMOTE_WRITE_PATH,
+            Kind::Vmagent => super::sink::VMAGENT_WRITE_PATH,
+        }
+    }
+}
+
+/// What every agent scrapes, and how.
+#[derive(Debug, Clone)]
+pub(crate) struct Job {
+    /// The targets, `host:port`, each scraped at `/metrics`.
+    pub(crate) targets: Vec<SocketAddr>,
+    /// The scrape interval, in seconds.
+    pub(crate) interval: u64,
+    /// The scrape timeout, in seconds.
+    pub(crate) timeout: u64,
+    /// The largest body accepted, in MiB.
+    pub(crate) body_limit_mib: u64,
+}
+
+impl Job {
+    /// The targets as a YAML or TOML flow list of quoted `host:port`.
+    fn target_list(&self) -> String {
+        let quoted: Vec<String> = self.targets.iter().map(|t| format!("\"{t}\"")).collect();
+        format!("[{}]", quoted.join(", "))
+    }
+
+    /// The scrape config Prometheus and vmagent read. Prometheus gets
+    /// `body_size_limit` in it; vmagent refuses that key and takes the limit
+    /// as a flag.
+    fn scrape_yaml(&self, body_size_limit: bool) -> String {
+        let limit = if body_size_limit {
+            // Base-2 units in Prometheus: 64MB is tern's 64MiB.
+            format!("    body_size_limit: {}MB\n", self.body_limit_mib)
+        } else {
+            String::new()
+        };
+        format!(
+            r#"# Written by agent/benches/scrape.rs.
+global:
+  scrape_interval: {interval}s
+  scrape_timeout: {timeout}s
+scrape_configs:
+  - job_name: bench
+{limit}    static_configs:
+      - targets: {targets}
+"#,
+            interval = self.interval,
+            timeout = self.timeout,
+            targets = self.target_list(),
+        )
+    }
 }
 
 /// A running agent and the address of its self metrics.
@@ -167,14 +256,15 @@ pub(crate) struct Agent {
     pub(crate) process: Process,
     /// Where its `/metrics`, `/-/ready` are served.
     pub(crate) web: SocketAddr,
-    /// Its disk buffer: tern's state dir, Prometheus's WAL dir.
+    /// Its disk buffer: tern's state dir, Prometheus's WAL dir, vmagent's
+    /// `-remoteWrite.tmpDataPath`.
     pub(crate) data_dir: PathBuf,
 }
 
 impl Agent {
-    /// Starts tern from `bin` scraping `target` every 5 s and exporting to `sink`,
-    /// with its state in `dir/tern-state`; waits until `/-/ready` answers 200.
-    pub(crate) fn tern(bin: &Path, dir: &Path, target: SocketAddr, sink: SocketAddr) -> Agent {
+    /// Starts tern from `bin` running `job` and exporting to `sink`, with its
+    /// state in `dir/tern-state`; waits until `/-/ready` answers 200.
+    pub(crate) fn tern(bin: &Path, dir: &Path, job: &Job, sink: SocketAddr) -> Agent {
         let config = format!(
             r#"# Written by agent/benches/scrape.rs.
 [agent]
@@ -183,10 +273,10 @@ listen = "127.0.0.1:0"
 
 [[scrape]]
 job = "bench"
-targets = ["{target}"]
-interval = "5s"
-timeout = "4s"
-body_size_limit = "64MiB"
+targets = {targets}
+interval = "{interval}s"
+timeout = "{timeout}s"
+body_size_limit = "{limit}MiB"
 
 [export]
 endpoints = ["http://{sink}"]
@@ -195,6 +285,10 @@ endpoints = ["http://{sink}"]
 fsync = true
 "#,
             state = dir.join("tern-state").display(),
+            targets = job.target_list(),
+            interval = job.interval,
+            timeout = job.timeout,
+            limit = job.body_limit_mib,
         );
         let path = dir.join("tern.toml");
         std::fs::write(&path, config).expect("write tern.toml in the bench's temp dir");
@@ -232,25 +326,14 @@ fsync = true
         agent
     }
 
-    /// Starts Prometheus in agent mode scraping `target` every 5 s and
-    /// remote-writing to `sink`, with its WAL in `dir/prometheus-wal`; waits
-    /// until `/-/ready` answers 200.
-    pub(crate) fn prometheus(dir: &Path, target: SocketAddr, sink: SocketAddr) -> Agent {
-        // body_size_limit is in base-2 units here: 64MB is tern's 64MiB.
+    /// Starts Prometheus in agent mode running `job` and remote-writing to
+    /// `sink`, with its WAL in `dir/prometheus-wal`; waits until `/-/ready`
+    /// answers 200.
+    pub(crate) fn prometheus(dir: &Path, job: &Job, sink: SocketAddr) -> Agent {
         let config = format!(
-            r#"# Written by agent/benches/scrape.rs.
-global:
-  scrape_interval: 5s
-  scrape_timeout: 4s
-scrape_configs:
-  - job_name: bench
-    body_size_limit: 64MB
-    static_configs:
-      - targets: ["{target}"]
-remote_write:
-  - url: "http://{sink}{path}"
-"#,
-            path = super::sink::REMOTE_WRITE_PATH,
+            "{}remote_write:\n  - url: \"http://{sink}{}\"\n",
+            job.scrape_yaml(true),
+            super::sink::REMOTE_WRITE_PATH
         );
         let path = dir.join("prometheus.yml");
         std::fs::write(&path, config).expect("write prometheus.yml in the bench's temp dir");
@@ -270,6 +353,36 @@ remote_write:
             process,
             web,
             data_dir: dir.join("prometheus-wal"),
+        };
+        agent.wait_ready();
+        agent
+    }
+
+    /// Starts vmagent running `job` and remote-writing to `sink`, with its
+    /// on-disk queue in `dir/vmagent-data`; waits until `/-/ready` answers 200.
+    pub(crate) fn vmagent(dir: &Path, job: &Job, sink: SocketAddr) -> Agent {
+        let path = dir.join("vmagent.yml");
+        std::fs::write(&path, job.scrape_yaml(false))
+            .expect("write vmagent.yml in the bench's temp dir");
+        let data = dir.join("vmagent-data");
+        let args = [
+            format!("-promscrape.config={}", path.display()),
+            format!("-promscrape.maxScrapeSize={}MiB", job.body_limit_mib),
+            format!(
+                "-remoteWrite.url=http://{sink}{}",
+                super::sink::VMAGENT_WRITE_PATH
+            ),
+            format!("-remoteWrite.tmpDataPath={}", data.display()),
+            "-httpListenAddr=127.0.0.1:0".to_string(),
+            "-loggerLevel=WARN".to_string(),
+        ];
+        let mut process = Process::spawn("vmagent", Path::new(VMAGENT_BIN), &args, dir);
+        let web = process.wait_listening();
+        let agent = Agent {
+            kind: Kind::Vmagent,
+            process,
+            web,
+            data_dir: data,
         };
         agent.wait_ready();
         agent

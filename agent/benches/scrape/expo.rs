@@ -3,7 +3,14 @@
 /// The sum of every series named `name` whose labels include all of `labels`;
 /// None if no series matches.
 pub(crate) fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut total = None;
+    let matching = series(text, name, labels);
+    (!matching.is_empty()).then(|| matching.iter().map(|(_, v)| v).sum())
+}
+
+/// Every series named `name` whose labels include all of `labels`, with its
+/// labels and value, in the order written.
+pub(crate) fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> Vec<(Labels, f64)> {
+    let mut out = Vec::new();
     for line in text.lines() {
         let Some((series_name, series_labels, value)) = split(line) else {
             continue;
@@ -15,14 +22,22 @@ pub(crate) fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64
             .iter()
             .all(|(k, v)| series_labels.iter().any(|(sk, sv)| sk == k && sv == v))
         {
-            *total.get_or_insert(0.0) += value;
+            out.push((series_labels, value));
         }
     }
-    total
+    out
+}
+
+/// The value of label `key` in `labels`, if present.
+pub(crate) fn label<'a>(labels: &'a Labels, key: &str) -> Option<&'a str> {
+    labels
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 /// A series' labels, in the order written.
-type Labels = Vec<(String, String)>;
+pub(crate) type Labels = Vec<(String, String)>;
 
 /// Splits a sample line into name, labels and value; None for comments, blank
 /// lines and lines it cannot read.

@@ -1,5 +1,5 @@
-//! What the bench reads from /proc about a process: memory, CPU time, disk
-//! writes, and the TCP port it listens on.
+//! What the bench reads from /proc about a process: memory, threads, CPU time,
+//! disk writes, and the TCP port it listens on.
 
 /// Clock ticks per second in /proc/PID/stat. Linux fixes USER_HZ at 100 on every
 /// architecture tern targets, so the bench need not ask `sysconf`.
@@ -12,6 +12,8 @@ pub(crate) struct ProcStats {
     pub(crate) rss: u64,
     /// Peak resident set size since start (VmHWM), in bytes.
     pub(crate) hwm: u64,
+    /// Threads now (`Threads` in /proc/PID/status).
+    pub(crate) threads: u64,
     /// User plus system CPU time of all its threads, living and exited, in seconds.
     /// Resolution: one tick, 10 ms.
     pub(crate) cpu_seconds: f64,
@@ -44,6 +46,10 @@ pub(crate) fn read(pid: u32) -> Option<ProcStats> {
     Some(ProcStats {
         rss: kib("VmRSS:")?,
         hwm: kib("VmHWM:")?,
+        threads: status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .and_then(|v| v.trim().parse().ok())?,
         cpu_seconds: (ticks(11)? + ticks(12)?) as f64 / TICKS_PER_SECOND,
         write_bytes,
     })

@@ -1,6 +1,7 @@
-//! The upstream both agents send to: answers 200 to every POST and counts
+//! The upstream the agents send to: answers 200 to every POST and counts
 //! requests and body bytes per path. tern POSTs gzip OTLP to `/v1/metrics`,
-//! Prometheus POSTs snappy remote-write to `/api/v1/write`; neither is decoded.
+//! Prometheus POSTs snappy remote-write to `/api/v1/write`, vmagent the same
+//! to `/vmagent/api/v1/write`; nothing is decoded.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -10,6 +11,8 @@ use super::http::{Response, Server};
 
 /// The path Prometheus is told to remote-write to.
 pub(crate) const REMOTE_WRITE_PATH: &str = "/api/v1/write";
+/// The path vmagent is told to remote-write to (its own, to count it apart).
+pub(crate) const VMAGENT_WRITE_PATH: &str = "/vmagent/api/v1/write";
 /// The path tern exports metrics to (it appends it to the endpoint's base URL).
 pub(crate) const OTLP_METRICS_PATH: &str = "/v1/metrics";
 
