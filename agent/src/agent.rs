@@ -158,11 +158,19 @@ pub fn run(config: Config) -> Result<(), Error> {
     let executor = Arc::new(smol::Executor::new());
     let ready = Arc::new(AtomicBool::new(false));
     let handler = telemetry_handler(queue.clone(), metrics.clone(), ready.clone());
+    let shed_metrics = metrics.clone();
+    let on_shed: http::OnShed = Arc::new(move |reason: http::Shed| {
+        shed_metrics.inc(
+            "tern_agent_connections_shed_total",
+            &[("reason", reason.as_str())],
+        );
+    });
     executor
         .spawn(http::serve(
             executor.clone(),
             listener,
             handler,
+            on_shed,
             http::Limits::default(),
         ))
         .detach();

@@ -230,6 +230,16 @@ const DESCRIPTORS: &[(&str, Kind, &str)] = &[
         "Items the OTLP receiver answered 503 for (the client keeps them and may retry), by reason: queue_full, queue_error.",
     ),
     (
+        "tern_receiver_connections_shed_total",
+        Kind::Counter,
+        "Connections to the OTLP receiver closed to admit a new one when every slot was taken, by reason: idle (no request in progress), slow_head (its request head was the oldest still arriving).",
+    ),
+    (
+        "tern_agent_connections_shed_total",
+        Kind::Counter,
+        "Connections to [agent] listen (self metrics, health) closed to admit a new one when every slot was taken, by reason: idle, slow_head.",
+    ),
+    (
         "tern_config_reloads_total",
         Kind::Counter,
         "Config reloads, by result.",

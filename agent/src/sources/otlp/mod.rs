@@ -33,7 +33,9 @@
 //! decoded into prost structs, which can be several times larger than the
 //! protobuf (a few bytes of input per empty span). Decoding runs on at most
 //! [`DECODERS`] requests at once, so memory is bounded by that many decoded
-//! requests plus one body of `max_request_size` per connection.
+//! requests plus `MAX_BODIES` (32) bodies of `max_request_size` (fewer with a
+//! smaller `max_connections`). Connections themselves cost a few KiB each
+//! (see `http::server`), and idle or slow ones are shed for new ones.
 //!
 //! See: <https://opentelemetry.io/docs/specs/otlp/#otlphttp>
 
@@ -60,6 +62,12 @@ use crate::telemetry::Metrics;
 /// Requests decoded and queued at once: one per core of the small boxes tern
 /// runs on. Each holds a decoded request in memory while it runs.
 pub const DECODERS: usize = 2;
+
+/// Request bodies read and decoded at once, at most: the old default of
+/// `max_connections` (32), when each connection could hold one, so that more
+/// connection slots do not raise the memory bodies may take (32 times
+/// `max_request_size`).
+const MAX_BODIES: usize = 32;
 
 /// The source name in logs.
 const ORIGIN: &str = "otlp";
@@ -146,6 +154,7 @@ impl Receiver {
                 listener,
                 this.handler(),
                 this.refuse(),
+                this.on_shed(),
                 limits(receiver),
             ))
             .detach();
@@ -251,6 +260,17 @@ impl Receiver {
         })
     }
 
+    /// Counts the connections the HTTP server sheds to admit new ones.
+    fn on_shed(&self) -> http::OnShed {
+        let metrics = self.shared.metrics.clone();
+        Arc::new(move |reason: http::Shed| {
+            metrics.inc(
+                "tern_receiver_connections_shed_total",
+                &[("reason", reason.as_str())],
+            );
+        })
+    }
+
     /// Answers what the HTTP server refuses itself (413 on the wire, 408,
     /// bad framing) with a `google.rpc.Status`, and counts it.
     fn refuse(&self) -> http::Refuse {
@@ -274,6 +294,7 @@ pub(crate) fn limits(config: &OtlpReceiverConfig) -> http::Limits {
         max_body: usize::try_from(config.max_request_size).unwrap_or(usize::MAX),
         body_timeout: config.read_timeout,
         max_connections: config.max_connections,
+        max_bodies: config.max_connections.min(MAX_BODIES),
         ..http::Limits::default()
     }
 }
