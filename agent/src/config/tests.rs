@@ -198,7 +198,7 @@ fn otlp_receiver_is_off_unless_present_and_has_defaults() {
     let r = parse("[receiver.otlp]\n").unwrap().otlp_receiver.unwrap();
     assert_eq!(r.listen.to_string(), "127.0.0.1:4318");
     assert_eq!(r.max_request_size, 4 << 20);
-    assert_eq!(r.max_connections, 32);
+    assert_eq!(r.max_connections, 256);
     assert_eq!(r.read_timeout, Duration::from_secs(30));
     assert_eq!(r.full_policy, ReceiverFullPolicy::DropOldest);
     let c = parse("[receiver.otlp]\n[export.queue]\nfull_policy = \"drop_newest\"\n").unwrap();
