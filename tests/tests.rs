@@ -23,6 +23,7 @@ mod faults;
 mod fleet;
 mod hostile_gateway;
 mod journald;
+mod limits;
 mod lifecycle;
 mod notify;
 mod outage;

@@ -120,6 +120,10 @@ pub(crate) fn render_stats(stats: &Stats) -> String {
 /// What `tern run` runs: until SIGTERM or SIGINT.
 pub fn run(config: Config) -> Result<(), Error> {
     telemetry::init_logging(config.agent.log_level);
+    // smol's reactor thread starts on first use and aborts the process if
+    // the system refuses it; starting it first means a task or memory limit
+    // stops tern at one of its own threads, with an error that says which.
+    smol::block_on(async {});
     log::info!(
         "Starting tern version={} config={}",
         env!("CARGO_PKG_VERSION"),

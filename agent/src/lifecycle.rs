@@ -26,18 +26,42 @@ pub fn spawn<T: Send + 'static>(
 
 fn refused(what: &str, e: std::io::Error) -> std::io::Error {
     let threads = thread_count().map_or(String::new(), |n| format!(" (tern runs {n} now)"));
+    let limits = set_limits();
     let hint = match e.raw_os_error() {
-        Some(11) => format!(
-            "the system refused a new thread{threads}: raise the task limit \
-             (systemd TasksMax=, ulimit -u, or pids.max of the cgroup) or lower \
-             agent.scrape_workers"
+        // pthread_create says EAGAIN both at the task limit and when the
+        // stack cannot be mapped under a memory limit.
+        Some(11) | Some(12) => format!(
+            "the system refused a new thread{threads}{limits}: raise the task limit \
+             (systemd TasksMax=, ulimit -u, or pids.max of the cgroup) or the memory \
+             limit (MemoryMax=, ulimit -v, memory.max), or lower agent.scrape_workers"
         ),
-        Some(12) => "the system refused memory for its stack: raise the memory limit \
-             (systemd MemoryMax=, ulimit -v, or memory.max of the cgroup)"
-            .to_string(),
-        _ => "the system refused a new thread".to_string(),
+        _ => format!("the system refused a new thread{threads}{limits}"),
     };
     std::io::Error::new(e.kind(), format!("starting {what}: {e}; {hint}"))
+}
+
+/// The task and address-space limits of this process that are set, as
+/// `; limits: Max processes 12, Max address space 104857600 bytes`.
+fn set_limits() -> String {
+    let Ok(text) = std::fs::read_to_string("/proc/self/limits") else {
+        return String::new();
+    };
+    let set: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("Max processes") || l.starts_with("Max address space"))
+        .filter_map(|l| {
+            // "Max processes    12    12    processes": name, soft, hard, unit.
+            let (name, rest) = l.split_at(l.find(char::is_numeric).or(l.find("unlimited"))?);
+            let soft = rest.split_whitespace().next()?;
+            let unit = rest.split_whitespace().nth(2).unwrap_or("");
+            (soft != "unlimited").then(|| format!("{} {soft} {unit}", name.trim()))
+        })
+        .collect();
+    if set.is_empty() {
+        String::new()
+    } else {
+        format!("; limits: {}", set.join(", "))
+    }
 }
 
 /// Threads of this process, from /proc (None where there is no /proc).
