@@ -273,3 +273,60 @@ fn gzip_bodies_are_accepted_and_vanished_series_get_a_stale_point() {
         .filter(|(_, f, _)| *f == 0)
         .all(|(_, _, v)| v == &vec![1.0] || v == &vec![2.0]));
 }
+
+/// `target_info` labels become resource attributes of every batch of the
+/// scrape, also when the family comes after others and after the first
+/// batch was cut (the body is parsed as it arrives, not read ahead).
+#[test]
+fn target_info_after_many_series_still_labels_every_batch() {
+    let mut body = String::from("# TYPE a_metric gauge\n");
+    for i in 0..12_000 {
+        body.push_str(&format!("a_metric{{i=\"{i}\"}} {i}\n"));
+    }
+    body.push_str("# TYPE target_info gauge\ntarget_info{job=\"x\",instance=\"y\",service_version=\"1.2.3\",deployment=\"lab\"} 1\n");
+    let body = body.into_bytes();
+    let exporter =
+        ScriptedExporter::start(move |_| (200, "text/plain; version=0.0.4", body.clone()));
+    let gateway = FakeGateway::start();
+    let agent = Agent::start(&config("info", exporter.addr, "1s", &gateway.url()));
+    let delivered = wait_for(
+        Duration::from_secs(20),
+        || {
+            let d = gateway.delivered();
+            let points: usize = flatten(&d)
+                .iter()
+                .filter(|(_, m)| m.name == "a_metric")
+                .map(|(_, m)| values(m).len())
+                .sum();
+            (points >= 12_000).then_some(d)
+        },
+        || agent.diagnostics(),
+    );
+    let batches: Vec<_> = delivered
+        .iter()
+        .filter(|r| {
+            flatten(std::slice::from_ref(*r))
+                .iter()
+                .any(|(_, m)| m.name == "a_metric")
+        })
+        .collect();
+    assert!(batches.len() >= 2, "12,000 points make two batches or more");
+    for r in &batches {
+        for rm in &r.resource_metrics {
+            let attrs = &rm.resource.as_ref().unwrap().attributes;
+            assert_eq!(attr(attrs, "service_version"), Some("1.2.3"), "{attrs:?}");
+            assert_eq!(attr(attrs, "deployment"), Some("lab"));
+            assert_eq!(
+                attr(attrs, "service.name"),
+                Some("info"),
+                "job stays the job"
+            );
+        }
+    }
+    assert!(
+        !flatten(&delivered)
+            .iter()
+            .any(|(_, m)| m.name == "target_info"),
+        "target_info is no metric of its own"
+    );
+}

@@ -103,8 +103,6 @@ pub(crate) struct Client {
 pub(crate) struct Fetched {
     /// The HTTP status.
     pub(crate) status: u16,
-    /// The Content-Type header, if any.
-    pub(crate) content_type: Option<String>,
     /// The body, decompressed when the server sent gzip.
     pub(crate) body: Vec<u8>,
 }
@@ -138,20 +136,28 @@ impl Client {
         headers: &[(&str, &str)],
         limit: u64,
     ) -> Result<Fetched, HttpError> {
-        self.get_into(url, headers, limit, Vec::new())
+        self.get_with(url, headers, limit, |status, _, reader| {
+            let mut body = Vec::new();
+            reader
+                .read_to_end(&mut body)
+                .map(|_| Fetched { status, body })
+        })?
+        .map_err(|e| HttpError::Http(Box::new(e)))
     }
 
-    /// Like [`Client::get`], reading the body into `buffer` (cleared first), so
-    /// that a caller fetching the same large body again and again reuses one
-    /// allocation instead of growing a new one each time.
-    pub(crate) fn get_into(
+    /// GETs `url` and gives the answer's status and Content-Type, and a
+    /// reader of its (decompressed) body, to `read`, which reads as much as
+    /// it wants as the body arrives: a scrape parses it from there, and
+    /// never holds it whole. Reading more than `limit` bytes fails, and the
+    /// result is then [`HttpError::TooLarge`]. The client's timeout covers
+    /// the whole exchange, reading included.
+    pub(crate) fn get_with<T>(
         &self,
         url: &str,
         headers: &[(&str, &str)],
         limit: u64,
-        mut buffer: Vec<u8>,
-    ) -> Result<Fetched, HttpError> {
-        use std::io::Read;
+        read: impl FnOnce(u16, Option<&str>, &mut dyn std::io::Read) -> T,
+    ) -> Result<T, HttpError> {
         let mut request = self.agent.get(url);
         for (k, v) in headers {
             request = request.header(*k, *v);
@@ -163,23 +169,16 @@ impl Client {
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        buffer.clear();
-        let mut body = buffer;
-        // Read one byte past the limit to tell "at the limit" from "over it".
-        response
-            .body_mut()
-            .as_reader()
-            .take(limit.saturating_add(1))
-            .read_to_end(&mut body)
-            .map_err(|e| HttpError::Http(Box::new(e)))?;
-        if u64::try_from(body.len()).unwrap_or(u64::MAX) > limit {
+        let mut body = Limited {
+            inner: response.body_mut().as_reader(),
+            left: limit,
+            over: false,
+        };
+        let result = read(status, content_type.as_deref(), &mut body);
+        if body.over {
             return Err(HttpError::TooLarge(limit));
         }
-        Ok(Fetched {
-            status,
-            content_type,
-            body,
-        })
+        Ok(result)
     }
 
     /// POSTs `body` to `url` with `headers`, taking at most `timeout`, and
@@ -233,6 +232,41 @@ impl Client {
             retry_after,
             body,
         })
+    }
+}
+
+/// A body reader that fails once more than its limit has come.
+struct Limited<R> {
+    inner: R,
+    left: u64,
+    /// Set when the body went past the limit.
+    over: bool,
+}
+
+impl<R: std::io::Read> std::io::Read for Limited<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            // At the limit: one more byte means over it.
+            let mut probe = [0u8; 1];
+            if self.inner.read(&mut probe)? == 0 {
+                return Ok(0);
+            }
+            self.over = true;
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "body exceeds the size limit",
+            ));
+        }
+        let room = usize::try_from(self.left)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let (head, _) = buf.split_at_mut(room);
+        let n = self.inner.read(head)?;
+        self.left -= n as u64;
+        Ok(n)
     }
 }
 

@@ -100,6 +100,9 @@ pub struct Builder {
     now_nanos: u64,
     /// Full batches, encoded, with their point counts.
     done: Vec<(Encoded, usize)>,
+    /// A resource set after batches began with the one before (see
+    /// [`Builder::set_resource`]), for [`Builder::finish`] to put on them.
+    late_resource: Option<Resource>,
 }
 
 /// OTLP field numbers used below, from opentelemetry/proto/metrics/v1/metrics.proto.
@@ -172,6 +175,25 @@ impl Builder {
             points: 0,
             now_nanos,
             done: Vec::new(),
+            late_resource: None,
+        }
+    }
+
+    /// Sets the resource of the scrape's batches, those begun already
+    /// included: a `target_info` family is read where it stands in the body,
+    /// usually after other families were converted. The batches begun before
+    /// get it when the builder finishes (decoded and encoded again, which
+    /// costs a millisecond or so for a batch; only scrapes of apps exposing
+    /// `target_info` take that path).
+    pub fn set_resource(&mut self, resource: Resource) {
+        let encoded = resource.encode_to_vec();
+        if encoded == self.resource {
+            return;
+        }
+        self.resource = encoded;
+        let begun = !self.done.is_empty() || self.open.is_some();
+        if begun {
+            self.late_resource = Some(resource);
         }
     }
 
@@ -226,6 +248,13 @@ impl Builder {
     /// As [`Builder::finish`], also giving back the batch buffer.
     pub fn finish_with_buffer(mut self) -> (Vec<(Encoded, usize)>, Vec<u8>) {
         self.flush();
+        if let Some(resource) = self.late_resource.take() {
+            for (batch, _) in &mut self.done {
+                if let Some(rewritten) = with_resource(batch, &resource) {
+                    *batch = rewritten;
+                }
+            }
+        }
         (self.done, self.out.take())
     }
 
@@ -550,6 +579,22 @@ impl Builder {
             _ => self.now_nanos,
         }
     }
+}
+
+/// `batch` with `resource` on each of its ResourceMetrics; None if it does
+/// not decode (it was encoded here, so that would be a bug: it keeps its own).
+fn with_resource(batch: &Encoded, resource: &Resource) -> Option<Encoded> {
+    use crate::otlp::proto::collector::metrics::v1::ExportMetricsServiceRequest;
+    use std::io::Read;
+    let mut raw = Vec::with_capacity(batch.raw_len);
+    flate2::read::GzDecoder::new(batch.gzip.as_slice())
+        .read_to_end(&mut raw)
+        .ok()?;
+    let mut request = ExportMetricsServiceRequest::decode(raw.as_slice()).ok()?;
+    for rm in &mut request.resource_metrics {
+        rm.resource = Some(resource.clone());
+    }
+    Some(crate::otlp::encode(&request))
 }
 
 /// Writes the point's attributes: every label but `job`, `instance` and `skip`.

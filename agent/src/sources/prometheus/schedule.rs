@@ -146,7 +146,7 @@ impl Scheduler {
 
 /// A worker: takes the earliest due target, scrapes it, puts it back.
 fn work(shared: &Shared, sink: &Sink, metrics: &Metrics) {
-    let mut scratch = Scratch::default();
+    let mut scratch = Scratch::new();
     let mut plan = lock(&shared.plan);
     loop {
         if plan.stopped {

@@ -2,6 +2,8 @@
 //! hand the batches to the sink. The scheduler (`schedule.rs`) runs scrapes
 //! on its workers; a [`Target`] keeps only what must outlive a scrape.
 //!
+//! The body is parsed as it arrives, in a bounded window, and each family is
+//! converted as soon as it is complete: a scrape never holds its body whole.
 //! A scrape is all or nothing, as in Prometheus: batches are buffered
 //! (compressed) until the whole body has parsed, and a body that fails anywhere
 //! yields no samples, `up` 0 and a reason in the log and the self metrics.
@@ -18,7 +20,7 @@ use crate::sources::Sink;
 use crate::telemetry::Metrics;
 
 use super::convert::{Builder, TargetInfo};
-use super::parse::{Format, Limits, Parser};
+use super::parse::{Family, Format, Limits, Stream, StreamError};
 use super::stale::{Recording, SeriesMemory};
 
 /// What tern asks exporters for: OpenMetrics first, as Prometheus does.
@@ -108,17 +110,33 @@ impl Job {
     }
 }
 
+/// The part of a body a worker holds at once while parsing it: families
+/// are converted as soon as they are complete, so a scrape's memory does not
+/// grow with its body (a family larger than this makes it grow for a while).
+const PARSE_WINDOW: usize = 256 << 10;
+
 /// What a worker keeps from one scrape to the next, whatever target it
-/// scrapes: the body and batch buffers and the series hashes of a scrape.
-/// A worker's buffers grow to its largest target, once; targets keep none.
-#[derive(Debug, Default)]
+/// scrapes: the parse window, the batch buffer and the series hashes of a
+/// scrape. A worker's buffers grow to its largest target, once; targets keep
+/// none.
+#[derive(Debug)]
 pub(crate) struct Scratch {
-    /// The buffer bodies are read into.
-    buffer: Vec<u8>,
+    /// Parses bodies as they arrive, in a bounded window.
+    stream: Stream,
     /// The batch being encoded (up to a few MiB).
     batch_buffer: Vec<u8>,
     /// The series hashes of a scrape (8 bytes a series).
     hashes: Vec<u64>,
+}
+
+impl Scratch {
+    pub(crate) fn new() -> Scratch {
+        Scratch {
+            stream: Stream::new(PARSE_WINDOW),
+            batch_buffer: Vec::new(),
+            hashes: Vec::new(),
+        }
+    }
 }
 
 /// One scrape target and what tern remembers of it between scrapes: the
@@ -215,32 +233,28 @@ impl Target {
     pub(crate) fn scrape(&mut self, scratch: &mut Scratch, sink: &Sink, metrics: &Metrics) {
         let started = Instant::now();
         let now_nanos = unix_nanos(SystemTime::now());
-        let fetched = self.fetch(scratch);
-        let target_info = match &fetched {
-            Ok((body, format)) => self.read_target_info(body, *format),
-            Err(_) => Vec::new(),
-        };
         let mut builder = Builder::with_buffer(
-            self.info.resource(&target_info),
+            self.info.resource(&[]),
             now_nanos,
             std::mem::take(&mut scratch.batch_buffer),
         );
-        let result = fetched.and_then(|(body, format)| {
-            let mut next = Recording::default();
-            let result = self
-                .convert(&body, format, &mut scratch.hashes, &mut next, &mut builder)
-                .map(|samples| {
-                    self.memory.remember(&mut scratch.hashes, next);
-                    samples
-                });
-            scratch.buffer = body;
-            result
-        });
+        let mut next = Recording::default();
+        let mut target_info = Vec::new();
+        scratch.hashes.clear();
+        let result = self.fetch_and_convert(scratch, &mut next, &mut target_info, &mut builder);
         let duration = started.elapsed().as_secs_f64();
         let (up, samples) = match &result {
-            Ok(n) => {
+            Ok(()) => {
+                let samples = scratch.hashes.len();
+                let gone = self.memory.vanished(&scratch.hashes);
+                if !gone.is_empty() {
+                    self.memory
+                        .emit_stale(Some(&gone), series_hash, &mut builder);
+                }
+                self.memory.remember(&mut scratch.hashes, next);
+                builder.set_resource(self.info.resource(&target_info));
                 self.target_info = target_info;
-                (1.0, *n)
+                (1.0, samples)
             }
             Err(e) => {
                 builder.discard();
@@ -251,7 +265,9 @@ impl Target {
                         self.target.url
                     );
                 }
-                // Every series of the last good scrape is stale now.
+                // Every series of the last good scrape is stale now, under
+                // the resource they were sent with.
+                builder.set_resource(self.info.resource(&self.target_info));
                 self.memory.emit_stale(None, series_hash, &mut builder);
                 self.memory.clear();
                 (0.0, 0)
@@ -280,84 +296,38 @@ impl Target {
         metrics.set("tern_scrape_up", &labels, up);
         metrics.set("tern_scrape_duration_seconds", &labels, duration);
         metrics.set("tern_scrape_samples", &labels, samples as f64);
-        let result_label = result.as_ref().map_or_else(|e| e.reason(), |_| "ok");
+        let result_label = result.as_ref().map_or_else(|e| e.reason(), |()| "ok");
         metrics.inc(
             "tern_scrapes_total",
             &[labels[0], labels[1], ("result", result_label)],
         );
     }
 
-    fn fetch(&mut self, scratch: &mut Scratch) -> Result<(Vec<u8>, Format), ScrapeError> {
+    /// Fetches the body and converts each family as soon as it has arrived
+    /// and parsed: the series hashes go to `scratch.hashes` in exposition
+    /// order, the identities of what changed to `next`, the labels of a
+    /// `target_info` family to `target_info`. A scrape is all or nothing, so
+    /// the caller discards what `builder` holds when this fails.
+    fn fetch_and_convert(
+        &self,
+        scratch: &mut Scratch,
+        next: &mut Recording,
+        target_info: &mut Vec<(String, String)>,
+        builder: &mut Builder,
+    ) -> Result<(), ScrapeError> {
         let config = &self.job.config;
         let timeout = format!("{}", config.timeout.as_secs_f64());
         let headers = [
             ("Accept", ACCEPT),
             ("X-Prometheus-Scrape-Timeout-Seconds", timeout.as_str()),
         ];
-        let fetched = self
-            .job
-            .client
-            .get_into(
-                &self.target.url,
-                &headers,
-                config.body_size_limit,
-                std::mem::take(&mut scratch.buffer),
-            )
-            .map_err(|e| match e {
-                HttpError::TooLarge(limit) => ScrapeError::TooLarge(limit),
-                e => ScrapeError::Http(Box::new(e)),
-            })?;
-        if fetched.status != 200 {
-            return Err(ScrapeError::Status(fetched.status));
-        }
-        let format = fetched
-            .content_type
-            .as_deref()
-            .map_or(Format::PrometheusText, Format::from_content_type);
-        Ok((fetched.body, format))
-    }
-
-    /// Parses and converts a body; returns the sample count, and leaves the
-    /// series hashes in `hashes`, in exposition order.
-    fn convert(
-        &mut self,
-        body: &[u8],
-        format: Format,
-        hashes: &mut Vec<u64>,
-        next: &mut Recording,
-        builder: &mut Builder,
-    ) -> Result<usize, ScrapeError> {
-        hashes.clear();
-        let mut parser = Parser::new(body, format, &self.job.limits);
-        while let Some(family) = parser.next() {
-            let family = family.map_err(|e| ScrapeError::Parse(e.to_string()))?;
-            let first = hashes.len();
-            for sample in &family.samples {
-                hashes.push(series_hash(sample));
-            }
-            self.memory.record(next, &family, hashes, first);
-            builder.family(&family, false);
-            parser.recycle(family.samples);
-        }
-        let samples = hashes.len();
-        let gone = self.memory.vanished(hashes);
-        if !gone.is_empty() {
-            self.memory.emit_stale(Some(&gone), series_hash, builder);
-        }
-        Ok(samples)
-    }
-
-    /// The labels of the `target_info` metric, if the body has one. Only
-    /// OpenTelemetry-instrumented apps expose it, so the cheap substring check
-    /// spares everyone else a second parse.
-    fn read_target_info(&self, body: &[u8], format: Format) -> Vec<(String, String)> {
-        if !contains(body, b"target_info") {
-            return Vec::new();
-        }
-        for family in Parser::new(body, format, &self.job.limits).flatten() {
+        let Scratch { stream, hashes, .. } = scratch;
+        let memory = &self.memory;
+        let limits = &self.job.limits;
+        let each = |family: &Family<'_>| {
             if family.name == "target_info" {
                 if let Some(sample) = family.samples.first() {
-                    return sample
+                    *target_info = sample
                         .labels
                         .iter()
                         .filter(|l| l.name != "job" && l.name != "instance")
@@ -365,8 +335,34 @@ impl Target {
                         .collect();
                 }
             }
+            let first = hashes.len();
+            hashes.extend(family.samples.iter().map(series_hash));
+            memory.record(next, family, hashes, first);
+            builder.family(family, false);
+        };
+        let parsed = self.job.client.get_with(
+            &self.target.url,
+            &headers,
+            config.body_size_limit,
+            |status, content_type, body| {
+                if status != 200 {
+                    return Err(ScrapeError::Status(status));
+                }
+                let format = content_type.map_or(Format::PrometheusText, Format::from_content_type);
+                stream
+                    .parse(body, format, limits, each)
+                    .map(|_| ())
+                    .map_err(|e| match e {
+                        StreamError::Read(e) => ScrapeError::Http(Box::new(e)),
+                        StreamError::Parse(e) => ScrapeError::Parse(e.to_string()),
+                    })
+            },
+        );
+        match parsed {
+            Ok(result) => result,
+            Err(HttpError::TooLarge(limit)) => Err(ScrapeError::TooLarge(limit)),
+            Err(e) => Err(ScrapeError::Http(Box::new(e))),
         }
-        Vec::new()
     }
 }
 
@@ -460,10 +456,6 @@ fn spread_offset(url: &str, interval: Duration) -> Duration {
         .unwrap_or(u64::MAX)
         .max(1);
     Duration::from_millis(h.finish() % millis)
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    memchr::memmem::find(haystack, needle).is_some()
 }
 
 fn unix_nanos(t: SystemTime) -> u64 {
