@@ -412,26 +412,6 @@ impl<'a> State<'a> {
         *spare = samples;
     }
 
-    /// The error for a window that is followed by more of the body, but
-    /// whose end [`State::next_family`] reached without an error: one whose
-    /// next line has a byte that is not UTF-8, on line `line`. That is the
-    /// error unless `# EOF` came before it.
-    fn error_at_cut(&self, cur: &Cursor<'a>) -> ParseError {
-        if self.ended() {
-            openmetrics::text_after_eof(cur.line())
-        } else {
-            utf8_error(cur.line())
-        }
-    }
-
-    /// True once an OpenMetrics `# EOF` is read: the body must end there.
-    fn ended(&self) -> bool {
-        match self {
-            State::Text(_) => false,
-            State::OpenMetrics(st) => st.ended(),
-        }
-    }
-
     /// See [`text::TextState::rewind`].
     fn rewind(&mut self, cur: &Cursor<'a>) -> (usize, usize) {
         match self {
@@ -553,7 +533,7 @@ impl<'a> Iterator for Parser<'a> {
             None => {
                 self.done = true;
                 // The text ends before the body: at a line that is not UTF-8.
-                (!self.cur.is_last()).then(|| Err(self.state.error_at_cut(&self.cur)))
+                (!self.cur.is_last()).then(|| Err(utf8_error(self.cur.line())))
             }
         }
     }

@@ -513,7 +513,7 @@ fn hash_label_set(hasher: &RandomState, labels: &[Label<'_>], skip: Option<&str>
 }
 
 /// The error for anything after `# EOF`, on line `line`.
-pub(super) fn text_after_eof(line: usize) -> ParseError {
+fn text_after_eof(line: usize) -> ParseError {
     ParseError::new(line, ErrorKind::Eof, "text after # EOF".to_owned())
 }
 
@@ -600,13 +600,6 @@ impl<'a> OmState<'a> {
             names: self.names.len(),
             claims: self.claims.len(),
         }
-    }
-
-    /// True once `# EOF` is read. When that was the last line of a window
-    /// that is not the last, anything after it is an error
-    /// ([`text_after_eof`]).
-    pub(super) fn ended(&self) -> bool {
-        self.eof
     }
 
     /// Ends a window that is not the last, where [`OmState::next_family`]
@@ -731,7 +724,9 @@ impl<'a> OmState<'a> {
                 None => {}
                 Some(b'\n') => {
                     cur.end_line(limits, "end of line")?;
-                    if !cur.at_end() {
+                    // A window that is not the last is followed by more of
+                    // the body (see `Stream`).
+                    if !cur.at_end() || !cur.is_last() {
                         return Err(text_after_eof(cur.line()));
                     }
                 }

@@ -149,7 +149,9 @@ pub(super) struct Cursor<'a> {
     line: usize,
     /// Byte offset (in `src`) where the current line starts.
     line_start: usize,
-    /// True when the window ends the body; else it ends right after a `\n`.
+    /// True when the window ends the body; else it ends right after a `\n`,
+    /// and when it ends with an OpenMetrics `# EOF` line, more of the body
+    /// follows.
     last: bool,
     /// The parser stops after the first line of a family that starts at this
     /// offset or later (see `Stream`); `usize::MAX` when it reads to the end.

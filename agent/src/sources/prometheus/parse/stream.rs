@@ -10,9 +10,10 @@
 //!
 //! A window is parsed up to its last whole line. The parser stops early,
 //! right after the first line of a family that starts in the last half
-//! window (a HELP or TYPE line for a new name, or a sample that starts a
-//! family): the family before it was then yielded, and only that one line is
-//! read twice. If no family starts there, it reads to the end of the window.
+//! window (a HELP, TYPE or UNIT line for a new name, or a sample that starts
+//! a family): the family before it was then yielded, and only that one line
+//! is read twice. If no family starts there, it reads to the end of the
+//! window.
 //! Either way, the family being read when it stops is *rewound*: the state
 //! forgets it (its entries in the name sets, what its metadata lines set), and
 //! the bytes from its first line on move to the front of the buffer, to be
@@ -23,8 +24,10 @@
 //! The end-of-input rules (the 0.0.4 last newline, OpenMetrics `# EOF` last)
 //! apply at the end of the body only: a window that is not the last ends
 //! after a newline, so the parser only ever runs out of input there between
-//! lines, where it stops instead. `# EOF` as the last line of a window is
-//! checked against what follows once that is read.
+//! lines, where it stops instead. When an OpenMetrics window ends with
+//! `# EOF`, the stream reads one more byte first, to tell the parser whether
+//! the body ends there (else that line is an error, and the family before it
+//! must not be yielded).
 //!
 //! # Memory
 //!
@@ -48,7 +51,7 @@ use std::io::{self, Read};
 
 use super::scan::Cursor;
 use super::text::reuse;
-use super::{utf8_lines, Family, Format, Label, Limits, ParseError, State, Vectors};
+use super::{utf8_error, utf8_lines, Family, Format, Label, Limits, ParseError, State, Vectors};
 
 /// Most samples the spare sample vector keeps between bodies.
 const KEEP_SAMPLES: usize = 1024;
@@ -80,7 +83,6 @@ pub struct Stream {
 
 /// Why [`Stream::parse`] stopped before the end of the body.
 #[derive(Debug)]
-#[non_exhaustive]
 pub enum StreamError {
     /// Reading the body failed.
     Read(io::Error),
@@ -154,7 +156,8 @@ impl Stream {
         let vectors = std::mem::take(&mut self.vectors);
         let state = State::new(format, self.window, vectors);
         let scratch = std::mem::take(&mut self.scratch);
-        let (result, state, scratch) = self.run(&mut reader, limits, state, scratch, &mut each);
+        let (result, state, scratch) =
+            self.run(&mut reader, format, limits, state, scratch, &mut each);
         let (mut spare, mut pool) = state.into_vectors();
         if spare.capacity() > KEEP_SAMPLES {
             spare = Vec::new();
@@ -173,6 +176,7 @@ impl Stream {
     fn run(
         &mut self,
         reader: &mut dyn Read,
+        format: Format,
         limits: &Limits,
         mut state: State<'static>,
         mut scratch: Vec<Label<'static>>,
@@ -210,13 +214,28 @@ impl Stream {
                 }
             };
             let (text, bad_line) = utf8_lines(body.get(..end).unwrap_or(&[]), line);
+            // Whether an OpenMetrics body ends with the `# EOF` that ends
+            // this window decides whether that line is an error: find out.
+            if format == Format::OpenMetrics
+                && !at_eof
+                && filled == end
+                && bad_line.is_none()
+                && ends_with_eof(text)
+            {
+                match more(reader, &mut read) {
+                    Ok(more) => at_eof = !more,
+                    Err(e) => return (Err(StreamError::Read(e)), state, scratch),
+                }
+            }
             let last = at_eof && bad_line.is_none();
-            // Stop at a family that starts in the last half window, unless
-            // the window ends the text (where it must be read whole).
+            // Stop at a family that starts in the last half window (or the
+            // last half of what there is to parse, so that each window moves
+            // on by at least half when a long line follows), unless the window
+            // ends the text (where it must be read whole).
             let pause_at = if at_eof || bad_line.is_some() {
                 usize::MAX
             } else {
-                end.saturating_sub(self.window / 2)
+                end - (self.window / 2).min(end / 2)
             };
             let mut cur = Cursor::window(text, line, last, pause_at);
             // The state and scratch vector borrow this window until it ends.
@@ -236,16 +255,9 @@ impl Stream {
                 Some(e)
             } else if last {
                 None
-            } else if bad_line.is_some() || (st.ended() && filled > end) {
-                // More of the body follows, and the text ends here.
-                Some(st.error_at_cut(&cur))
-            } else if st.ended() {
-                // `# EOF` ended the window: the body must end with it.
-                match more(reader, &mut read) {
-                    Ok(false) => None,
-                    Ok(true) => Some(st.error_at_cut(&cur)),
-                    Err(e) => return (Err(StreamError::Read(e)), st.detach(), reuse(scr)),
-                }
+            } else if bad_line.is_some() {
+                // The text ends before the body, at a line that is not UTF-8.
+                Some(utf8_error(cur.line()))
             } else {
                 // Paused, or at the end of the window: rewind the family
                 // being read, keep the body from its first line on.
@@ -297,6 +309,12 @@ impl Stream {
         }
         Ok(())
     }
+}
+
+/// True when `text` ends with an OpenMetrics `# EOF` line.
+fn ends_with_eof(text: &str) -> bool {
+    text.strip_suffix("# EOF\n")
+        .is_some_and(|before| before.is_empty() || before.ends_with('\n'))
 }
 
 /// True when the reader has more bytes (it reads one).

@@ -262,6 +262,11 @@ fn edge_cases_stream_like_the_whole_body_at_every_cut() {
         b"# EOF\n",
         b"# EOF\n\n",
         b"# EOF\nx",
+        // Found by fuzzing: `a` must not be yielded before the error.
+        b"a 1\n# EOF\nblah",
+        b"a 1\n# EOF\n",
+        b"a 1\n# EOF\n# EOF\n",
+        b"# TYPE a gauge\na 1\n# EOF\n\n",
         b"a 1\n# EOF\n\xc3",
         b"a 1\nb 2\nc \xc3\n# EOF\n",
         b"a 1\nb 2\n# EOF\n",
