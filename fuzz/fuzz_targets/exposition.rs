@@ -6,17 +6,23 @@
 //! `../../shared/testdata/prometheus-text` and `../../shared/testdata/openmetrics`).
 //!
 //! The first input byte picks the limits (default or tiny, to reach every
-//! limit check); the rest is the body. Beyond "no panic, no hang", a parse
-//! that succeeds must hold to what the converter relies on, strict mode must
-//! only ever reject more, and a 0.0.4 parse rendered back to text must parse
-//! to the same families.
+//! limit check; bit 0), a stream window (bits 1-3) and the read sizes (bits
+//! 4-7, with the body's bytes); the rest is the body. Beyond "no panic, no
+//! hang", a parse that succeeds must hold to what the converter relies on,
+//! strict mode must only ever reject more, a 0.0.4 parse rendered back to text
+//! must parse to the same families, and the body streamed through that window
+//! in those reads must give exactly the families and error of the whole-body
+//! parse, in a window that grows only as far as the body.
 
 #![no_main]
 
 use std::collections::HashSet;
+use std::io::{self, Read};
 
 use libfuzzer_sys::fuzz_target;
-use tern::sources::prometheus::parse::{Family, Format, Limits, MetricType, ParseError, Parser};
+use tern::sources::prometheus::parse::{
+    Family, Format, Limits, MetricType, ParseError, Parser, Stream, StreamError,
+};
 
 fuzz_target!(|data: &[u8]| {
     check(data);
@@ -54,6 +60,125 @@ fn check(data: &[u8]) {
         }
     }
     round_trip(body, &limits);
+    streamed(body, selector, &limits);
+}
+
+/// A family with everything it holds, owned, values as bits.
+type Owned = (
+    String,
+    MetricType,
+    Option<String>,
+    Option<String>,
+    Vec<(String, Vec<(String, String)>, u64, Option<i64>)>,
+);
+
+fn owned(f: &Family<'_>) -> Owned {
+    let samples = f
+        .samples
+        .iter()
+        .map(|s| {
+            let labels = s
+                .labels
+                .iter()
+                .map(|l| (l.name.to_owned(), l.value.to_string()))
+                .collect();
+            (s.name.to_owned(), labels, s.value.to_bits(), s.timestamp_ms)
+        })
+        .collect();
+    (
+        f.name.to_owned(),
+        f.kind,
+        f.help.as_deref().map(str::to_owned),
+        f.unit.map(str::to_owned),
+        samples,
+    )
+}
+
+/// Gives a body in reads whose sizes come from the body's own bytes.
+struct Pieces<'a> {
+    body: &'a [u8],
+    at: usize,
+    seed: u8,
+    reads: usize,
+}
+
+impl Read for Pieces<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let rest = self.body.get(self.at..).unwrap_or(&[]);
+        let pick = self
+            .body
+            .get(self.reads % self.body.len().max(1))
+            .copied()
+            .unwrap_or(0);
+        self.reads += 1;
+        let size = match (pick ^ self.seed) % 5 {
+            0 => 1,
+            1 => 2,
+            2 => 7,
+            3 => 64,
+            _ => 4096,
+        };
+        let n = size.min(buf.len()).min(rest.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// Streams the body through the window and reads the selector picks, in both
+/// formats, relaxed and strict, and compares with the whole-body parse.
+fn streamed(body: &[u8], selector: u8, limits: &Limits) {
+    const WINDOWS: [usize; 8] = [1, 2, 5, 16, 64, 300, 4096, 256 * 1024];
+    let window = WINDOWS[usize::from(selector >> 1) & 7];
+    for format in [Format::PrometheusText, Format::OpenMetrics] {
+        for strict in [false, true] {
+            let mut parser = Parser::new(body, format, limits);
+            if strict {
+                parser = parser.strict();
+            }
+            let mut want = Vec::new();
+            let mut want_error = None;
+            for item in parser {
+                match item {
+                    Ok(f) => want.push(owned(&f)),
+                    Err(e) => want_error = Some(e),
+                }
+            }
+            let mut stream = Stream::new(window);
+            if strict {
+                stream = stream.strict();
+            }
+            let mut got = Vec::new();
+            let reader = Pieces {
+                body,
+                at: 0,
+                seed: selector >> 4,
+                reads: 0,
+            };
+            let got_error = match stream.parse(reader, format, limits, |f| got.push(owned(f))) {
+                Ok(n) => {
+                    assert_eq!(n, body.len() as u64, "bytes read");
+                    None
+                }
+                Err(StreamError::Parse(e)) => Some(e),
+                Err(StreamError::Read(e)) => panic!("read error from a slice: {e}"),
+            };
+            assert_eq!(
+                got_error, want_error,
+                "{format:?} strict {strict}, window {window}"
+            );
+            assert!(
+                got == want,
+                "{format:?} strict {strict}, window {window}: families differ"
+            );
+            let peak = stream.peak_window();
+            assert!(
+                peak <= window.max(2 * body.len()),
+                "window {window} grew to {peak} for {} bytes",
+                body.len()
+            );
+        }
+    }
 }
 
 /// Renders a successful 0.0.4 parse back to text and checks that it parses
