@@ -22,6 +22,7 @@ mod disk;
 mod faults;
 mod fleet;
 mod hostile_gateway;
+mod idle_clients;
 mod journald;
 mod limits;
 mod lifecycle;
