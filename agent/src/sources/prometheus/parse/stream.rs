@@ -79,6 +79,9 @@ pub struct Stream {
     scratch: Vec<Label<'static>>,
     /// The largest `buf` was during the last body.
     peak: usize,
+    /// How many windows the last body was parsed in (for tests of the work
+    /// done).
+    windows: usize,
 }
 
 /// Why [`Stream::parse`] stopped before the end of the body.
@@ -120,6 +123,7 @@ impl Stream {
             vectors: Vectors::default(),
             scratch: Vec::new(),
             peak: 0,
+            windows: 0,
         }
     }
 
@@ -153,6 +157,7 @@ impl Stream {
         mut each: impl FnMut(&Family<'_>),
     ) -> Result<u64, StreamError> {
         self.peak = 0;
+        self.windows = 0;
         let vectors = std::mem::take(&mut self.vectors);
         let state = State::new(format, self.window, vectors);
         let scratch = std::mem::take(&mut self.scratch);
@@ -238,6 +243,7 @@ impl Stream {
                 end - (self.window / 2).min(end / 2)
             };
             let mut cur = Cursor::window(text, line, last, pause_at);
+            self.windows += 1;
             // The state and scratch vector borrow this window until it ends.
             let mut st: State<'_> = state;
             let mut scr: Vec<Label<'_>> = scratch;

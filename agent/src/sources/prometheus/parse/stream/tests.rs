@@ -349,6 +349,9 @@ fn large_bodies_stream_in_a_bounded_window() {
                 got.1
             );
             assert_eq!(stream.peak_window(), window, "{format:?}");
+            // Each window moves on by about half of it.
+            let most = 2 * body.len() / window + 2;
+            assert!(stream.windows <= most, "{} windows", stream.windows);
         }
     }
 }
@@ -520,4 +523,31 @@ fn reused_vectors_keep_their_allocation() {
     drop(text);
     assert_eq!((again.len(), again.capacity()), (0, 37));
     assert_eq!(again.as_ptr() as usize, at);
+}
+
+/// Many small families before a line longer than the window: the windows
+/// before the line is whole each move on by at least half of what they
+/// parse, so there are few of them.
+#[test]
+fn few_windows_before_a_long_line() {
+    let limits = Limits {
+        max_line_bytes: 1 << 20,
+        max_label_value_bytes: 1 << 20,
+        ..Limits::default()
+    };
+    let window = 64 * 1024;
+    let mut body: String = (0..400).map(|i| format!("f{i} {i}\n")).collect();
+    body.push_str(&format!("long{{l=\"{}\"}} 1\n", "x".repeat(60_000)));
+    body.push_str("after 1\n");
+    let mut stream = Stream::new(window);
+    let got = streamed(
+        &mut stream,
+        body.as_bytes(),
+        Format::PrometheusText,
+        &limits,
+        &[1 << 20],
+    );
+    assert!(got == whole(body.as_bytes(), Format::PrometheusText, &limits, false));
+    assert_eq!(got.0.len(), 402);
+    assert!(stream.windows <= 20, "{} windows", stream.windows);
 }
