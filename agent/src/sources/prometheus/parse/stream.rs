@@ -213,7 +213,7 @@ impl Stream {
                 match body.iter().rposition(|&b| b == b'\n') {
                     Some(i) => i + 1,
                     None => {
-                        target = target.saturating_mul(2);
+                        target = filled.saturating_mul(2);
                         continue;
                     }
                 }
@@ -272,12 +272,19 @@ impl Stream {
                 scratch = reuse(scr);
                 if keep == 0 {
                     // Nothing parsed for good: the family does not fit.
-                    target = target.saturating_mul(2);
+                    target = filled.saturating_mul(2);
                 } else {
                     self.buf.copy_within(keep..filled, 0);
                     filled -= keep;
                     line = next_line;
-                    target = self.window;
+                    // What is left is at most half a window and a line,
+                    // unless a family larger than a window did not fit:
+                    // then room for twice as much.
+                    target = if filled < self.window {
+                        self.window
+                    } else {
+                        filled.saturating_mul(2)
+                    };
                 }
                 continue;
             };
