@@ -369,8 +369,8 @@ impl std::error::Error for ParseError {}
 /// Parse state of one format.
 #[derive(Debug)]
 enum State<'a> {
-    Text(text::TextState<'a>),
-    // Boxed: the OpenMetrics state is the largest by far.
+    // Boxed, so that moving the state from one window to the next is cheap.
+    Text(Box<text::TextState<'a>>),
     OpenMetrics(Box<openmetrics::OmState<'a>>),
 }
 
@@ -381,7 +381,9 @@ impl<'a> State<'a> {
     /// The state for a body of about `len` bytes that reuses `vectors`.
     fn new(format: Format, len: usize, vectors: Vectors<'a>) -> State<'a> {
         match format {
-            Format::PrometheusText => State::Text(text::TextState::with_vectors(len, vectors)),
+            Format::PrometheusText => {
+                State::Text(Box::new(text::TextState::with_vectors(len, vectors)))
+            }
             Format::OpenMetrics => {
                 State::OpenMetrics(Box::new(openmetrics::OmState::with_vectors(vectors)))
             }
@@ -423,7 +425,7 @@ impl<'a> State<'a> {
     /// The same state for the next window (after [`State::rewind`]).
     fn detach<'b>(self) -> State<'b> {
         match self {
-            State::Text(st) => State::Text(st.detach()),
+            State::Text(st) => State::Text(Box::new(st.detach())),
             State::OpenMetrics(st) => State::OpenMetrics(Box::new(st.detach())),
         }
     }

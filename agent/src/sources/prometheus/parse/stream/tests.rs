@@ -16,8 +16,11 @@ struct Owned {
     kind: MetricType,
     help: Option<String>,
     unit: Option<String>,
-    samples: Vec<(String, Vec<(String, String)>, u64, Option<i64>)>,
+    samples: Vec<OwnedSample>,
 }
+
+/// Name, labels, value bits and timestamp.
+type OwnedSample = (String, Vec<(String, String)>, u64, Option<i64>);
 
 impl Owned {
     fn of(f: &Family<'_>) -> Owned {
