@@ -15,7 +15,7 @@ use crate::harness::{attr, flatten, wait_for, Agent, FakeGateway};
 
 const PORTS: usize = 10;
 const PATHS: usize = 50;
-const SERIES: usize = 100;
+const SERIES: usize = 10;
 
 /// One exporter for the whole fleet: `PORTS` listeners, each answering
 /// `/metrics/<n>` for `n < PATHS` with `SERIES` series that name the target.
@@ -152,7 +152,7 @@ fn five_hundred_targets_share_a_few_workers_and_a_hanging_one_delays_none() {
         }
     }
     targets.insert(targets.len() / 2, format!("\"{stuck}\""));
-    let interval = 4.0;
+    let interval = 6.0;
     let config = format!(
         r#"[agent]
 state_dir = "{{state_dir}}"
@@ -161,11 +161,17 @@ listen = "127.0.0.1:0"
 [[scrape]]
 job = "fleet"
 targets = [{}]
-interval = "4s"
-timeout = "3s"
+interval = "6s"
+timeout = "4s"
 
 [export]
 endpoints = ["{}"]
+
+# Each push with fsync on costs an fdatasync under the queue's lock (3 ms
+# here, far more under a parallel build): 125 a second would measure the
+# disk, not the scheduler.
+[export.queue]
+fsync = false
 "#,
         targets.join(", "),
         gateway.url()
@@ -196,7 +202,7 @@ endpoints = ["{}"]
     let (threads, names) = threads_of(pid);
     assert!(threads <= 16, "threads: {names:?}");
 
-    std::thread::sleep(Duration::from_secs(16));
+    std::thread::sleep(Duration::from_secs(18));
     let text = agent.metrics();
     let elapsed = started.elapsed().as_secs_f64();
     let after = ok_scrapes(&text, &labels);
@@ -209,13 +215,19 @@ endpoints = ["{}"]
     // Each target kept its interval: the hanging one held a worker for its
     // timeout on every tick and delayed no one.
     let expected = elapsed / interval;
-    for l in &labels {
-        let n = after[l] - before[l];
-        assert!(
-            n >= expected.floor() - 1.0 && n <= expected.ceil() + 1.0,
-            "{l}: {n} scrapes in {elapsed:.1} s at a {interval} s interval"
-        );
-    }
+    let mut lagging: Vec<(String, f64)> = labels
+        .iter()
+        .map(|l| (l.clone(), after[l] - before[l]))
+        .filter(|(_, n)| *n < expected.floor() - 1.0 || *n > expected.ceil() + 1.0)
+        .collect();
+    lagging.sort_by(|a, b| a.0.cmp(&b.0));
+    assert!(
+        lagging.is_empty(),
+        "{} of {} targets off their {interval} s interval in {elapsed:.1} s (scrapes): {:?}",
+        lagging.len(),
+        labels.len(),
+        &lagging[..lagging.len().min(20)]
+    );
     let stuck_up = metric_value(
         &text,
         &format!("tern_scrape_up{{job=\"fleet\",instance=\"{stuck}\"}}"),
