@@ -23,7 +23,9 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_METRICS_PATH: &str = "/metrics";
 
 /// `body_size_limit`: 16 MiB, about 100k series of exposition text; a larger
-/// body is a misconfigured exporter, and a scrape holds its body in memory.
+/// body is usually a misconfigured exporter. A scrape parses its body as it
+/// arrives and never holds it whole, so a larger limit costs memory only for
+/// the series themselves (their staleness identities and compressed batches).
 const DEFAULT_BODY_SIZE_LIMIT: u64 = 16 << 20;
 
 /// One `[[scrape]]` job: a set of Prometheus targets scraped on one interval.
