@@ -575,7 +575,7 @@ impl<'a> OmState<'a> {
             // Only right after a family's first line: then the next window
             // reads that one line again.
             if let Some(b) = &self.current {
-                if b.start.line + 1 == cur.line() && cur.may_pause(b.start.offset) {
+                if cur.may_pause(b.start.offset) && b.start.line + 1 == cur.line() {
                     return None;
                 }
             }

@@ -119,9 +119,10 @@ impl<'a> TextState<'a> {
             }
             // Only right after a family's first line: then the next window
             // reads that one line again.
-            if self.current.is_some()
+            // (The cursor's check first: it is false all along a whole body.)
+            if cur.may_pause(self.start.offset)
+                && self.current.is_some()
                 && self.start.line + 1 == cur.line()
-                && cur.may_pause(self.start.offset)
             {
                 return None;
             }
