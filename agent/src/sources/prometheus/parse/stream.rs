@@ -13,13 +13,12 @@
 //! window (a HELP, TYPE or UNIT line for a new name, or a sample that starts
 //! a family): the family before it was then yielded, and only that one line
 //! is read twice. If no family starts there, it reads to the end of the
-//! window.
-//! Either way, the family being read when it stops is *rewound*: the state
-//! forgets it (its entries in the name sets, what its metadata lines set), and
-//! the bytes from its first line on move to the front of the buffer, to be
-//! read again, whole, with what is read next. The families yielded are
-//! therefore those of the whole body, in order, wherever the reads end; a
-//! family is never cut.
+//! window. Either way, the family being read when it stops is *rewound*: the
+//! state forgets it (its entries in the name sets, what its metadata lines
+//! set), and the bytes from its first line on move to the front of the
+//! buffer, to be read again, whole, with what is read next. The families
+//! yielded are therefore those of the whole body, in order, wherever the
+//! reads end; a family is never cut.
 //!
 //! The end-of-input rules (the 0.0.4 last newline, OpenMetrics `# EOF` last)
 //! apply at the end of the body only: a window that is not the last ends
@@ -31,13 +30,18 @@
 //!
 //! # Memory
 //!
-//! The buffer holds `window` bytes while families are smaller than about half
-//! of it. A family or line larger than that (or a stretch of body with no
-//! family start, which is one family) doubles it until the family fits, with
-//! a rewind and a new parse of that family each time, so the work stays
-//! linear; after the body, a buffer that grew past twice `window` shrinks back
-//! to `window`. The body itself bounds that growth: the caller limits how many
-//! bytes the reader gives (the scrape's `body_size_limit`).
+//! The buffer holds `window` bytes as long as each family and line fits in
+//! it (a family larger than half of it may cost a second parse of its first
+//! part, when a window ends inside it). One that does not fit doubles the
+//! buffer until it does, with a rewind and a new parse of that family each
+//! time, so the work stays linear; after the body, a buffer that grew past
+//! twice `window` shrinks back to `window`. So the bytes held are at most
+//! about twice the largest family or line, or `window`; the body itself
+//! bounds that: the caller limits how many bytes the reader gives (the
+//! scrape's `body_size_limit`). Besides the buffer, the parse holds the
+//! family being read (its samples and labels) and an owned copy of each
+//! family name seen (for OpenMetrics, with its type's sample names), as
+//! `Parser` does.
 //!
 //! # UTF-8
 //!
@@ -61,7 +65,13 @@ const KEEP_SAMPLES: usize = 1024;
 const KEEP_LABEL_VECTORS: usize = 256;
 
 /// Parses an exposition that arrives in pieces, holding a bounded window of
-/// it; see the [module docs](self) for how.
+/// it.
+///
+/// It parses the whole lines it holds and stops between families; a family
+/// that the end of a window cuts off is read again, whole, with the next
+/// window, so the families and the error are those [`Parser`](super::Parser)
+/// gives for the whole body. A family or line larger than the window makes
+/// the buffer grow, and it shrinks back after the body.
 ///
 /// One `Stream` is reused for the bodies of one scrape worker: it keeps its
 /// buffer and some vectors between them.
