@@ -301,7 +301,16 @@ fn edge_cases_stream_like_the_whole_body_at_every_cut() {
 fn generated(series: usize, format: Format) -> Vec<u8> {
     let mut out = String::with_capacity(series * 140);
     let om = format == Format::OpenMetrics;
-    for i in 0..series {
+    write_series(0..series, om, &mut out);
+    if om {
+        out.push_str("# EOF\n");
+    }
+    out.into_bytes()
+}
+
+/// The series of [`generated`] numbered `range`, to `out`.
+fn write_series(range: std::ops::Range<usize>, om: bool, out: &mut String) {
+    for i in range {
         let f = i / 100;
         let counter = f % 2 == 0;
         let name = if counter {
@@ -322,10 +331,6 @@ fn generated(series: usize, format: Format) -> Vec<u8> {
             i * 7
         ));
     }
-    if om {
-        out.push_str("# EOF\n");
-    }
-    out.into_bytes()
 }
 
 /// 100k series in families of 100, in both formats, read in odd pieces: the
@@ -553,4 +558,79 @@ fn few_windows_before_a_long_line() {
     assert!(got == whole(body.as_bytes(), Format::PrometheusText, &limits, false));
     assert_eq!(got.0.len(), 402);
     assert!(stream.windows <= 20, "{} windows", stream.windows);
+}
+
+/// Generates the body of [`generated`] as it is read, never whole.
+struct Generator {
+    format: Format,
+    series: usize,
+    next: usize,
+    pending: Vec<u8>,
+    at: usize,
+}
+
+impl Read for Generator {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.at == self.pending.len() && self.next < self.series {
+            // One family at a time.
+            let end = (self.next + 100).min(self.series);
+            let mut text = String::new();
+            write_series(
+                self.next..end,
+                self.format == Format::OpenMetrics,
+                &mut text,
+            );
+            if self.format == Format::OpenMetrics && end == self.series {
+                text.push_str("# EOF\n");
+            }
+            self.pending = text.into_bytes();
+            self.at = 0;
+            self.next = end;
+        }
+        let rest = &self.pending[self.at..];
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// Peak resident memory of this process, from /proc (Linux), in KiB.
+fn peak_rss_kib() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Prints the memory a million series cost when streamed. Run with
+/// `cargo test --release -p tern --lib sources::prometheus::parse::stream::tests::memory -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn memory_of_a_million_series() {
+    let mut stream = Stream::new(256 * 1024);
+    for format in [Format::PrometheusText, Format::OpenMetrics] {
+        let before = peak_rss_kib();
+        let mut samples = 0;
+        let reader = Generator {
+            format,
+            series: 1_000_000,
+            next: 0,
+            pending: Vec::new(),
+            at: 0,
+        };
+        let read = stream
+            .parse(reader, format, &Limits::default(), |f| {
+                samples += f.samples.len()
+            })
+            .expect("parses");
+        assert_eq!(samples, 1_000_000);
+        println!(
+            "{format:?}: {read} bytes, {samples} samples: peak RSS {before} KiB before, {} KiB after; window peak {} KiB",
+            peak_rss_kib(),
+            stream.peak_window() / 1024
+        );
+    }
 }
