@@ -66,11 +66,17 @@ fn set_limits() -> String {
 
 /// Threads of this process, from /proc (None where there is no /proc).
 fn thread_count() -> Option<usize> {
+    process_status("Threads")?.parse().ok()
+}
+
+/// The value of one field of /proc/self/status (`Threads`, `VmRSS`, ...),
+/// trimmed; None where there is no /proc or no such field.
+pub fn process_status(field: &str) -> Option<String> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|n| n.trim().parse().ok())
+    status.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        (name == field).then(|| value.trim().to_string())
+    })
 }
 
 /// Lets one message through per period and counts what it held back, so a

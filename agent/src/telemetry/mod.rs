@@ -81,14 +81,10 @@ pub fn count_drops(metrics: &Metrics, dropped: &[Dropped]) {
 /// Sets `process_resident_memory_bytes` and `process_cpu_seconds_total` from
 /// /proc/self, the names every Prometheus client uses, so existing dashboards work.
 pub fn update_process_gauges(metrics: &Metrics) {
-    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
-        let rss_kib = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
-        if let Some(kib) = rss_kib {
-            metrics.set("process_resident_memory_bytes", &[], kib * 1024.0);
-        }
+    let rss_kib = crate::lifecycle::process_status("VmRSS")
+        .and_then(|v| v.trim_end_matches("kB").trim().parse::<f64>().ok());
+    if let Some(kib) = rss_kib {
+        metrics.set("process_resident_memory_bytes", &[], kib * 1024.0);
     }
     if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
         // Fields after the parenthesized command name; utime and stime are the
