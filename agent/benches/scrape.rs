@@ -9,7 +9,7 @@
 //! ```text
 //! cargo build --release -p tern
 //! cargo bench -p tern --bench scrape -- [--scenario node|100k|targets|1m|all] [--seconds N] [--warmup N]
-//!     [--series N] [--targets N] [--per-target N] [--big-series N]
+//!     [--series N] [--targets N] [--per-target N] [--big-series N] [--agents LIST]
 //! ```
 //!
 //! It prints a Markdown report (paste it into README.md) and writes it to
@@ -121,7 +121,7 @@ const FIRST_SCRAPE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The usage text.
 const USAGE: &str = "usage: cargo bench -p tern --bench scrape -- [--scenario node|100k|targets|1m|all] [--seconds N] [--warmup N]
-    [--series N] [--targets N] [--per-target N] [--big-series N]
+    [--series N] [--targets N] [--per-target N] [--big-series N] [--agents LIST]
 
   --scenario    node: one node_exporter; 100k: one synthetic target (5 s interval);
                 targets: many synthetic targets; 1m: one large synthetic target (15 s);
@@ -132,7 +132,9 @@ const USAGE: &str = "usage: cargo bench -p tern --bench scrape -- [--scenario no
   --series      series of the 100k scenario's target (default 100000)
   --targets     targets of the targets scenario (default 2000)
   --per-target  series of each of them (default 100)
-  --big-series  series of the 1m scenario's target (default 1000000)";
+  --big-series  series of the 1m scenario's target (default 1000000)
+  --agents      the agents to run, comma-separated: tern, prometheus, vmagent
+                (default all three; tern alone is quick while tuning it)";
 
 /// What the bench is asked to do.
 #[derive(Debug)]
@@ -150,6 +152,8 @@ struct Args {
     per_target: usize,
     /// Series of the `1m` target.
     big_series: usize,
+    /// The agents to run.
+    agents: Vec<Kind>,
     /// Whether cargo ran us as a benchmark (`--bench`) rather than as a test
     /// (`cargo test --benches`), where the bench does nothing.
     bench: bool,
@@ -166,6 +170,7 @@ impl Args {
             targets: 2_000,
             per_target: 100,
             big_series: 1_000_000,
+            agents: vec![Kind::Prometheus, Kind::Vmagent, Kind::Tern],
             bench: false,
         };
         let mut args = args;
@@ -205,6 +210,22 @@ impl Args {
                 }
                 "--big-series" => {
                     parsed.big_series = number(&value("--big-series")?, "--big-series")?;
+                }
+                "--agents" => {
+                    let mut agents = Vec::new();
+                    for name in value("--agents")?.split(',') {
+                        agents.push(match name.trim() {
+                            "tern" => Kind::Tern,
+                            "prometheus" => Kind::Prometheus,
+                            "vmagent" => Kind::Vmagent,
+                            other => {
+                                return Err(format!(
+                                    "--agents: expected tern, prometheus or vmagent, got {other:?}"
+                                ))
+                            }
+                        });
+                    }
+                    parsed.agents = agents;
                 }
                 "-h" | "--help" => return Err(String::new()),
                 other => return Err(format!("unknown argument {other:?}")),
@@ -331,11 +352,11 @@ fn main() {
             ),
         ),
         (
-            Path::new(agents::PROMETHEUS_BIN).exists(),
+            !args.agents.contains(&Kind::Prometheus) || Path::new(agents::PROMETHEUS_BIN).exists(),
             format!("{} (apt-get install prometheus)", agents::PROMETHEUS_BIN),
         ),
         (
-            Path::new(agents::VMAGENT_BIN).exists(),
+            !args.agents.contains(&Kind::Vmagent) || Path::new(agents::VMAGENT_BIN).exists(),
             format!(
                 "{} (apt-get install {})",
                 agents::VMAGENT_BIN,
@@ -538,11 +559,17 @@ fn run(scenario: Scenario, args: &Args, tern_bin: &Path) -> Section {
         timeout: scenario.timeout(),
         body_limit_mib: scenario.body_limit_mib(),
     };
-    let mut agents = vec![
-        Agent::prometheus(dir.path(), &job, sink.addr()),
-        Agent::vmagent(dir.path(), &job, sink.addr()),
-        Agent::tern(tern_bin, dir.path(), &job, sink.addr()),
-    ];
+    // In the order the report lists them: Prometheus, vmagent, tern.
+    let mut agents = Vec::new();
+    for kind in [Kind::Prometheus, Kind::Vmagent, Kind::Tern] {
+        if args.agents.contains(&kind) {
+            agents.push(match kind {
+                Kind::Prometheus => Agent::prometheus(dir.path(), &job, sink.addr()),
+                Kind::Vmagent => Agent::vmagent(dir.path(), &job, sink.addr()),
+                Kind::Tern => Agent::tern(tern_bin, dir.path(), &job, sink.addr()),
+            });
+        }
+    }
     eprintln!(
         "bench: {} target(s) from {}, sink {}",
         job.targets.len(),
