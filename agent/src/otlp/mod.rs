@@ -98,6 +98,9 @@ fn gzip_with(deflate: &mut flate2::Compress, raw: &[u8]) -> Encoded {
     // ISIZE is the length modulo 2^32, by definition (RFC 1952, 2.3.1).
     let isize = u32::try_from(raw.len() as u64 % (1 << 32)).unwrap_or(0);
     out.extend_from_slice(&isize.to_le_bytes());
+    // The guess above is often three times what deflate made, and a large
+    // scrape holds its batches until it is complete.
+    out.shrink_to_fit();
     Encoded {
         gzip: out,
         raw_len: raw.len(),

@@ -125,7 +125,8 @@ pub(crate) struct Scratch {
     stream: Stream,
     /// The batch being encoded (up to a few MiB).
     batch_buffer: Vec<u8>,
-    /// The series hashes of a scrape (8 bytes a series).
+    /// The series hashes of a scrape where it differs from the last (8
+    /// bytes a series; one family's while it does not).
     hashes: Vec<u64>,
 }
 
@@ -238,25 +239,25 @@ impl Target {
             now_nanos,
             std::mem::take(&mut scratch.batch_buffer),
         );
-        let mut next = Recording::default();
+        let mut next = Recording::with_buffer(std::mem::take(&mut scratch.hashes));
         let mut target_info = Vec::new();
-        scratch.hashes.clear();
         let result = self.fetch_and_convert(scratch, &mut next, &mut target_info, &mut builder);
         let duration = started.elapsed().as_secs_f64();
         let (up, samples) = match &result {
             Ok(()) => {
-                let samples = scratch.hashes.len();
-                let gone = self.memory.vanished(&scratch.hashes);
+                let samples = next.series();
+                let gone = self.memory.vanished(&next);
                 if !gone.is_empty() {
                     self.memory
                         .emit_stale(Some(&gone), series_hash, &mut builder);
                 }
-                self.memory.remember(&mut scratch.hashes, next);
+                scratch.hashes = self.memory.remember(next);
                 builder.set_resource(self.info.resource(&target_info));
                 self.target_info = target_info;
                 (1.0, samples)
             }
             Err(e) => {
+                scratch.hashes = next.into_buffer();
                 builder.discard();
                 if let Some(suppressed) = self.errors.check() {
                     log::warn!(
@@ -304,8 +305,8 @@ impl Target {
     }
 
     /// Fetches the body and converts each family as soon as it has arrived
-    /// and parsed: the series hashes go to `scratch.hashes` in exposition
-    /// order, the identities of what changed to `next`, the labels of a
+    /// and parsed: the series go to `next` (their hashes, and the
+    /// identities of what changed), the labels of a
     /// `target_info` family to `target_info`. A scrape is all or nothing, so
     /// the caller discards what `builder` holds when this fails.
     fn fetch_and_convert(
@@ -321,7 +322,7 @@ impl Target {
             ("Accept", ACCEPT),
             ("X-Prometheus-Scrape-Timeout-Seconds", timeout.as_str()),
         ];
-        let Scratch { stream, hashes, .. } = scratch;
+        let stream = &mut scratch.stream;
         let memory = &self.memory;
         let limits = &self.job.limits;
         let each = |family: &Family<'_>| {
@@ -335,9 +336,7 @@ impl Target {
                         .collect();
                 }
             }
-            let first = hashes.len();
-            hashes.extend(family.samples.iter().map(series_hash));
-            memory.record(next, family, hashes, first);
+            memory.record(next, family, series_hash);
             builder.family(family, false);
         };
         let parsed = self.job.client.get_with(

@@ -3,13 +3,14 @@
 //! flag, and every series does when a scrape fails.
 //!
 //! Keeping the previous body would double a large target's memory (12 MB for
-//! 100k series), so [`SeriesMemory`] keeps the series' identities instead:
-//! interned strings and label pairs and small index records, about 16 bytes
-//! plus 4 per label for each series. The
-//! set of series rarely changes between scrapes, and exporters write it in the
-//! same order every time, so a steady target costs one comparison of its
-//! hashes in exposition order; only when they differ are they sorted to find
-//! what vanished, and the identities rebuilt.
+//! 100k series), so [`SeriesMemory`] keeps the series' hashes (8 bytes each)
+//! and their identities in a compact table: interned strings and label
+//! pairs, and per series a few varints (about 1 byte per label when an
+//! exporter repeats its label values, as most do). The set of series rarely
+//! changes between scrapes, and exporters write it in the same order every
+//! time, so a steady target costs one comparison of each hash with the one
+//! remembered at its place, and nothing is copied; only from the first
+//! family that differs are hashes and identities recorded again.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -31,13 +32,14 @@ pub struct SeriesMemory {
 struct Table {
     /// Every distinct string, back to back; `StrRef`s point into it.
     text: String,
-    families: Vec<FamilyRecord>,
-    /// Invariant: each record's `labels` range lies within `labels`.
-    series: Vec<SeriesRecord>,
+    /// Every distinct sample name.
+    names: Vec<StrRef>,
     /// Every distinct label (name, value) pair; exporters repeat them a lot.
     pairs: Vec<(StrRef, StrRef)>,
-    /// The labels of all series, as indexes into `pairs`: 4 bytes a label.
-    labels: Vec<u32>,
+    families: Vec<FamilyRecord>,
+    /// Each series in turn: the varints of its name's index in `names`, its
+    /// label count, and each label's index in `pairs`.
+    series: Vec<u8>,
 }
 
 /// A string in [`Table::text`]: offset and length.
@@ -49,15 +51,14 @@ struct FamilyRecord {
     kind: MetricType,
     help: Option<StrRef>,
     unit: Option<StrRef>,
-    /// Its series: a range of [`Table::series`].
+    /// Its series: a byte range of [`Table::series`].
     series: (u32, u32),
 }
 
-#[derive(Debug)]
-struct SeriesRecord {
-    name: StrRef,
-    /// A range of [`Table::labels`].
-    labels: (u32, u32),
+/// One series read back from a [`Table`]: its name and label pairs.
+struct SeriesEntry<'t> {
+    name: &'t str,
+    labels: Vec<(&'t str, &'t str)>,
 }
 
 impl SeriesMemory {
@@ -66,48 +67,29 @@ impl SeriesMemory {
         self.hashes.is_empty()
     }
 
-    /// Hashes remembered but missing from `current` (a scrape's hashes in
-    /// exposition order): the series that vanished, sorted and deduplicated.
-    pub fn vanished(&self, current: &[u64]) -> Vec<u64> {
-        if same_words(&self.hashes, current) {
-            return Vec::new();
-        }
-        let sorted = |h: &[u64]| {
-            let mut h = h.to_vec();
-            h.sort_unstable();
-            h.dedup();
-            h
-        };
-        let (before, now) = (sorted(&self.hashes), sorted(current));
-        // Both sorted: one walk instead of a search per series.
-        let mut now = now.iter().peekable();
-        let mut gone = Vec::new();
-        for h in before {
-            while now.next_if(|n| **n < h).is_some() {}
-            if now.peek() != Some(&&h) {
-                gone.push(h);
-            }
-        }
-        gone
-    }
-
-    /// Notes one family of a scrape as it goes by. `hashes` are the
-    /// scrape's series hashes so far, this family's last, and `first` the
-    /// index of this family's first one. While the scrape repeats the
-    /// remembered series in the same order (a steady target), nothing is
-    /// copied; from the first family that differs, `next` records the new
-    /// identities, starting with the remembered ones before it.
-    pub fn record(&self, next: &mut Recording, family: &Family<'_>, hashes: &[u64], first: usize) {
-        if next.table.is_none() {
-            let end = hashes.len();
+    /// Notes one family of a scrape as it goes by, with `hash` giving each
+    /// sample's series hash. While the scrape repeats the remembered series
+    /// in the same order (a steady target), nothing is kept; from the first
+    /// family that differs, `next` records the hashes and identities.
+    pub fn record(
+        &self,
+        next: &mut Recording,
+        family: &Family<'_>,
+        hash: impl Fn(&Sample<'_>) -> u64,
+    ) {
+        let first = next.len;
+        next.len += family.samples.len();
+        next.hashes.extend(family.samples.iter().map(hash));
+        if next.diverged.is_none() {
             let same = self
                 .hashes
-                .get(first..end)
-                .zip(hashes.get(first..end))
-                .is_some_and(|(was, now)| same_words(was, now));
+                .get(first..next.len)
+                .is_some_and(|was| same_words(was, &next.hashes));
             if same {
+                next.hashes.clear();
                 return;
             }
+            next.diverged = Some(first);
             next.table = Some(TableBuilder::with_prefix(&self.table, first));
         }
         if let Some(table) = &mut next.table {
@@ -115,19 +97,78 @@ impl SeriesMemory {
         }
     }
 
-    /// Remembers the series of a good scrape: `hashes` (in exposition
-    /// order) and the identities `next` recorded. `hashes` gets the previous
-    /// scrape's vector back, for the caller to fill next time.
-    pub fn remember(&mut self, hashes: &mut Vec<u64>, next: Recording) {
-        match next.table {
-            Some(table) => self.table = table.finish(),
-            // The same series as before, or the first ones of them.
-            None if hashes.len() != self.hashes.len() => {
-                self.table = TableBuilder::with_prefix(&self.table, hashes.len()).finish();
+    /// The series remembered but missing from the scrape `next` recorded:
+    /// their hashes, sorted and deduplicated.
+    pub fn vanished(&self, next: &Recording) -> Vec<u64> {
+        let prefix = next.diverged.unwrap_or(next.len).min(self.hashes.len());
+        let Some(after) = self.hashes.get(prefix..).filter(|a| !a.is_empty()) else {
+            return Vec::new();
+        };
+        // Only what was remembered after the scrape's unchanged prefix can
+        // be gone: the sorted difference with what the scrape had there.
+        let sorted = |h: &[u64]| {
+            let mut h = h.to_vec();
+            h.sort_unstable();
+            h.dedup();
+            h
+        };
+        let now = sorted(&next.hashes);
+        let mut now = now.iter().peekable();
+        let mut gone = Vec::new();
+        for h in sorted(after) {
+            while now.next_if(|n| **n < h).is_some() {}
+            if now.peek() != Some(&&h) {
+                gone.push(h);
             }
-            None => {}
         }
-        std::mem::swap(&mut self.hashes, hashes);
+        // A series repeated in the prefix is still there (an exporter
+        // that writes one twice).
+        if !gone.is_empty() {
+            let mut still = vec![false; gone.len()];
+            for h in self.hashes.get(..prefix).unwrap_or(&[]) {
+                if let Ok(i) = gone.binary_search(h) {
+                    still[i] = true;
+                }
+            }
+            let mut flags = still.into_iter();
+            gone.retain(|_| !flags.next().unwrap_or(false));
+        }
+        gone
+    }
+
+    /// Remembers the series of the good scrape `next` recorded, and gives
+    /// back its hash buffer (emptied) for the next scrape.
+    pub fn remember(&mut self, next: Recording) -> Vec<u64> {
+        let Recording {
+            len,
+            diverged,
+            mut hashes,
+            table,
+        } = next;
+        match (diverged, table) {
+            (Some(first), Some(table)) => {
+                if first == 0 {
+                    // All new: keep the buffer itself rather than a copy
+                    // (a large target's first scrape), trimmed to size.
+                    hashes.shrink_to_fit();
+                    self.hashes = std::mem::take(&mut hashes);
+                } else {
+                    self.hashes.truncate(first);
+                    self.hashes.reserve_exact(hashes.len());
+                    self.hashes.extend_from_slice(&hashes);
+                }
+                self.table = table.finish();
+            }
+            // The same series as before, or the first ones of them.
+            _ if len != self.hashes.len() => {
+                self.hashes.truncate(len);
+                self.hashes.shrink_to_fit();
+                self.table = TableBuilder::with_prefix(&self.table, len).finish();
+            }
+            _ => {}
+        }
+        hashes.clear();
+        hashes
     }
 
     /// Forgets everything (after the stale points of a failed scrape went out).
@@ -147,16 +188,14 @@ impl SeriesMemory {
         for f in &t.families {
             let samples: Vec<Sample<'_>> = t
                 .series_of(f)
-                .iter()
                 .map(|s| Sample {
-                    name: t.str(s.name),
-                    labels: t
-                        .labels_of(s)
-                        .iter()
-                        .filter_map(|i| t.pairs.get(*i as usize))
-                        .map(|(n, v)| Label {
-                            name: t.str(*n),
-                            value: Cow::Borrowed(t.str(*v)),
+                    name: s.name,
+                    labels: s
+                        .labels
+                        .into_iter()
+                        .map(|(name, value)| Label {
+                            name,
+                            value: Cow::Borrowed(value),
                         })
                         .collect(),
                     value: f64::NAN,
@@ -179,11 +218,43 @@ impl SeriesMemory {
     }
 }
 
-/// The identities of a scrape's series, recorded by [`SeriesMemory::record`]
-/// from the first family that differs from what is remembered.
+/// One scrape's series as [`SeriesMemory::record`] notes them: how many,
+/// and from the first family that differs from what is remembered, their
+/// hashes and identities.
 #[derive(Debug, Default)]
 pub struct Recording {
+    /// Series seen so far.
+    len: usize,
+    /// Where the scrape first differs from what is remembered (a family's
+    /// first series); None while it has not.
+    diverged: Option<usize>,
+    /// The hashes from `diverged` on (before it, one family's, while it is
+    /// compared).
+    hashes: Vec<u64>,
     table: Option<TableBuilder>,
+}
+
+impl Recording {
+    /// A recording that fills `buffer` (a worker's, reused between scrapes).
+    pub fn with_buffer(mut buffer: Vec<u64>) -> Recording {
+        buffer.clear();
+        Recording {
+            hashes: buffer,
+            ..Recording::default()
+        }
+    }
+
+    /// The series the scrape had.
+    pub fn series(&self) -> usize {
+        self.len
+    }
+
+    /// Gives back the hash buffer, for a scrape that failed.
+    pub fn into_buffer(self) -> Vec<u64> {
+        let mut hashes = self.hashes;
+        hashes.clear();
+        hashes
+    }
 }
 
 /// A [`Table`] being filled, with its interning maps.
@@ -191,6 +262,7 @@ pub struct Recording {
 struct TableBuilder {
     table: Table,
     interned: HashMap<String, StrRef>,
+    name_ids: HashMap<StrRef, u32>,
     pair_ids: HashMap<(StrRef, StrRef), u32>,
 }
 
@@ -198,27 +270,24 @@ impl TableBuilder {
     /// A table holding the first `n` series of `old` (and their families).
     fn with_prefix(old: &Table, n: usize) -> TableBuilder {
         let mut b = TableBuilder::default();
-        let n = to_u32(n);
+        let mut left = n;
         for f in &old.families {
-            let (start, end) = (f.series.0, f.series.1.min(n));
-            if start >= end {
+            if left == 0 {
                 break;
             }
-            let first = to_u32(b.table.series.len());
-            for s in old.series.get(start as usize..end as usize).unwrap_or(&[]) {
-                let labels = old
-                    .labels_of(s)
-                    .iter()
-                    .filter_map(|i| old.pairs.get(*i as usize))
-                    .map(|(n, v)| (old.str(*n), old.str(*v)));
-                b.series(old.str(s.name), labels);
+            let first = b.table.series.len();
+            let mut count = 0;
+            for s in old.series_of(f).take(left) {
+                b.series(s.name, s.labels.into_iter());
+                count += 1;
             }
+            left -= count;
             let record = FamilyRecord {
                 name: b.intern(old.str(f.name)),
                 kind: f.kind,
                 help: f.help.map(|h| b.intern(old.str(h))),
                 unit: f.unit.map(|u| b.intern(old.str(u))),
-                series: (first, to_u32(b.table.series.len())),
+                series: (to_u32(first), to_u32(b.table.series.len())),
             };
             b.table.families.push(record);
         }
@@ -236,8 +305,19 @@ impl TableBuilder {
         r
     }
 
-    fn series<'s>(&mut self, name: &str, labels: impl Iterator<Item = (&'s str, &'s str)>) {
-        let start = to_u32(self.table.labels.len());
+    fn series<'s>(
+        &mut self,
+        name: &str,
+        labels: impl ExactSizeIterator<Item = (&'s str, &'s str)>,
+    ) {
+        let name = self.intern(name);
+        let next = to_u32(self.table.names.len());
+        let id = *self.name_ids.entry(name).or_insert(next);
+        if id == next {
+            self.table.names.push(name);
+        }
+        push_varint(&mut self.table.series, id);
+        push_varint(&mut self.table.series, to_u32(labels.len()));
         for (n, v) in labels {
             let pair = (self.intern(n), self.intern(v));
             let next = to_u32(self.table.pairs.len());
@@ -245,17 +325,12 @@ impl TableBuilder {
             if id == next {
                 self.table.pairs.push(pair);
             }
-            self.table.labels.push(id);
+            push_varint(&mut self.table.series, id);
         }
-        let name = self.intern(name);
-        self.table.series.push(SeriesRecord {
-            name,
-            labels: (start, to_u32(self.table.labels.len())),
-        });
     }
 
     fn family(&mut self, family: &Family<'_>) {
-        let first = to_u32(self.table.series.len());
+        let first = self.table.series.len();
         for s in &family.samples {
             self.series(s.name, s.labels.iter().map(|l| (l.name, l.value.as_ref())));
         }
@@ -264,7 +339,7 @@ impl TableBuilder {
             kind: family.kind,
             help: family.help.as_deref().map(|h| self.intern(h)),
             unit: family.unit.map(|u| self.intern(u)),
-            series: (first, to_u32(self.table.series.len())),
+            series: (to_u32(first), to_u32(self.table.series.len())),
         };
         self.table.families.push(record);
     }
@@ -272,9 +347,9 @@ impl TableBuilder {
     fn finish(self) -> Table {
         let mut t = self.table;
         t.text.shrink_to_fit();
+        t.names.shrink_to_fit();
         t.families.shrink_to_fit();
         t.series.shrink_to_fit();
-        t.labels.shrink_to_fit();
         t.pairs.shrink_to_fit();
         t
     }
@@ -286,17 +361,41 @@ impl Table {
         self.text.get(start..start + len as usize).unwrap_or("")
     }
 
-    fn series_of(&self, f: &FamilyRecord) -> &[SeriesRecord] {
-        self.series
+    /// The series of family `f`, read back from their varints.
+    fn series_of<'t>(&'t self, f: &FamilyRecord) -> impl Iterator<Item = SeriesEntry<'t>> + 't {
+        let mut bytes = self
+            .series
             .get(f.series.0 as usize..f.series.1 as usize)
-            .unwrap_or(&[])
+            .unwrap_or(&[]);
+        std::iter::from_fn(move || {
+            let name = self.names.get(read_varint(&mut bytes)? as usize)?;
+            let count = read_varint(&mut bytes)?;
+            let mut labels = Vec::with_capacity(count.min(64) as usize);
+            for _ in 0..count {
+                let (n, v) = self.pairs.get(read_varint(&mut bytes)? as usize)?;
+                labels.push((self.str(*n), self.str(*v)));
+            }
+            Some(SeriesEntry {
+                name: self.str(*name),
+                labels,
+            })
+        })
     }
+}
 
-    fn labels_of(&self, s: &SeriesRecord) -> &[u32] {
-        self.labels
-            .get(s.labels.0 as usize..s.labels.1 as usize)
-            .unwrap_or(&[])
+/// Appends `v` as a varint (protobuf's, as the batches use).
+fn push_varint(out: &mut Vec<u8>, v: u32) {
+    prost::encoding::encode_varint(u64::from(v), out);
+}
+
+/// Reads a varint written by [`push_varint`] from the front of `bytes`;
+/// None at the end (or on a damaged one, which the table never holds).
+fn read_varint(bytes: &mut &[u8]) -> Option<u32> {
+    if bytes.is_empty() {
+        return None;
     }
+    let v = prost::encoding::decode_varint(bytes).ok()?;
+    u32::try_from(v).ok()
 }
 
 /// `a == b`, without the call to `memcmp` that slice equality becomes: musl's
@@ -323,28 +422,42 @@ mod tests {
 
     use crate::sources::prometheus::parse::{Format, Limits, Parser};
 
-    /// A body's series hashes in exposition order, as the scraper makes them.
-    fn hashes(body: &str) -> Vec<u64> {
-        Parser::new(body.as_bytes(), Format::PrometheusText, &Limits::default())
-            .flatten()
-            .flat_map(|f| f.samples.iter().map(series_hash).collect::<Vec<_>>())
-            .collect()
-    }
-
-    /// A good scrape of `body` as the scraper does it: record each family as
-    /// it goes by, then remember. Gives what vanished since the last one.
-    fn scrape(memory: &mut SeriesMemory, body: &str) -> Vec<u64> {
-        let mut hashes = Vec::new();
+    /// What a scrape of `body` records against `memory`, as the scraper
+    /// does it: each family as it goes by.
+    fn record(memory: &SeriesMemory, body: &str) -> Recording {
         let mut next = Recording::default();
         for family in Parser::new(body.as_bytes(), Format::PrometheusText, &Limits::default()) {
-            let family = family.unwrap();
-            let first = hashes.len();
-            hashes.extend(family.samples.iter().map(series_hash));
-            memory.record(&mut next, &family, &hashes, first);
+            memory.record(&mut next, &family.unwrap(), series_hash);
         }
-        let gone = memory.vanished(&hashes);
-        memory.remember(&mut hashes, next);
+        next
+    }
+
+    /// A good scrape of `body`: record, then remember. Gives what vanished
+    /// since the last one.
+    fn scrape(memory: &mut SeriesMemory, body: &str) -> Vec<u64> {
+        let next = record(memory, body);
+        let gone = memory.vanished(&next);
+        memory.remember(next);
         gone
+    }
+
+    /// A body of one family `m` with a series per `x` label value.
+    fn body(xs: &[u32]) -> String {
+        let mut b = String::from("# TYPE m gauge\n");
+        for x in xs {
+            b.push_str(&format!("m{{x=\"{x}\"}} 1\n"));
+        }
+        b
+    }
+
+    /// The hash of the series `m{x="<x>"}`.
+    fn hash_of(x: u32) -> u64 {
+        let text = body(&[x]);
+        let family = Parser::new(text.as_bytes(), Format::PrometheusText, &Limits::default())
+            .next()
+            .unwrap()
+            .unwrap();
+        series_hash(&family.samples[0])
     }
 
     /// The series every stale point of `memory` would name, as `name{k=v,...}`.
@@ -415,19 +528,65 @@ mod tests {
     #[test]
     fn vanished_is_what_the_last_scrape_had_and_this_one_lacks() {
         let mut memory = SeriesMemory::default();
-        memory.remember(&mut vec![50, 30, 90, 30, 70, 10], Recording::default());
-        let none: &[u64] = &[];
+        scrape(&mut memory, &body(&[5, 3, 9, 3, 7, 1]));
+        let none: &[u32] = &[];
         for (current, gone) in [
-            (vec![50, 30, 90, 30, 70, 10], none),
-            (vec![10, 30, 50, 70, 90], none),
-            (vec![90, 80, 70, 60, 50, 40, 30, 20, 10, 0], none),
-            (vec![70, 50], &[10, 30, 90][..]),
-            (vec![11, 31, 51, 71, 91], &[10, 30, 50, 70, 90][..]),
-            (vec![], &[10, 30, 50, 70, 90][..]),
-            (vec![90, 90, 10], &[30, 50, 70][..]),
+            (vec![5, 3, 9, 3, 7, 1], none),
+            (vec![1, 3, 5, 7, 9], none),
+            (vec![9, 8, 7, 6, 5, 4, 3, 2, 1, 0], none),
+            (vec![7, 5], &[1, 3, 9][..]),
+            (vec![11, 31, 51, 71, 91], &[1, 3, 5, 7, 9][..]),
+            (vec![9, 9, 1], &[3, 5, 7][..]),
+            // An unchanged prefix: only what follows it can be gone, and
+            // not when the prefix repeats it.
+            (vec![5, 3, 9], &[1, 7][..]),
+            (vec![5, 3, 9, 3], &[1, 7][..]),
+            (vec![5, 3, 9, 3, 7], &[1][..]),
+            (vec![5, 3, 9, 3, 7, 2], &[1][..]),
         ] {
-            assert_eq!(memory.vanished(&current), gone, "now {current:?}");
+            let next = record(&memory, &body(&current));
+            let mut want: Vec<u64> = gone.iter().map(|x| hash_of(*x)).collect();
+            want.sort_unstable();
+            assert_eq!(memory.vanished(&next), want, "now {current:?}");
         }
+        // The unchanged prefix of a family's series (one family here):
+        // series before the first differing family are compared only.
+        let mut memory = SeriesMemory::default();
+        let two = "# TYPE a gauge\na 1\n# TYPE b gauge\nb 1\n";
+        scrape(&mut memory, two);
+        let next = record(&memory, "# TYPE a gauge\na 1\n");
+        assert_eq!(memory.vanished(&next).len(), 1);
+        let next = record(
+            &memory,
+            "# TYPE a gauge\na 1\n# TYPE b gauge\nb 1\nb{y=\"1\"} 1\n",
+        );
+        assert!(memory.vanished(&next).is_empty());
+    }
+
+    #[test]
+    fn a_steady_scrape_keeps_no_hashes_and_a_large_table_stays_small() {
+        let mut memory = SeriesMemory::default();
+        let xs: Vec<u32> = (0..20_000).map(|x| x % 300).collect();
+        let mut big = String::new();
+        for f in 0..100 {
+            big.push_str(&format!("# HELP f{f} Help.\n# TYPE f{f} counter\n"));
+            for x in &xs[f * 200..f * 200 + 200] {
+                big.push_str(&format!(
+                    "f{f}_total{{path=\"/api/{x}\",method=\"GET\",code=\"200\"}} 1\n"
+                ));
+            }
+        }
+        scrape(&mut memory, &big);
+        let next = record(&memory, &big);
+        assert!(next.hashes.is_empty(), "a steady scrape copies no hash");
+        assert!(next.table.is_none(), "nor identities");
+        let buffer = memory.remember(next);
+        assert!(buffer.is_empty());
+        // Three labels a series from few values: a name id (1 byte up to 127
+        // names, 2 here), a count and three pair ids of 1 or 2 bytes.
+        let t = &memory.table;
+        assert!(t.series.len() <= 20_000 * 8, "{} bytes", t.series.len());
+        assert_eq!(stale_series(&memory).len(), 20_000);
     }
 
     #[test]
@@ -436,7 +595,7 @@ mod tests {
         let after = "# TYPE g gauge\ng{s=\"a\"} 1\n";
         let mut memory = SeriesMemory::default();
         scrape(&mut memory, before);
-        let gone = memory.vanished(&hashes(after));
+        let gone = memory.vanished(&record(&memory, after));
         assert_eq!(gone.len(), 5, "g{{s=b}} and the four histogram samples");
 
         let target = TargetInfo {
@@ -476,7 +635,7 @@ mod tests {
         // The same set again keeps the table; an emptied memory emits nothing.
         assert!(scrape(&mut memory, before).is_empty());
         assert_eq!(
-            memory.vanished(&hashes(after)).len(),
+            memory.vanished(&record(&memory, after)).len(),
             5,
             "identities kept while the set is unchanged"
         );
