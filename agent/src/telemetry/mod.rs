@@ -34,6 +34,10 @@ use crate::queue::Dropped;
 #[derive(Debug)]
 struct StderrLogger {
     level: log::LevelFilter,
+    /// stderr is the journal's stream: each line starts with its syslog
+    /// priority (`<4>`), which journald takes off and stores as PRIORITY, so
+    /// `journalctl -p warning -u tern` finds tern's warnings.
+    journal: bool,
 }
 
 impl log::Log for StderrLogger {
@@ -45,11 +49,45 @@ impl log::Log for StderrLogger {
         if self.enabled(record.metadata()) {
             let mut err = std::io::stderr().lock();
             // Nothing useful can be done if stderr is gone.
-            let _ = writeln!(err, "{:<5} {}", record.level(), record.args());
+            let _ = writeln!(err, "{}", line(record, self.journal));
         }
     }
 
     fn flush(&self) {}
+}
+
+/// One log line: the level and the message, after the syslog priority
+/// when writing to the journal.
+fn line(record: &log::Record<'_>, journal: bool) -> String {
+    let level = record.level();
+    if journal {
+        let priority = match level {
+            log::Level::Error => 3,
+            log::Level::Warn => 4,
+            log::Level::Info => 6,
+            log::Level::Debug | log::Level::Trace => 7,
+        };
+        format!("<{priority}>{level:<5} {}", record.args())
+    } else {
+        format!("{level:<5} {}", record.args())
+    }
+}
+
+/// Whether stderr is the journal's stream: systemd sets `JOURNAL_STREAM` to
+/// that stream's device and inode (systemd.exec(5)), and a child whose stderr
+/// was redirected keeps the variable, hence the comparison.
+fn stderr_is_journal() -> bool {
+    let Some(stream) = std::env::var("JOURNAL_STREAM").ok() else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.split_once(':') else {
+        return false;
+    };
+    let Ok(stat) = rustix::fs::fstat(std::io::stderr()) else {
+        return false;
+    };
+    // dev_t and ino_t are 64 bits on every Linux target (rustix's stat64).
+    dev.parse().ok() == Some(stat.st_dev) && ino.parse().ok() == Some(stat.st_ino)
 }
 
 /// Installs the stderr logger at `level`; `TERN_LOG` overrides it. Only the first
@@ -61,6 +99,7 @@ pub fn init_logging(level: log::LevelFilter) {
         .unwrap_or(level);
     let _ = log::set_boxed_logger(Box::new(StderrLogger {
         level: log::LevelFilter::Trace,
+        journal: stderr_is_journal(),
     }));
     log::set_max_level(level);
 }
@@ -96,5 +135,42 @@ pub fn update_process_gauges(metrics: &Metrics) {
             .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
             .sum();
         metrics.set("process_cpu_seconds_total", &[], ticks / 100.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::line;
+
+    #[test]
+    fn journal_lines_carry_the_syslog_priority() {
+        let args = format_args!("Gateway refused key=v");
+        let record = |level| {
+            log::Record::builder()
+                .level(level)
+                .target("tern")
+                .args(args)
+                .build()
+        };
+        assert_eq!(
+            line(&record(log::Level::Warn), true),
+            "<4>WARN  Gateway refused key=v"
+        );
+        assert_eq!(
+            line(&record(log::Level::Error), true),
+            "<3>ERROR Gateway refused key=v"
+        );
+        assert_eq!(
+            line(&record(log::Level::Info), true),
+            "<6>INFO  Gateway refused key=v"
+        );
+        assert_eq!(
+            line(&record(log::Level::Trace), true),
+            "<7>TRACE Gateway refused key=v"
+        );
+        assert_eq!(
+            line(&record(log::Level::Warn), false),
+            "WARN  Gateway refused key=v"
+        );
     }
 }
