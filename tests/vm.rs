@@ -53,30 +53,50 @@ impl Vm {
     /// to `receiver` and `metrics` on the host's loopback.
     fn boot(&self, disk: &Path, gateway: u16, fsync: bool, ports: (u16, u16), log: &Path) -> Child {
         let (receiver, metrics) = ports;
-        let net = format!(
-            "user,id=n0,hostfwd=tcp:127.0.0.1:{receiver}-:4318,hostfwd=tcp:127.0.0.1:{metrics}-:12345"
-        );
+        self.qemu(
+            "256",
+            &format!("tern.gw={gateway} tern.fsync={}", u8::from(fsync)),
+            &[disk],
+            &format!(
+                ",hostfwd=tcp:127.0.0.1:{receiver}-:4318,hostfwd=tcp:127.0.0.1:{metrics}-:12345"
+            ),
+            log,
+        )
+    }
+
+    /// Starts qemu with `memory` MiB, the `tern.*` words `append` on the
+    /// kernel command line, `disks` as /dev/vda, /dev/vdb..., and qemu's
+    /// user network with `hostfwd` after it; the console goes to `log`.
+    fn qemu(
+        &self,
+        memory: &str,
+        append: &str,
+        disks: &[&Path],
+        hostfwd: &str,
+        log: &Path,
+    ) -> Child {
         let console = std::fs::File::create(log).unwrap();
-        Command::new(&self.qemu)
-            .args(&self.machine)
-            .args(["-m", "256", "-nographic", "-no-reboot", "-accel", "tcg"])
+        let mut cmd = Command::new(&self.qemu);
+        cmd.args(&self.machine)
+            .args(["-m", memory, "-nographic", "-no-reboot", "-accel", "tcg"])
             .arg("-kernel")
             .arg(&self.kernel)
             .arg("-initrd")
             .arg(&self.initrd)
             .arg("-append")
             .arg(format!(
-                "console={} panic=-1 edd=off quiet tern.gw={gateway} tern.fsync={}",
-                self.console,
-                u8::from(fsync)
-            ))
-            .arg("-drive")
-            .arg(format!(
-                "file={},format=raw,if=none,id=d0,cache=writeback",
-                disk.display()
-            ))
-            .args(["-device", &format!("virtio-blk-{},drive=d0", self.virtio)])
-            .args(["-netdev", &net])
+                "console={} panic=-1 edd=off quiet {append}",
+                self.console
+            ));
+        for (i, disk) in disks.iter().enumerate() {
+            cmd.arg("-drive")
+                .arg(format!(
+                    "file={},format=raw,if=none,id=d{i},cache=writeback",
+                    disk.display()
+                ))
+                .args(["-device", &format!("virtio-blk-{},drive=d{i}", self.virtio)]);
+        }
+        cmd.args(["-netdev", &format!("user,id=n0{hostfwd}")])
             // No option ROM: iPXE would add seconds to every boot.
             .args([
                 "-device",
@@ -324,4 +344,258 @@ fn vm_power_cuts_fsync_on_lose_nothing_acknowledged() {
 #[ignore = "needs the VM images: scripts/test-vm"]
 fn vm_power_cuts_fsync_off_lose_at_most_the_last_interval() {
     power_cuts(false);
+}
+
+/// Waits for qemu to exit on its own (the guest powers off or reboots:
+/// `-no-reboot`), for at most `timeout`; kills it then. Gives the console.
+fn run_to_end(mut qemu: Child, timeout: Duration, log: &Path) -> (bool, String) {
+    let deadline = Instant::now() + timeout;
+    let exited = loop {
+        if qemu.try_wait().unwrap().is_some() {
+            break true;
+        }
+        if Instant::now() > deadline {
+            let _ = qemu.kill();
+            let _ = qemu.wait();
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    (exited, std::fs::read_to_string(log).unwrap_or_default())
+}
+
+/// The `key=value` words of the console's `LAB` lines (scripts/vm/lab); a
+/// key said twice keeps its last value.
+fn lab_words(console: &str) -> HashMap<String, String> {
+    let mut words = HashMap::new();
+    for line in console.lines() {
+        let Some(rest) = line.split("LAB ").nth(1) else {
+            continue;
+        };
+        if rest.starts_with("tern-log:") || rest.starts_with("tern-warning:") {
+            continue;
+        }
+        for word in rest.split_whitespace() {
+            if let Some((k, v)) = word.split_once('=') {
+                words.insert(k.to_string(), v.to_string());
+            }
+        }
+    }
+    words
+}
+
+/// The Debian package under systemd as PID 1, as a user runs it: scripts/vm/lab
+/// installs the .deb, enables it with a config that scrapes Debian's
+/// node_exporter and reads the journal from the boot, writes journal entries
+/// of every kind, reloads, stops and reboots; tern starts on its own after the
+/// reboot. The host checks what the guest saw and what reached the gateway.
+#[test]
+#[ignore = "needs the VM images: scripts/test-vm"]
+fn vm_systemd_package_journal_reload_stop_reboot() {
+    use tern::otlp::proto::common::v1::any_value::Value;
+    if std::env::var_os("TERN_VM_QEMU").is_none() {
+        eprintln!("skipped: run by scripts/test-vm (TERN_VM_* not set)");
+        return;
+    }
+    let vm = Vm::from_env().expect("TERN_VM_* incomplete");
+    let image = |var: &str| PathBuf::from(std::env::var_os(var).expect(var));
+    let (root, lab) = (image("TERN_VM_SYSTEMD_DISK"), image("TERN_VM_LAB_DISK"));
+    let dir = TempDir::new("vm-systemd");
+    let disk = dir.path().join("root.img");
+    let copied = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&root)
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(copied.success(), "cp {}", root.display());
+    let logs = std::env::var_os("TERN_VM_LOGS")
+        .map_or_else(|| dir.path().to_path_buf(), PathBuf::from)
+        .join("systemd");
+    let _ = std::fs::remove_dir_all(&logs);
+    std::fs::create_dir_all(&logs).unwrap();
+    let gateway = FakeGateway::start();
+    let run = format!("r{:08x}", fastrand::u32(..));
+    let boot = |phase: u8| {
+        let log = logs.join(format!("console-{phase}.log"));
+        let started = Instant::now();
+        let qemu = vm.qemu(
+            "512",
+            &format!(
+                "tern.root=/dev/vda tern.lab={phase} tern.gw={} tern.run={run}",
+                gateway.addr.port()
+            ),
+            &[&disk, &lab],
+            "",
+            &log,
+        );
+        let (exited, console) = run_to_end(qemu, Duration::from_secs(600), &log);
+        let words = lab_words(&console);
+        eprintln!(
+            "systemd boot {phase}: {:.0} s, lab saw {words:?}",
+            started.elapsed().as_secs_f64()
+        );
+        assert!(
+            exited && words.get("done") == Some(&phase.to_string()),
+            "boot {phase} did not finish its checks (console in {}):\n{}",
+            log.display(),
+            console
+                .lines()
+                .rev()
+                .take(60)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        words
+    };
+
+    let first = boot(1);
+    let want = |key: &str, value: &str| {
+        assert_eq!(
+            first.get(key).map(String::as_str),
+            Some(value),
+            "{key} in the first boot: {first:?}"
+        );
+    };
+    want("install", "0");
+    want("enable_now", "0");
+    want("state", "active");
+    want("reload", "0");
+    want("reload_state", "active");
+    want("stop", "0");
+    want("Result", "success");
+    want("ExecMainStatus", "0");
+    // tern's own warnings reach the journal as warnings: the broken config's
+    // refusal, and nothing else.
+    want("broken_reload", "0");
+    want("broken_state", "active");
+    want("refused_logged", "1");
+    want("journal_tern_warnings", "0");
+    let number = |key: &str| -> f64 {
+        first
+            .get(key)
+            .and_then(|v| v.trim_end_matches('s').parse().ok())
+            .unwrap_or_else(|| panic!("{key} in the first boot: {first:?}"))
+    };
+    assert!(number("NRestarts") == 0.0, "{first:?}");
+    assert!(
+        number("watchdog_after") > number("watchdog_before") && number("watchdog_before") > 0.0,
+        "no watchdog ping in 32 s: {first:?}"
+    );
+    let security = number("security");
+    assert!(security <= 1.5, "systemd-analyze security: {security}");
+    let stop_ms = number("stop_ms");
+    assert!(stop_ms < 5_000.0, "systemctl stop took {stop_ms} ms");
+
+    let second = boot(2);
+    assert_eq!(
+        second.get("state").map(String::as_str),
+        Some("active"),
+        "{second:?}"
+    );
+    assert_eq!(
+        second.get("NRestarts").map(String::as_str),
+        Some("0"),
+        "{second:?}"
+    );
+
+    // node_exporter's series under the job before and after the reload.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let jobs = loop {
+        let jobs: std::collections::BTreeSet<String> =
+            crate::harness::flatten(&gateway.delivered())
+                .into_iter()
+                .filter(|(_, m)| m.name == "node_load1")
+                .filter_map(|(res, _)| {
+                    crate::harness::attr(&res, "service.name").map(str::to_string)
+                })
+                .collect();
+        if jobs.contains("node-reloaded") || Instant::now() > deadline {
+            break jobs;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        jobs.contains("node") && jobs.contains("node-reloaded"),
+        "node_load1 came under the jobs {jobs:?}"
+    );
+
+    // Each lab entry exactly once (the same request twice is an export retry).
+    let mut seen: HashMap<String, (u64, i32, Value)> = HashMap::new();
+    let mut doubled = Vec::new();
+    for (digest, request) in gateway.delivered_logs() {
+        for rl in request.resource_logs {
+            for sl in rl.scope_logs {
+                for r in sl.log_records {
+                    let Some(body) = r.body.and_then(|b| b.value) else {
+                        continue;
+                    };
+                    let text = match &body {
+                        Value::StringValue(s) => s.clone(),
+                        Value::BytesValue(b) => String::from_utf8_lossy(b).into_owned(),
+                        _ => continue,
+                    };
+                    if !text.starts_with(&format!("lab {run} ")) {
+                        continue;
+                    }
+                    match seen.get(&text) {
+                        Some((d, _, _)) if *d != digest => doubled.push(text),
+                        Some(_) => {}
+                        None => {
+                            seen.insert(text, (digest, r.severity_number, body));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(doubled.is_empty(), "entries delivered twice: {doubled:?}");
+    let mut missing = Vec::new();
+    for moment in ["boot1", "reloaded", "stopped", "boot2"] {
+        for (prio, number) in [
+            ("emerg", 21),
+            ("alert", 19),
+            ("crit", 18),
+            ("err", 17),
+            ("warning", 13),
+            ("notice", 10),
+            ("info", 9),
+        ] {
+            match seen.get(&format!("lab {run} {moment} prio {prio}")) {
+                Some((_, severity, _)) => assert_eq!(*severity, number, "{moment} {prio}"),
+                None => missing.push(format!("{moment} prio {prio}")),
+            }
+        }
+        // min_priority's default, info: debug stays on the box.
+        assert!(
+            !seen.contains_key(&format!("lab {run} {moment} prio debug")),
+            "{moment}: a debug entry was sent"
+        );
+        match seen.get(&format!("lab {run} {moment} multi first\nsecond line")) {
+            Some((_, _, Value::StringValue(_))) => {}
+            other => missing.push(format!("{moment} multi-line: {other:?}")),
+        }
+        let bytes = format!("lab {run} {moment} bytes \u{fffd}\u{fffd} end");
+        match seen.get(&bytes) {
+            Some((_, _, Value::BytesValue(b))) => {
+                assert!(b.windows(2).any(|w| w == [0xff, 0xfe]), "{moment}: {b:?}")
+            }
+            other => missing.push(format!("{moment} non-UTF-8: {other:?}")),
+        }
+        if !seen.contains_key(&format!("lab {run} {moment} cat")) {
+            missing.push(format!("{moment} systemd-cat"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "entries that did not arrive (or not as written): {missing:?}; arrived: {:?}",
+        seen.keys().collect::<Vec<_>>()
+    );
+    eprintln!(
+        "vm systemd: {} lab entries arrived once each, jobs {jobs:?}, security {security}, stop {stop_ms} ms",
+        seen.len()
+    );
 }
