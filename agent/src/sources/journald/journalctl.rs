@@ -161,9 +161,15 @@ pub(super) struct Failure {
 
 impl Failure {
     pub(super) fn spawn(program: &str, e: &std::io::Error) -> Failure {
+        // The box without systemd (BusyBox init, OpenWrt): say what to change.
+        let hint = if e.kind() == std::io::ErrorKind::NotFound {
+            " hint=\"no journalctl on this box: remove [journald], or set journald.journalctl to its path\""
+        } else {
+            ""
+        };
         Failure {
             reason: "spawn_failed",
-            detail: format!("program={program} error={:?}", e.to_string()),
+            detail: format!("program={program} error={:?}{hint}", e.to_string()),
         }
     }
 
@@ -546,7 +552,8 @@ mod tests {
         let err = probe(j.newest(), &j.program(), 1, Duration::from_secs(5)).unwrap_err();
         assert_eq!(err.reason, "spawn_failed");
         assert!(
-            err.detail.contains("/nonexistent/journalctl"),
+            err.detail.contains("/nonexistent/journalctl")
+                && err.detail.contains("hint=\"no journalctl on this box"),
             "{}",
             err.detail
         );
