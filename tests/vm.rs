@@ -599,3 +599,79 @@ fn vm_systemd_package_journal_reload_stop_reboot() {
         seen.len()
     );
 }
+
+/// The Buildroot case: BusyBox init, syslogd, no systemd and no journalctl.
+/// scripts/vm/busybox-lab drives buildroot's S99tern (start, status,
+/// restart, reload, stop, a start with a broken config) with a config that
+/// scrapes tern's own metrics and has a `[journald]` source.
+#[test]
+#[ignore = "needs the VM images: scripts/test-vm"]
+fn vm_busybox_init_script_starts_stops_and_forwards() {
+    if std::env::var_os("TERN_VM_QEMU").is_none() {
+        eprintln!("skipped: run by scripts/test-vm (TERN_VM_* not set)");
+        return;
+    }
+    let vm = Vm::from_env().expect("TERN_VM_* incomplete");
+    let dir = TempDir::new("vm-busybox");
+    let disk = dir.path().join("disk.img");
+    std::fs::copy(&vm.disk, &disk).unwrap();
+    let logs = std::env::var_os("TERN_VM_LOGS")
+        .map_or_else(|| dir.path().to_path_buf(), PathBuf::from)
+        .join("busybox");
+    let _ = std::fs::remove_dir_all(&logs);
+    std::fs::create_dir_all(&logs).unwrap();
+    let log = logs.join("console.log");
+    let gateway = FakeGateway::start();
+    let qemu = vm.qemu(
+        "256",
+        &format!("tern.init=busybox tern.gw={}", gateway.addr.port()),
+        &[&disk],
+        "",
+        &log,
+    );
+    let (exited, console) = run_to_end(qemu, Duration::from_secs(300), &log);
+    let words = lab_words(&console);
+    eprintln!("busybox lab saw {words:?}");
+    assert!(
+        exited && words.get("done").map(String::as_str) == Some("1"),
+        "the lab did not finish (console in {}):\n{console}",
+        log.display()
+    );
+    let want = |key: &str, value: &str| {
+        assert_eq!(
+            words.get(key).map(String::as_str),
+            Some(value),
+            "{key}: {words:?}\n{console}"
+        );
+    };
+    want("start", "0");
+    want("restart", "0");
+    want("reload", "0");
+    want("stop", "0");
+    want("broken_start", "78");
+    // status: 0 and a pid while running, 3 and none when stopped.
+    for key in ["status_started", "status_restarted", "status_reloaded"] {
+        let v = &words[key];
+        assert!(v.starts_with("0:") && v.len() > 2, "{key}={v}");
+    }
+    want("status_stopped", "3:");
+    want("status_broken", "3:");
+    want("pid_changed", "yes");
+    // Without journalctl: one warning each time the source starts (start,
+    // restart, reload), with the hint; then it backs off, rate-limited, and
+    // tern runs on.
+    want("journalctl_warnings", "3");
+    assert!(
+        console.contains("hint=\"no journalctl on this box"),
+        "{console}"
+    );
+    let jobs: std::collections::BTreeSet<String> = crate::harness::flatten(&gateway.delivered())
+        .into_iter()
+        .filter(|(_, m)| m.name.starts_with("tern_"))
+        .filter_map(|(res, _)| crate::harness::attr(&res, "service.name").map(str::to_string))
+        .collect();
+    assert!(
+        jobs.contains("busybox"),
+        "no scraped series arrived: {jobs:?}"
+    );
+}
