@@ -124,6 +124,8 @@ struct Boot {
     ready: Duration,
     /// Batches dropped as corrupt on open (damaged records).
     corrupt: f64,
+    /// tern's RSS once ready (its self metrics), in bytes.
+    rss: f64,
 }
 
 /// Waits until the guest's receiver answers; posts nothing that counts.
@@ -184,19 +186,18 @@ fn power_cuts(fsync: bool) {
             "boot {cut}: the guest's receiver never answered\n{}",
             std::fs::read_to_string(&log).unwrap_or_default()
         );
-        let corrupt = http_get(metrics, "/metrics")
-            .map(|(_, text)| {
-                text.lines()
-                    .filter(|l| {
-                        l.starts_with("tern_dropped_batches_total") && l.contains("corrupt")
-                    })
-                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                    .sum()
-            })
+        let text = http_get(metrics, "/metrics").map_or_else(String::new, |(_, t)| t);
+        let corrupt = text
+            .lines()
+            .filter(|l| l.starts_with("tern_dropped_batches_total") && l.contains("corrupt"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        let rss = crate::harness::agent::metric_value(&text, "process_resident_memory_bytes")
             .unwrap_or(0.0);
         boots.push(Boot {
             ready: started.elapsed(),
             corrupt,
+            rss,
         });
         if last {
             // Drain: the gateway stays up.
@@ -309,14 +310,17 @@ fn power_cuts(fsync: bool) {
     let ready: Vec<f64> = boots.iter().map(|b| b.ready.as_secs_f64()).collect();
     let corrupt: f64 = boots.iter().map(|b| b.corrupt).sum();
     let corrupt_max = boots.iter().map(|b| b.corrupt).fold(0.0, f64::max);
+    let rss: Vec<f64> = boots.iter().map(|b| b.rss / 1e6).collect();
     eprintln!(
-        "vm power cuts (fsync = {fsync}): {cuts} cuts, {} spans acked, {} arrived, {} lost (acked at most {:.1} s before their cut), {doubled} batches sent twice, {corrupt} damaged batches dropped ({corrupt_max} at most in one boot), boot to ready {:.1} to {:.1} s",
+        "vm power cuts (fsync = {fsync}): {cuts} cuts, {} spans acked, {} arrived, {} lost (acked at most {:.1} s before their cut), {doubled} batches sent twice, {corrupt} damaged batches dropped ({corrupt_max} at most in one boot), boot to ready {:.1} to {:.1} s, RSS when ready {:.1} to {:.1} MB",
         acked.len(),
         acked.keys().filter(|n| seen.contains_key(&format!("span-{n}"))).count(),
         lost.len(),
         window.as_secs_f64(),
         ready.iter().copied().fold(f64::MAX, f64::min),
         ready.iter().copied().fold(0.0, f64::max),
+        rss.iter().copied().fold(f64::MAX, f64::min),
+        rss.iter().copied().fold(0.0, f64::max),
     );
     assert!(acked.len() > 50, "too few spans accepted: {}", acked.len());
     if fsync {
