@@ -47,18 +47,21 @@ impl log::Log for StderrLogger {
 
     fn log(&self, record: &log::Record<'_>) {
         if self.enabled(record.metadata()) {
-            let mut err = std::io::stderr().lock();
             // Nothing useful can be done if stderr is gone.
-            let _ = writeln!(err, "{}", line(record, self.journal));
+            let _ = write_line(&mut std::io::stderr().lock(), record, self.journal);
         }
     }
 
     fn flush(&self) {}
 }
 
-/// One log line: the level and the message, after the syslog priority
-/// when writing to the journal.
-fn line(record: &log::Record<'_>, journal: bool) -> String {
+/// Writes one log line: the level and the message, after the syslog
+/// priority when writing to the journal.
+fn write_line(
+    out: &mut impl Write,
+    record: &log::Record<'_>,
+    journal: bool,
+) -> std::io::Result<()> {
     let level = record.level();
     if journal {
         let priority = match level {
@@ -67,10 +70,9 @@ fn line(record: &log::Record<'_>, journal: bool) -> String {
             log::Level::Info => 6,
             log::Level::Debug | log::Level::Trace => 7,
         };
-        format!("<{priority}>{level:<5} {}", record.args())
-    } else {
-        format!("{level:<5} {}", record.args())
+        write!(out, "<{priority}>")?;
     }
+    writeln!(out, "{level:<5} {}", record.args())
 }
 
 /// Whether stderr is the journal's stream: systemd sets `JOURNAL_STREAM` to
@@ -140,7 +142,17 @@ pub fn update_process_gauges(metrics: &Metrics) {
 
 #[cfg(test)]
 mod tests {
-    use super::line;
+    use super::write_line;
+
+    /// The line `write_line` writes, without its newline.
+    fn line(record: &log::Record<'_>, journal: bool) -> String {
+        let mut out = Vec::new();
+        write_line(&mut out, record, journal).unwrap();
+        String::from_utf8(out)
+            .unwrap()
+            .trim_end_matches('\n')
+            .to_string()
+    }
 
     #[test]
     fn journal_lines_carry_the_syslog_priority() {
