@@ -242,6 +242,16 @@ fsync = false
         failed >= expected.floor() - 1.0,
         "hanging target tried {failed} times"
     );
+    // The log names the reason once: "error=http: timeout...", not "http: http:".
+    let log = agent.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("Scrape failed") && l.contains(&stuck.to_string()))
+        .unwrap_or_else(|| panic!("no Scrape failed line for {stuck}:\n{log}"));
+    assert!(
+        line.contains("error=http: timeout") && !line.contains("http: http:"),
+        "{line}"
+    );
 
     // And every target's series reached the gateway, under its own label.
     let seen: std::collections::HashSet<String> = flatten(&gateway.delivered())

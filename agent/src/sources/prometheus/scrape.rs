@@ -360,6 +360,8 @@ impl Target {
         match parsed {
             Ok(result) => result,
             Err(HttpError::TooLarge(limit)) => Err(ScrapeError::TooLarge(limit)),
+            // The inner error: ScrapeError's Display says "http:" already.
+            Err(HttpError::Timeout(e) | HttpError::Http(e)) => Err(ScrapeError::Http(e)),
             Err(e) => Err(ScrapeError::Http(Box::new(e))),
         }
     }
