@@ -99,6 +99,43 @@ impl ExportError {
         }
     }
 
+    /// Whether the gateway could not be reached or did not answer (a
+    /// network error or a timeout): the failures a reachability probe can
+    /// cut short. A gateway that answered (429, 503, a redirect) keeps its
+    /// backoff.
+    pub(crate) fn is_unreachable(&self) -> bool {
+        matches!(self, ExportError::Network(_) | ExportError::Timeout)
+    }
+
+    /// Whether the connection itself was refused or had no route: the
+    /// gateway was down when the request was made.
+    pub(crate) fn is_refused(&self) -> bool {
+        let ExportError::Network(e) = self else {
+            return false;
+        };
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
+        while let Some(c) = cause {
+            if let Some(io) = c.downcast_ref::<std::io::Error>() {
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::HostUnreachable
+                        | std::io::ErrorKind::NetworkUnreachable
+                ) {
+                    return true;
+                }
+            }
+            if matches!(
+                c.downcast_ref::<ureq::Error>(),
+                Some(ureq::Error::ConnectionFailed | ureq::Error::HostNotFound)
+            ) {
+                return true;
+            }
+            cause = c.source();
+        }
+        false
+    }
+
     /// The Retry-After the gateway asked for.
     pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self {

@@ -6,6 +6,7 @@
 //! its lanes re-split onto the others ([`resplit`](super::resplit::resplit))
 //! until it answers a probe again.
 
+use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +32,13 @@ const IDLE_WAIT: Duration = Duration::from_secs(1);
 /// Longest wait between two tries to acknowledge (or drop) a batch the queue
 /// could not delete: a full disk that frees up should be noticed soon.
 const SETTLE_MAX_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How often, at most, an unreachable gateway is probed (a TCP connect, no
+/// request) during a backoff; jittered down to half of it.
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long a probe's connect may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A sender's stop signal. Unlike [`Shutdown`] it also ends a wait for the
 /// queue's next push, so a stopped sender leaves its loop at once, not after
@@ -173,8 +181,13 @@ impl Delivery {
 enum Step {
     /// The batch left the queue (acknowledged or dropped).
     Done,
-    /// The gateway failed: try again after this wait.
-    Retry(Duration),
+    /// The gateway failed: try again after this wait. When it could not be
+    /// reached (`unreachable`), the wait ends as soon as it is back.
+    Retry {
+        delay: Duration,
+        unreachable: bool,
+        refused: bool,
+    },
     /// The gateway is done with the batch but the queue could not record it:
     /// try the queue again after this wait, without sending.
     Unsettled(Duration),
@@ -241,6 +254,9 @@ impl Gateway {
         // Since when every attempt failed, for failover.
         let mut failing_since: Option<Instant> = None;
         let mut probe = Backoff::new(self.retry);
+        // Whether a probe (or a refused connection) found the gateway down
+        // since the last delivery: its return then ends the backoff.
+        let mut down_seen = false;
         while !stop.is_triggered() {
             if self.is_down() {
                 // Failed over: keep the lanes empty (a push may have raced the
@@ -265,6 +281,7 @@ impl Gateway {
             let listener = self.queue.listen();
             let mut busy = false;
             let mut wait = None;
+            let mut probe_wait = false;
             for (signal, slot) in Signal::ALL.into_iter().zip(deliveries.iter_mut()) {
                 let lane = Lane::new(signal, &self.destination);
                 let batch = match self.queue.peek(&lane, 1) {
@@ -288,7 +305,10 @@ impl Gateway {
                     _ => Delivery::new(batch.id, self.retry),
                 };
                 match self.deliver(&lane, &batch, &mut delivery, stop) {
-                    Step::Done => failing_since = None,
+                    Step::Done => {
+                        failing_since = None;
+                        down_seen = false;
+                    }
                     Step::Unsettled(delay) => {
                         // The gateway is fine; the local disk is not.
                         failing_since = None;
@@ -296,7 +316,11 @@ impl Gateway {
                         wait = Some(delay);
                         break;
                     }
-                    Step::Retry(delay) => {
+                    Step::Retry {
+                        delay,
+                        unreachable,
+                        refused,
+                    } => {
                         let since = *failing_since.get_or_insert_with(Instant::now);
                         if self
                             .failover_after
@@ -314,12 +338,15 @@ impl Gateway {
                         *slot = Some(delivery);
                         // A failing gateway holds every signal back: they share it.
                         wait = Some(delay);
+                        probe_wait = unreachable;
+                        down_seen |= refused;
                         break;
                     }
                     Step::Stopped => break,
                 }
             }
             match wait {
+                Some(delay) if probe_wait => self.wait_for_return(delay, &mut down_seen, stop),
                 Some(delay) => {
                     stop.sleep(delay);
                 }
@@ -331,6 +358,56 @@ impl Gateway {
             }
         }
         log::info!("Sender stopped endpoint={}", self.sender.endpoint());
+    }
+
+    /// Waits out the backoff after the gateway could not be reached, but
+    /// sends again as soon as it is back: it is probed with a TCP connect
+    /// (no request, nothing to pay for but a handshake) every 1 to 2 s, and
+    /// the wait ends when it accepts one after being found down. A gateway
+    /// that accepts connections but failed the request (a reset, a stall)
+    /// keeps its backoff: probing stops once it is found up.
+    fn wait_for_return(&self, delay: Duration, down_seen: &mut bool, stop: &Stop) {
+        let deadline = Instant::now() + delay;
+        let endpoint = self.sender.endpoint();
+        // Resolved once a wait: a name is not looked up every 2 s.
+        let addrs: Vec<std::net::SocketAddr> = crate::http::host_port(endpoint)
+            .and_then(|(host, port)| (host.as_str(), port).to_socket_addrs().ok())
+            .map(Iterator::collect)
+            .unwrap_or_default();
+        loop {
+            let up = addrs
+                .iter()
+                .any(|a| TcpStream::connect_timeout(a, PROBE_TIMEOUT).is_ok());
+            self.metrics.inc(
+                "tern_export_probes_total",
+                &[
+                    ("endpoint", endpoint),
+                    ("result", if up { "up" } else { "down" }),
+                ],
+            );
+            if up && *down_seen {
+                *down_seen = false;
+                log::info!("Gateway reachable again, sending now endpoint={endpoint}");
+                return;
+            }
+            *down_seen |= !up;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || addrs.is_empty() {
+                stop.sleep(left);
+                return;
+            }
+            if up {
+                // Up, yet the request failed: the backoff stands.
+                stop.sleep(left);
+                return;
+            }
+            let nap = PROBE_INTERVAL
+                .mul_f64(0.5 + 0.5 * fastrand::f64())
+                .min(left);
+            if stop.sleep(nap) {
+                return;
+            }
+        }
     }
 
     fn is_down(&self) -> bool {
@@ -489,7 +566,11 @@ impl Gateway {
                             delay.as_secs_f64()
                         );
                     }
-                    return Step::Retry(delay);
+                    return Step::Retry {
+                        delay,
+                        unreachable: error.is_unreachable(),
+                        refused: error.is_refused(),
+                    };
                 }
             }
         }

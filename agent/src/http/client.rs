@@ -276,6 +276,19 @@ pub(crate) fn is_https(url: &str) -> bool {
         .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
 }
 
+/// The host and port an absolute http(s) URL connects to (80 or 443 when it
+/// names none), for a TCP-level reachability check. `None` when it has none.
+pub(crate) fn host_port(url: &str) -> Option<(String, u16)> {
+    let uri: ureq::http::Uri = url.parse().ok()?;
+    let host = uri.host().filter(|h| !h.is_empty())?;
+    // An IPv6 literal comes bracketed; connecting wants it bare.
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri
+        .port_u16()
+        .unwrap_or(if is_https(url) { 443 } else { 80 });
+    Some((host.to_string(), port))
+}
+
 /// The scheme of an absolute URL, lowercased for comparison; "" when none.
 pub(crate) fn scheme_of(url: &str) -> String {
     url.split_once("://")
@@ -450,6 +463,22 @@ fn tls_config(tls: &TlsConfig, https: bool) -> Result<ureq::tls::TlsConfig, Http
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_port_defaults_by_scheme_and_unbrackets_ipv6() {
+        let hp = |u: &str| host_port(u).map(|(h, p)| format!("{h} {p}"));
+        assert_eq!(
+            hp("http://gw.example:4318").as_deref(),
+            Some("gw.example 4318")
+        );
+        assert_eq!(
+            hp("https://gw.example/otlp").as_deref(),
+            Some("gw.example 443")
+        );
+        assert_eq!(hp("http://10.0.0.1").as_deref(), Some("10.0.0.1 80"));
+        assert_eq!(hp("http://[::1]:4318").as_deref(), Some("::1 4318"));
+        assert_eq!(hp("not a url"), None);
+    }
 
     #[test]
     fn errors_keep_their_cause_and_stay_small() {

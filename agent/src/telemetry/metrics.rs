@@ -95,6 +95,11 @@ const DESCRIPTORS: &[(&str, Kind, &str)] = &[
         "Times a batch was scheduled again after a retryable failure.",
     ),
     (
+        "tern_export_probes_total",
+        Kind::Counter,
+        "TCP connects to an unreachable gateway during a backoff, by result (up, down).",
+    ),
+    (
         "tern_export_rejected_points_total",
         Kind::Counter,
         "Points or records a gateway rejected in an OTLP partial_success.",
