@@ -30,4 +30,5 @@ mod notify;
 mod outage;
 mod receiver;
 mod scrape;
+mod uplink;
 mod vm;

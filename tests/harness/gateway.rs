@@ -59,6 +59,10 @@ pub struct Received {
     pub digest: u64,
     /// What the gateway answered; only 200s count as delivered.
     pub answered: u16,
+    /// When the request's body had been read.
+    pub at: std::time::Instant,
+    /// The body's length as sent (compressed or not).
+    pub wire_len: usize,
 }
 
 #[derive(Default)]
@@ -261,6 +265,7 @@ fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>)
         }
         let body: Vec<u8> = buf.drain(..head_len + length).skip(head_len).collect();
         let wire_len = body.len();
+        let read_at = std::time::Instant::now();
         let gzip = headers
             .iter()
             .any(|(k, v)| k == "content-encoding" && v == "gzip");
@@ -375,6 +380,8 @@ fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>)
             logs,
             traces,
             digest,
+            at: read_at,
+            wire_len,
             answered: if matches!(reply, Reply::Slow(_)) {
                 0
             } else {

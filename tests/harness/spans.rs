@@ -32,6 +32,11 @@ pub fn spans(first: u64) -> Vec<u8> {
             ..Default::default()
         })
         .collect();
+    traces_request(spans)
+}
+
+/// An encoded traces request of `spans` under one resource and scope.
+pub fn traces_request(spans: Vec<Span>) -> Vec<u8> {
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             scope_spans: vec![ScopeSpans {

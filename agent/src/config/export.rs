@@ -10,7 +10,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::locate::{dotted, Cx};
-use super::raw::{RawDns, RawExport, RawQueue, RawRetry, RawTls};
+use super::raw::{RawDns, RawExport, RawQueue, RawRetry, RawSize, RawTls};
 use super::values::format_duration;
 use super::{ConfigError, TlsConfig};
 use crate::http::{Client, HttpError};
@@ -73,6 +73,9 @@ pub struct ExportConfig {
     /// once it has failed for this long, until it answers again. Defaults to
     /// none (off): moving a trace breaks tail sampling upstream.
     pub failover_after: Option<Duration>,
+    /// `max_bandwidth`: bytes a second sent to all gateways together, after
+    /// compression, with a burst of one request. 0 (the default): no limit.
+    pub max_bandwidth: u64,
 }
 
 /// The key data is routed by, per the `routing_key` setting.
@@ -245,6 +248,7 @@ impl Cx<'_> {
             Some(s) if s.get_ref().is_empty() || s.get_ref() == "off" => None,
             Some(s) => Some(self.duration(Some(s), "export.failover_after", Duration::ZERO)?),
         };
+        let max_bandwidth = self.bandwidth(export.max_bandwidth.as_ref())?;
         let tls = self.tls(export.tls, "export.tls")?;
         let retry = self.retry(export.retry.unwrap_or_default())?;
         let queue = self.queue(export.queue.unwrap_or_default())?;
@@ -260,7 +264,37 @@ impl Cx<'_> {
             routing,
             dns,
             failover_after,
+            max_bandwidth,
         })
+    }
+
+    /// `export.max_bandwidth`: a rate such as "32KiB/s", or 0 for none.
+    fn bandwidth(&self, v: Option<&Spanned<RawSize>>) -> Result<u64, ConfigError> {
+        const KEY: &str = "export.max_bandwidth";
+        let Some(spanned) = v else {
+            return Ok(0);
+        };
+        match spanned.get_ref() {
+            RawSize::Bytes(n) => u64::try_from(*n).map_err(|_| {
+                self.err(
+                    spanned,
+                    KEY,
+                    format!("invalid rate {n}: must not be negative"),
+                )
+            }),
+            RawSize::Text(t) if t.trim() == "0" => Ok(0),
+            RawSize::Text(t) => {
+                let per_second = t.trim().strip_suffix("/s").ok_or_else(|| {
+                    self.err(
+                        spanned,
+                        KEY,
+                        format!("invalid rate {t:?}: expected a size per second, like \"32KiB/s\", or 0 for no limit"),
+                    )
+                })?;
+                super::values::parse_size(per_second.trim())
+                    .map_err(|r| self.err(spanned, KEY, format!("{r} per second (\"32KiB/s\")")))
+            }
+        }
     }
 
     /// The `[export.retry]` section.

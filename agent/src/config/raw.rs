@@ -78,6 +78,7 @@ pub(super) struct RawExport {
     pub(super) routing_key: Option<Spanned<String>>,
     pub(super) dns: Option<RawDns>,
     pub(super) failover_after: Option<Spanned<String>>,
+    pub(super) max_bandwidth: Option<Spanned<RawSize>>,
 }
 
 #[derive(Debug, Deserialize)]

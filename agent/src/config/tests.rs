@@ -568,3 +568,28 @@ fn rules_between_keys_point_at_the_section_when_a_key_is_unset() {
         ("journald.max_entry_size", Some((2, 1)))
     );
 }
+
+#[test]
+fn max_bandwidth_is_a_rate_or_zero() {
+    let rate = |v: &str| {
+        parse(&format!("[export]\nmax_bandwidth = {v}\n")).map(|c| c.export.max_bandwidth)
+    };
+    assert_eq!(parse("").unwrap().export.max_bandwidth, 0);
+    assert_eq!(rate("\"32KiB/s\"").unwrap(), 32 * 1024);
+    assert_eq!(rate("\"1MB/s\"").unwrap(), 1_000_000);
+    assert_eq!(rate("\"0\"").unwrap(), 0);
+    assert_eq!(rate("0").unwrap(), 0);
+    assert_eq!(rate("4096").unwrap(), 4096);
+    assert_eq!(
+        rate("\"32KiB\"").unwrap_err().to_string(),
+        "t.toml:2:17: export.max_bandwidth: invalid rate \"32KiB\": expected a size per second, like \"32KiB/s\", or 0 for no limit"
+    );
+    assert!(rate("\"32Kb/s\"")
+        .unwrap_err()
+        .to_string()
+        .starts_with("t.toml:2:17: export.max_bandwidth: invalid size \"32Kb\""));
+    assert!(rate("-1")
+        .unwrap_err()
+        .to_string()
+        .contains("must not be negative"));
+}

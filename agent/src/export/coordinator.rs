@@ -15,6 +15,7 @@ use crate::queue::Queue;
 use crate::route::{Routes, Table};
 use crate::telemetry::Metrics;
 
+use super::bandwidth::Bandwidth;
 use super::dns;
 use super::gateway::{Gateway, Stop};
 use super::resplit::resplit;
@@ -102,6 +103,8 @@ pub(super) struct Coordinator {
     pub(super) updates: mpsc::Receiver<Vec<String>>,
     pub(super) dns: Option<JoinHandle<()>>,
     pub(super) errors: RateLimit,
+    /// `max_bandwidth`, shared by every sender.
+    pub(super) bandwidth: Arc<Bandwidth>,
 }
 
 impl Coordinator {
@@ -208,6 +211,7 @@ impl Coordinator {
             self.metrics.clone(),
             self.routes.clone(),
             &self.config,
+            self.bandwidth.clone(),
         );
         let name = format!("tern-send-{}", host_port(destination));
         let thread_stop = stop.clone();

@@ -20,6 +20,7 @@ use crate::route::split::{self, Halved};
 use crate::route::Routes;
 use crate::telemetry::{self, Metrics};
 
+use super::bandwidth::Bandwidth;
 use super::error::{ExportError, Fault};
 use super::resplit::resplit;
 use super::retry::Backoff;
@@ -205,6 +206,8 @@ pub(super) struct Gateway {
     routes: Routes,
     retry: RetryConfig,
     failover_after: Option<Duration>,
+    /// `max_bandwidth`, shared by every gateway's sender.
+    bandwidth: Arc<Bandwidth>,
     /// Failed sends.
     errors: RateLimit,
     /// Redirects that ask for a new endpoint.
@@ -226,6 +229,7 @@ impl Gateway {
         metrics: Arc<Metrics>,
         routes: Routes,
         config: &ExportConfig,
+        bandwidth: Arc<Bandwidth>,
     ) -> Gateway {
         Gateway {
             sender,
@@ -235,6 +239,7 @@ impl Gateway {
             routes,
             retry: config.retry,
             failover_after: config.failover_after,
+            bandwidth,
             errors: RateLimit::new(Duration::from_secs(30)),
             redirects: RateLimit::new(Duration::from_secs(300)),
             settle_errors: RateLimit::new(Duration::from_secs(30)),
@@ -459,6 +464,16 @@ impl Gateway {
                 self.finished(lane, batch, d);
                 continue;
             };
+            let Some(waited) = self.bandwidth.take(payload.len(), stop) else {
+                return Step::Stopped;
+            };
+            if !waited.is_zero() {
+                self.metrics.add(
+                    "tern_export_bandwidth_wait_seconds_total",
+                    &[("endpoint", endpoint)],
+                    waited.as_secs_f64(),
+                );
+            }
             let started = Instant::now();
             let result = self
                 .sender
@@ -497,6 +512,9 @@ impl Gateway {
                 }
                 Err(e) => e,
             };
+            if error.is_refused() {
+                self.bandwidth.refund(payload.len());
+            }
             // A local fault is no failed request: nothing reached the gateway.
             if error.fault() != Fault::Local {
                 self.metrics.inc(

@@ -48,9 +48,10 @@
 //! `tern-route` thread (and `tern-dns`, with `dns`); `gateway` is the
 //! delivery loop of one sender thread; `sender` speaks OTLP/HTTP to one
 //! gateway over `http::client`; `resplit` moves a lane's batches to other
-//! gateways; `retry` is the backoff; `error` is [`ExportError`] and its
+//! gateways; `retry` is the backoff; `bandwidth` is `max_bandwidth`; `error` is [`ExportError`] and its
 //! classes. It uses `route`, `http`, `queue` and `otlp`, never `sources`.
 
+mod bandwidth;
 pub(crate) mod dns;
 mod error;
 pub(crate) mod retry;
@@ -72,6 +73,7 @@ use crate::queue::Queue;
 use crate::route::{Routes, Table};
 use crate::telemetry::Metrics;
 
+use bandwidth::Bandwidth;
 use coordinator::{spawn_dns, Coordinator};
 pub(crate) use error::ExportError;
 
@@ -132,6 +134,7 @@ pub(crate) fn spawn(
         updates: received,
         dns,
         errors: RateLimit::new(Duration::from_secs(30)),
+        bandwidth: Arc::new(Bandwidth::new(config.max_bandwidth)),
     };
     for d in kept {
         coordinator.start_sender(&d);

@@ -318,6 +318,7 @@ fn gateway(config: &ExportConfig, queue: &Queue, metrics: &Arc<Metrics>) -> Gate
         metrics.clone(),
         Routes::default(),
         config,
+        Arc::new(super::bandwidth::Bandwidth::new(config.max_bandwidth)),
     )
 }
 
@@ -855,6 +856,7 @@ fn a_gateway_failing_past_failover_after_hands_its_lanes_to_the_next() {
         metrics.clone(),
         routes.clone(),
         &config,
+        Arc::new(super::bandwidth::Bandwidth::new(config.max_bandwidth)),
     );
     let mut running = run(g);
     let next = Lane::new(Signal::Traces, &up.url());

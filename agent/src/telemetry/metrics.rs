@@ -95,6 +95,11 @@ const DESCRIPTORS: &[(&str, Kind, &str)] = &[
         "Times a batch was scheduled again after a retryable failure.",
     ),
     (
+        "tern_export_bandwidth_wait_seconds_total",
+        Kind::Counter,
+        "Time senders waited for export.max_bandwidth before a request.",
+    ),
+    (
         "tern_export_probes_total",
         Kind::Counter,
         "TCP connects to an unreachable gateway during a backoff, by result (up, down).",
