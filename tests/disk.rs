@@ -88,7 +88,9 @@ fn a_disk_tern_fills_itself_stays_deliverable() {
     let exporter = bulky_exporter();
     let gateway = FakeGateway::start();
     gateway.set_default(Reply::Status(503, None));
-    let cfg = config("bulk", exporter.addr, "200ms", &gateway.url());
+    // One batch a request, so that each delivery's digest is one batch's.
+    let cfg = config("bulk", exporter.addr, "200ms", &gateway.url())
+        .replace("timeout = \"2s\"", "timeout = \"2s\"\nmax_request_size = 0");
     let mut agent = Agent::start_in(dir, &cfg);
     assert!(
         agent

@@ -1,11 +1,13 @@
 //! The metered uplink: `[export] max_bandwidth` holds the bytes sent to the
-//! gateways under the budget, with a burst of one request.
+//! gateways under the budget, with a burst of one request; a backlog goes as
+//! few requests of at most `max_request_size` over a link with slow round
+//! trips.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tern::otlp::proto::trace::v1::Span;
 
-use crate::harness::spans::{free_port, post, span_names, traces_request};
+use crate::harness::spans::{free_port, post, receiver_config_at, span_names, traces_request};
 use crate::harness::{wait_for, Agent, FakeGateway};
 
 /// A request of `count` spans whose names are pseudo-random hex, so that
@@ -38,23 +40,11 @@ fn max_bandwidth_paces_a_draining_backlog() {
     let receiver = free_port();
     let mut gateway = FakeGateway::start();
     gateway.stop();
-    let agent = Agent::start(&format!(
-        r#"[agent]
-state_dir = "{{state_dir}}"
-listen = "127.0.0.1:0"
-
-[receiver.otlp]
-listen = "{receiver}"
-
-[export]
-endpoints = ["{}"]
-max_bandwidth = "32KiB/s"
-
-[export.retry]
-initial_interval = "100ms"
-max_interval = "300ms"
-"#,
-        gateway.url()
+    // Requests of a few batches, so that the pacing between them shows.
+    let agent = Agent::start(&uplink_config(
+        receiver,
+        &gateway.url(),
+        "max_bandwidth = \"32KiB/s\"\nmax_request_size = \"16KiB\"",
     ));
     const REQUESTS: u64 = 20;
     const SPANS: u64 = 200;
@@ -110,4 +100,106 @@ max_interval = "300ms"
         sent.len(),
         total as f64 / drain / 1024.0
     );
+}
+
+/// The receiver on `receiver` sending to `gateway` with fast retries, and
+/// `export` lines added to `[export]`.
+fn uplink_config(receiver: std::net::SocketAddr, gateway: &str, export: &str) -> String {
+    receiver_config_at(receiver, gateway)
+        .replace("timeout = \"2s\"", &format!("timeout = \"2s\"\n{export}"))
+}
+
+/// Posts `batches` requests of `spans` noisy spans each (about 40 bytes a
+/// span gzipped) while the gateway is down, then brings it back with a
+/// `rtt` delay on every answer, and waits until every span arrived.
+/// Returns the drain time, the requests answered 200 and the bytes sent.
+fn drain_backlog(
+    export: &str,
+    batches: u64,
+    spans: u64,
+    rtt: Duration,
+) -> (Duration, usize, usize) {
+    let receiver = free_port();
+    let mut gateway = FakeGateway::start();
+    gateway.stop();
+    let agent = Agent::start(&uplink_config(receiver, &gateway.url(), export));
+    for seed in 0..batches {
+        let body = noisy_spans(seed, spans);
+        let ok = (0..50).any(|_| {
+            post(receiver, &body) == Some(200) || {
+                std::thread::sleep(Duration::from_millis(100));
+                false
+            }
+        });
+        assert!(ok, "post {seed} failed\n{}", agent.diagnostics());
+    }
+    gateway.set_latency(rtt);
+    gateway.restart();
+    let back = Instant::now();
+    let names = wait_for(
+        Duration::from_secs(600),
+        || {
+            let names = span_names(&gateway.received());
+            (names.len() as u64 == batches * spans).then_some(names)
+        },
+        || agent.diagnostics(),
+    );
+    let drain = back.elapsed();
+    assert!(
+        names.values().all(|&n| n == 1),
+        "a span arrived twice: {:?}",
+        names
+            .iter()
+            .filter(|(_, &n)| n > 1)
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    let sent: Vec<_> = gateway
+        .received()
+        .into_iter()
+        .filter(|r| r.answered == 200)
+        .collect();
+    let bytes = sent.iter().map(|r| r.wire_len).sum();
+    (drain, sent.len(), bytes)
+}
+
+/// 200 batches of about 11 kB (a node_exporter scrape's size) wait while the
+/// gateway is down; over a link with 300 ms round trips they drain in a few
+/// requests of at most 1 MiB, every span once.
+#[test]
+fn a_backlog_drains_in_few_requests_over_a_slow_link() {
+    let (drain, requests, bytes) = drain_backlog("", 200, 275, Duration::from_millis(300));
+    let most = bytes.div_ceil(1 << 20) + 2;
+    assert!(
+        requests <= most,
+        "{requests} requests for {bytes} bytes: at most {most} of 1 MiB expected"
+    );
+    assert!(
+        drain < Duration::from_secs(20),
+        "{bytes} bytes in {requests} requests took {drain:?}"
+    );
+    eprintln!(
+        "coalesced: 200 batches, {bytes} bytes in {requests} requests, drained in {:.1} s at 300 ms a round trip",
+        drain.as_secs_f64()
+    );
+}
+
+/// The figures for the README: a backlog over 300 ms round trips, one batch
+/// a request against coalesced. Slow (about a minute); run by hand:
+/// `cargo test -p tern --test system -- uplink::drain_time --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, about a minute"]
+fn drain_time_of_a_backlog_one_batch_a_request_against_coalesced() {
+    let rtt = Duration::from_millis(300);
+    for (name, export) in [
+        ("coalesced", ""),
+        ("one batch a request", "max_request_size = 0"),
+    ] {
+        let (drain, requests, bytes) = drain_backlog(export, 200, 275, rtt);
+        eprintln!(
+            "{name}: 200 batches, {bytes} bytes in {requests} requests, drained in {:.1} s ({:.0} ms a batch)",
+            drain.as_secs_f64(),
+            drain.as_secs_f64() * 1000.0 / 200.0
+        );
+    }
 }

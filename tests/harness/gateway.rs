@@ -72,6 +72,8 @@ struct State {
     received: Vec<Received>,
     /// Bodies (as sent, compressed or not) larger than this get 413.
     max_body: Option<usize>,
+    /// Added before every answer: a link's round trip.
+    latency: Duration,
 }
 
 /// A running test gateway on 127.0.0.1.
@@ -135,6 +137,13 @@ impl FakeGateway {
     #[allow(dead_code)] // For the hostile gateway tests.
     pub fn set_max_body(&self, limit: Option<usize>) {
         self.state.lock().unwrap().max_body = limit;
+    }
+
+    /// Waits this long before every answer, as a slow link's round trip
+    /// would (the answer still counts).
+    #[allow(dead_code)] // For the uplink tests.
+    pub fn set_latency(&self, latency: Duration) {
+        self.state.lock().unwrap().latency = latency;
     }
 
     /// Everything received so far.
@@ -271,7 +280,7 @@ fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>)
             .any(|(k, v)| k == "content-encoding" && v == "gzip");
         let raw = if gzip {
             let mut out = Vec::new();
-            flate2::read::GzDecoder::new(body.as_slice())
+            flate2::read::MultiGzDecoder::new(body.as_slice())
                 .read_to_end(&mut out)
                 .expect("valid gzip from tern");
             out
@@ -372,6 +381,8 @@ fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>)
         if let Reply::Slow(d) = reply {
             std::thread::sleep(d);
         }
+        let latency = state.lock().unwrap().latency;
+        std::thread::sleep(latency);
         // Record before answering, marking only answered 200s as delivered.
         state.lock().unwrap().received.push(Received {
             path,

@@ -29,6 +29,11 @@ const DEFAULT_RETRY: RetryConfig = RetryConfig {
     max_elapsed_time: Duration::ZERO,
 };
 
+/// `export.max_request_size`: a request a gateway takes whole (the
+/// Collector's OTLP receiver has no limit by default, many proxies stop at a
+/// few MiB), and about a minute of a 128 kbit/s uplink.
+const DEFAULT_MAX_REQUEST_SIZE: u64 = 1 << 20;
+
 /// `export.queue.max_size`: hours of a typical box's telemetry while the
 /// uplink is down, and a small share of an SD card.
 const DEFAULT_QUEUE_MAX_SIZE: u64 = 256 << 20;
@@ -76,6 +81,10 @@ pub struct ExportConfig {
     /// `max_bandwidth`: bytes a second sent to all gateways together, after
     /// compression, with a burst of one request. 0 (the default): no limit.
     pub max_bandwidth: u64,
+    /// `max_request_size`: when a gateway's lane holds several batches, one
+    /// request carries as many as fit in this many bytes (after
+    /// compression). 0: one batch a request. Defaults to 1 MiB.
+    pub max_request_size: u64,
 }
 
 /// The key data is routed by, per the `routing_key` setting.
@@ -249,6 +258,11 @@ impl Cx<'_> {
             Some(s) => Some(self.duration(Some(s), "export.failover_after", Duration::ZERO)?),
         };
         let max_bandwidth = self.bandwidth(export.max_bandwidth.as_ref())?;
+        let max_request_size = self.size(
+            export.max_request_size.as_ref(),
+            "export.max_request_size",
+            DEFAULT_MAX_REQUEST_SIZE,
+        )?;
         let tls = self.tls(export.tls, "export.tls")?;
         let retry = self.retry(export.retry.unwrap_or_default())?;
         let queue = self.queue(export.queue.unwrap_or_default())?;
@@ -265,6 +279,7 @@ impl Cx<'_> {
             dns,
             failover_after,
             max_bandwidth,
+            max_request_size,
         })
     }
 

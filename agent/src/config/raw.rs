@@ -79,6 +79,7 @@ pub(super) struct RawExport {
     pub(super) dns: Option<RawDns>,
     pub(super) failover_after: Option<Spanned<String>>,
     pub(super) max_bandwidth: Option<Spanned<RawSize>>,
+    pub(super) max_request_size: Option<Spanned<RawSize>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -593,3 +593,16 @@ fn max_bandwidth_is_a_rate_or_zero() {
         .to_string()
         .contains("must not be negative"));
 }
+
+#[test]
+fn max_request_size_defaults_to_1mib() {
+    assert_eq!(parse("").unwrap().export.max_request_size, 1 << 20);
+    let c = parse("[export]\nmax_request_size = \"256KiB\"\n").unwrap();
+    assert_eq!(c.export.max_request_size, 256 << 10);
+    let e = parse("[export]\nmax_request_size = \"1 lot\"\n").unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("t.toml:2:20: export.max_request_size: invalid size"),
+        "{e}"
+    );
+}

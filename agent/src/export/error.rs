@@ -113,27 +113,7 @@ impl ExportError {
         let ExportError::Network(e) = self else {
             return false;
         };
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
-        while let Some(c) = cause {
-            if let Some(io) = c.downcast_ref::<std::io::Error>() {
-                if matches!(
-                    io.kind(),
-                    std::io::ErrorKind::ConnectionRefused
-                        | std::io::ErrorKind::HostUnreachable
-                        | std::io::ErrorKind::NetworkUnreachable
-                ) {
-                    return true;
-                }
-            }
-            if matches!(
-                c.downcast_ref::<ureq::Error>(),
-                Some(ureq::Error::ConnectionFailed | ureq::Error::HostNotFound)
-            ) {
-                return true;
-            }
-            cause = c.source();
-        }
-        false
+        crate::http::is_connect_failure(e.as_ref())
     }
 
     /// The Retry-After the gateway asked for.

@@ -6,12 +6,13 @@
 //! its lanes re-split onto the others ([`resplit`](super::resplit::resplit))
 //! until it answers a probe again.
 
+use std::cell::{Cell, RefCell};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{ExportConfig, RetryConfig};
+use crate::config::{Compression, ExportConfig, RetryConfig};
 use crate::lifecycle::RateLimit;
 use crate::queue::{
     Batch, BatchId, DropReason, Dropped, Lane, PushListener, Queue, QueueError, Signal,
@@ -28,6 +29,8 @@ use super::sender::{self, Sender};
 
 /// How long an idle sender waits for a push before it reads its lanes again
 /// anyway (a batch moved into them by a re-split does not wake it).
+mod coalesce;
+
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 
 /// Longest wait between two tries to acknowledge (or drop) a batch the queue
@@ -155,6 +158,12 @@ impl Delivery {
         }
     }
 
+    /// Whether nothing has happened to the batch yet: no part sent, split
+    /// or settled, no failed try. Only then may it go with others.
+    fn is_fresh(&self) -> bool {
+        self.pieces.is_none() && !self.delivered && self.settle.is_none()
+    }
+
     /// The next request: the payload and its items, whole or the next part.
     /// `None` when the batch is split and no part is left.
     fn next<'a>(&'a self, batch: &'a Batch) -> Option<(&'a [u8], u64)> {
@@ -192,6 +201,9 @@ enum Step {
     /// The gateway is done with the batch but the queue could not record it:
     /// try the queue again after this wait, without sending.
     Unsettled(Duration),
+    /// Look at the lane again at once (a request of several batches was
+    /// too large: fewer go next).
+    Again,
     /// The sender was stopped.
     Stopped,
 }
@@ -208,6 +220,19 @@ pub(super) struct Gateway {
     failover_after: Option<Duration>,
     /// `max_bandwidth`, shared by every gateway's sender.
     bandwidth: Arc<Bandwidth>,
+    /// Whether several batches may go in one request (gzip on the wire).
+    coalesce: bool,
+    /// `max_request_size`: the most bytes one request of several batches
+    /// carries.
+    max_request_size: usize,
+    /// The most batches a request carries: halved by each 413.
+    coalesce_limit: Cell<usize>,
+    /// Batches up to this one go one by one (a request holding them was
+    /// refused).
+    single_until: Cell<Option<BatchId>>,
+    /// Batches delivered in one request whose deletes the queue could not
+    /// all record: only their acks are left.
+    pending_acks: RefCell<Vec<BatchId>>,
     /// Failed sends.
     errors: RateLimit,
     /// Redirects that ask for a new endpoint.
@@ -240,6 +265,11 @@ impl Gateway {
             retry: config.retry,
             failover_after: config.failover_after,
             bandwidth,
+            coalesce: config.compression == Compression::Gzip && config.max_request_size > 0,
+            max_request_size: usize::try_from(config.max_request_size).unwrap_or(usize::MAX),
+            coalesce_limit: Cell::new(coalesce::MAX_BATCHES),
+            single_until: Cell::new(None),
+            pending_acks: RefCell::new(Vec::new()),
             errors: RateLimit::new(Duration::from_secs(30)),
             redirects: RateLimit::new(Duration::from_secs(300)),
             settle_errors: RateLimit::new(Duration::from_secs(30)),
@@ -307,9 +337,22 @@ impl Gateway {
                 busy = true;
                 let mut delivery = match slot.take() {
                     Some(d) if d.id == batch.id => d,
-                    _ => Delivery::new(batch.id, self.retry),
+                    _ => self.delivery(batch.id),
                 };
-                match self.deliver(&lane, &batch, &mut delivery, stop) {
+                let step = if delivery.is_fresh() {
+                    let group = self.gather(&lane, batch);
+                    match group.len() {
+                        1 => self.deliver(&lane, &group[0], &mut delivery, stop),
+                        _ => match self.deliver_group(&lane, &group, &mut delivery, stop) {
+                            Some(step) => step,
+                            None => self.deliver(&lane, &group[0], &mut delivery, stop),
+                        },
+                    }
+                } else {
+                    self.deliver(&lane, &batch, &mut delivery, stop)
+                };
+                match step {
+                    Step::Again => *slot = Some(delivery),
                     Step::Done => {
                         failing_since = None;
                         down_seen = false;
@@ -464,46 +507,11 @@ impl Gateway {
                 self.finished(lane, batch, d);
                 continue;
             };
-            let Some(waited) = self.bandwidth.take(payload.len(), stop) else {
+            let Some(result) = self.send_counted(signal, payload, items, stop) else {
                 return Step::Stopped;
             };
-            if !waited.is_zero() {
-                self.metrics.add(
-                    "tern_export_bandwidth_wait_seconds_total",
-                    &[("endpoint", endpoint)],
-                    waited.as_secs_f64(),
-                );
-            }
-            let started = Instant::now();
-            let result = self
-                .sender
-                .send_observed(signal, payload, &mut |r| self.redirected(r));
-            self.metrics.add(
-                "tern_export_request_duration_seconds_total",
-                &[("endpoint", endpoint)],
-                started.elapsed().as_secs_f64(),
-            );
             let error = match result {
-                Ok(accepted) => {
-                    self.metrics
-                        .add("tern_export_sent_points_total", &labels, items as f64);
-                    self.metrics.add(
-                        "tern_export_sent_bytes_total",
-                        &labels,
-                        payload.len() as f64,
-                    );
-                    if accepted.rejected > 0 {
-                        self.metrics.add(
-                            "tern_export_rejected_points_total",
-                            &labels,
-                            accepted.rejected as f64,
-                        );
-                        log::warn!(
-                            "Gateway rejected part of a batch endpoint={endpoint} signal={signal} rejected={} message={:?}",
-                            accepted.rejected,
-                            accepted.message
-                        );
-                    }
+                Ok(()) => {
                     d.delivered = true;
                     if d.done_with_current() {
                         self.finished(lane, batch, d);
@@ -512,20 +520,7 @@ impl Gateway {
                 }
                 Err(e) => e,
             };
-            if error.is_refused() {
-                self.bandwidth.refund(payload.len());
-            }
-            // A local fault is no failed request: nothing reached the gateway.
-            if error.fault() != Fault::Local {
-                self.metrics.inc(
-                    "tern_export_failed_requests_total",
-                    &[
-                        ("endpoint", endpoint),
-                        ("signal", signal.as_str()),
-                        ("reason", &error.reason()),
-                    ],
-                );
-            }
+            self.count_failed(lane, &error, payload.len());
             match (error.fault(), &error) {
                 (_, ExportError::TooLarge { .. }) => match split::halve(signal, payload) {
                     Ok(Halved::Two(a, b)) => {
@@ -559,39 +554,148 @@ impl Gateway {
                 (Fault::Permanent, _) => {
                     self.drop_current(lane, batch, d, DropReason::Permanent, &error);
                 }
-                (Fault::Retryable, _) => {
-                    let Some(delay) = d.send_backoff.next_delay(error.retry_after()) else {
-                        log::error!(
-                            "Batch dropped: max_elapsed_time passed endpoint={endpoint} signal={signal} points={} error={error}",
-                            d.pieces.as_ref().map_or(batch.items, |p| p.iter().map(|p| p.items).sum())
-                        );
-                        match d.pieces.as_mut() {
-                            None => d.settle = Some(Settle::Drop(DropReason::Expired)),
-                            Some(rest) => {
-                                for piece in rest.drain(..) {
-                                    self.count_part_drop(lane, piece.items, DropReason::Expired);
-                                }
-                                self.finished(lane, batch, d);
-                            }
-                        }
-                        continue;
-                    };
-                    self.metrics
-                        .inc("tern_export_retried_batches_total", &labels);
-                    if let Some(suppressed) = self.errors.check() {
-                        log::warn!(
-                            "Send failed, will retry endpoint={endpoint} signal={signal} error={error} retry_in={:.1}s suppressed={suppressed}",
-                            delay.as_secs_f64()
-                        );
-                    }
-                    return Step::Retry {
-                        delay,
-                        unreachable: error.is_unreachable(),
-                        refused: error.is_refused(),
-                    };
-                }
+                (Fault::Retryable, _) => match self.retry_later(lane, batch, d, &error) {
+                    Some(step) => return step,
+                    None => continue,
+                },
             }
         }
+    }
+
+    /// After a retryable failure: the wait before the batch (`d`, the head
+    /// of `lane`) is sent again, or `None` when `max_elapsed_time` has
+    /// passed and the batch (or what is left of it) is set to be dropped.
+    fn retry_later(
+        &self,
+        lane: &Lane,
+        batch: &Batch,
+        d: &mut Delivery,
+        error: &ExportError,
+    ) -> Option<Step> {
+        let endpoint = self.sender.endpoint();
+        let signal = lane.signal();
+        let Some(delay) = d.send_backoff.next_delay(error.retry_after()) else {
+            log::error!(
+                "Batch dropped: max_elapsed_time passed endpoint={endpoint} signal={signal} points={} error={error}",
+                d.pieces.as_ref().map_or(batch.items, |p| p.iter().map(|p| p.items).sum())
+            );
+            match d.pieces.as_mut() {
+                None => d.settle = Some(Settle::Drop(DropReason::Expired)),
+                Some(rest) => {
+                    for piece in rest.drain(..) {
+                        self.count_part_drop(lane, piece.items, DropReason::Expired);
+                    }
+                    self.finished(lane, batch, d);
+                }
+            }
+            return None;
+        };
+        self.metrics.inc(
+            "tern_export_retried_batches_total",
+            &[("endpoint", endpoint), ("signal", signal.as_str())],
+        );
+        if let Some(suppressed) = self.errors.check() {
+            log::warn!(
+                "Send failed, will retry endpoint={endpoint} signal={signal} error={error} retry_in={:.1}s suppressed={suppressed}",
+                delay.as_secs_f64()
+            );
+        }
+        Some(Step::Retry {
+            delay,
+            unreachable: error.is_unreachable(),
+            refused: error.is_refused(),
+        })
+    }
+
+    /// One request of `body` (holding `items`) within `max_bandwidth`,
+    /// counted: its time, and when the gateway took it its points, bytes and
+    /// any points it rejected. `None` when stopped while waiting.
+    fn send_counted(
+        &self,
+        signal: Signal,
+        body: &[u8],
+        items: u64,
+        stop: &Stop,
+    ) -> Option<Result<(), ExportError>> {
+        let endpoint = self.sender.endpoint();
+        let waited = self.bandwidth.take(body.len(), stop)?;
+        if !waited.is_zero() {
+            self.metrics.add(
+                "tern_export_bandwidth_wait_seconds_total",
+                &[("endpoint", endpoint)],
+                waited.as_secs_f64(),
+            );
+        }
+        let started = Instant::now();
+        let result = self
+            .sender
+            .send_observed(signal, body, &mut |r| self.redirected(r));
+        self.metrics.add(
+            "tern_export_request_duration_seconds_total",
+            &[("endpoint", endpoint)],
+            started.elapsed().as_secs_f64(),
+        );
+        let accepted = match result {
+            Ok(accepted) => accepted,
+            Err(e) => return Some(Err(e)),
+        };
+        let labels = [("endpoint", endpoint), ("signal", signal.as_str())];
+        self.metrics
+            .add("tern_export_sent_points_total", &labels, items as f64);
+        self.metrics
+            .add("tern_export_sent_bytes_total", &labels, body.len() as f64);
+        self.count_rejected(signal, &accepted);
+        Some(Ok(()))
+    }
+
+    /// Counts and logs the points a gateway's partial_success rejected.
+    fn count_rejected(&self, signal: Signal, accepted: &sender::Accepted) {
+        if accepted.rejected == 0 {
+            return;
+        }
+        let endpoint = self.sender.endpoint();
+        self.metrics.add(
+            "tern_export_rejected_points_total",
+            &[("endpoint", endpoint), ("signal", signal.as_str())],
+            accepted.rejected as f64,
+        );
+        log::warn!(
+            "Gateway rejected part of a batch endpoint={endpoint} signal={signal} rejected={} message={:?}",
+            accepted.rejected,
+            accepted.message
+        );
+    }
+
+    /// Counts a failed request of `bytes`; one that never left (refused)
+    /// costs no bandwidth budget.
+    fn count_failed(&self, lane: &Lane, error: &ExportError, bytes: usize) {
+        if error.is_refused() {
+            self.bandwidth.refund(bytes);
+        }
+        // A local fault is no failed request: nothing reached the gateway.
+        if error.fault() != Fault::Local {
+            self.metrics.inc(
+                "tern_export_failed_requests_total",
+                &[
+                    ("endpoint", self.sender.endpoint()),
+                    ("signal", lane.signal().as_str()),
+                    ("reason", &error.reason()),
+                ],
+            );
+        }
+    }
+
+    /// A delivery for the batch `id`: fresh, or with only its ack left when
+    /// it went out in a request whose acks the queue could not all record.
+    fn delivery(&self, id: BatchId) -> Delivery {
+        let mut d = Delivery::new(id, self.retry);
+        let mut pending = self.pending_acks.borrow_mut();
+        if let Some(i) = pending.iter().position(|p| *p == id) {
+            pending.remove(i);
+            d.delivered = true;
+            d.settle = Some(Settle::Ack);
+        }
+        d
     }
 
     /// Gives up on the request just sent: the whole batch when it went whole

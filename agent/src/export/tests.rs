@@ -44,7 +44,7 @@ impl Request {
     fn spans(&self) -> Vec<String> {
         let raw = if self.header("content-encoding") == Some("gzip") {
             let mut out = Vec::new();
-            flate2::read::GzDecoder::new(self.body.as_slice())
+            flate2::read::MultiGzDecoder::new(self.body.as_slice())
                 .read_to_end(&mut out)
                 .unwrap();
             out
@@ -799,7 +799,8 @@ fn a_503_is_retried_until_the_gateway_takes_the_batch() {
 #[test]
 fn a_permanent_refusal_drops_the_batch_and_the_next_is_delivered() {
     let server = Server::start(|_, i| Reply(if i == 0 { 400 } else { 200 }, vec![]));
-    let config = export_config(&server.url(), "");
+    // One batch a request: the server refuses the first request.
+    let config = export_config(&server.url(), "max_request_size = 0");
     let dir = TempDir::new("permanent");
     let first = crate::otlp::encode(&spans(2, 10)).gzip;
     let second = crate::otlp::encode(&spans(5, 10)).gzip;
@@ -887,5 +888,164 @@ fn a_gateway_failing_past_failover_after_hands_its_lanes_to_the_next() {
     assert!(
         !metrics.render().contains("tern_dropped_batches_total{"),
         "failing over drops nothing"
+    );
+}
+
+/// Delivered span names of every request answered 200, in order.
+fn delivered_spans(server: &Server, ok: impl Fn(&Request) -> bool) -> Vec<String> {
+    server
+        .requests()
+        .iter()
+        .filter(|r| ok(r))
+        .flat_map(Request::spans)
+        .collect()
+}
+
+/// Batches of 1 to `n` spans, each span named after its batch (`b<k>-s<i>`).
+fn numbered_batches(n: usize, pad: usize) -> Vec<(Vec<u8>, u64)> {
+    (1..=n)
+        .map(|k| {
+            let mut r = spans(k, pad);
+            for (i, span) in r.resource_spans[0].scope_spans[0]
+                .spans
+                .iter_mut()
+                .enumerate()
+            {
+                span.name = format!("b{k}-s{i}");
+            }
+            (crate::otlp::encode(&r).gzip, k as u64)
+        })
+        .collect()
+}
+
+#[test]
+fn a_backlog_goes_in_one_request_and_every_batch_is_acked() {
+    let server = Server::start(|_, _| Reply(200, vec![]));
+    let config = export_config(&server.url(), "");
+    let dir = TempDir::new("coalesce");
+    let (queue, lane) = queue_with(&dir, &server.url(), &numbered_batches(10, 20));
+    let metrics = Arc::new(Metrics::new());
+    deliver_all(gateway(&config, &queue, &metrics), &queue, &lane, &server);
+    assert_eq!(server.requests().len(), 1, "ten batches, one request");
+    let names = delivered_spans(&server, |_| true);
+    let want: Vec<String> = (1..=10)
+        .flat_map(|k| (0..k).map(move |i| format!("b{k}-s{i}")))
+        .collect();
+    assert_eq!(names, want, "every span once, in queue order");
+    let url = server.url();
+    let labels = traces_of(&url);
+    assert_eq!(
+        counter(&metrics, "tern_export_sent_batches_total", &labels),
+        10.0
+    );
+    assert_eq!(
+        counter(&metrics, "tern_export_coalesced_batches_total", &labels),
+        10.0
+    );
+    assert_eq!(
+        counter(&metrics, "tern_export_sent_points_total", &labels),
+        55.0
+    );
+}
+
+#[test]
+fn a_413_halves_the_batches_a_request_carries() {
+    // 16 batches of about the same size; the gateway takes five of them at
+    // most: they go 16 (413), 8 (413), then 4 a request.
+    let batches: Vec<(Vec<u8>, u64)> = (0..16)
+        .map(|k| {
+            let mut r = spans(1, 600);
+            r.resource_spans[0].scope_spans[0].spans[0].name = format!("b{k}");
+            (crate::otlp::encode(&r).gzip, 1)
+        })
+        .collect();
+    let largest = batches.iter().map(|(b, _)| b.len()).max().unwrap();
+    let smallest = batches.iter().map(|(b, _)| b.len()).min().unwrap();
+    assert!(8 * smallest > 5 * largest, "{smallest}..{largest}");
+    let limit = 5 * largest;
+    let server =
+        Server::start(move |r, _| Reply(if r.body.len() > limit { 413 } else { 200 }, vec![]));
+    let config = export_config(&server.url(), "");
+    let dir = TempDir::new("coalesce-413");
+    let (queue, lane) = queue_with(&dir, &server.url(), &batches);
+    let metrics = Arc::new(Metrics::new());
+    deliver_all(gateway(&config, &queue, &metrics), &queue, &lane, &server);
+    let sizes: Vec<usize> = server.requests().iter().map(|r| r.spans().len()).collect();
+    assert_eq!(sizes, [16, 8, 4, 4, 4, 4], "batches per request");
+    let names = delivered_spans(&server, |r| r.body.len() <= limit);
+    let want: Vec<String> = (0..16).map(|k| format!("b{k}")).collect();
+    assert_eq!(names, want, "each batch delivered once");
+    assert!(!metrics.render().contains("tern_dropped_batches_total{"));
+}
+
+#[test]
+fn a_refused_request_of_several_batches_drops_only_the_bad_one() {
+    let server = Server::start(|r, _| {
+        Reply(
+            if r.spans().iter().any(|s| s == "b3-s1") {
+                400
+            } else {
+                200
+            },
+            vec![],
+        )
+    });
+    let config = export_config(&server.url(), "");
+    let dir = TempDir::new("coalesce-400");
+    let (queue, lane) = queue_with(&dir, &server.url(), &numbered_batches(5, 20));
+    let metrics = Arc::new(Metrics::new());
+    deliver_all(gateway(&config, &queue, &metrics), &queue, &lane, &server);
+    let sizes: Vec<usize> = server.requests().iter().map(|r| r.spans().len()).collect();
+    assert_eq!(
+        sizes,
+        [15, 1, 2, 3, 4, 5],
+        "the five together, then one by one"
+    );
+    let names = delivered_spans(&server, |r| !r.spans().iter().any(|s| s == "b3-s1"));
+    let want: Vec<String> = [1, 2, 4, 5]
+        .into_iter()
+        .flat_map(|k| (0..k).map(move |i| format!("b{k}-s{i}")))
+        .collect();
+    assert_eq!(names, want);
+    let url = server.url();
+    let dropped = [
+        ("signal", "traces"),
+        ("destination", url.as_str()),
+        ("reason", "permanent"),
+    ];
+    assert_eq!(
+        counter(&metrics, "tern_dropped_batches_total", &dropped),
+        1.0
+    );
+    assert_eq!(
+        counter(&metrics, "tern_export_sent_batches_total", &traces_of(&url)),
+        4.0
+    );
+}
+
+#[test]
+fn failed_acks_of_a_request_of_several_batches_are_retried_without_posting_again() {
+    let server = Server::start(|_, _| Reply(200, vec![]));
+    let config = export_config(&server.url(), "");
+    let dir = TempDir::new("coalesce-ack");
+    let (queue, lane) = queue_with(&dir, &server.url(), &numbered_batches(5, 20));
+    let metrics = Arc::new(Metrics::new());
+    let g = gateway(&config, &queue, &metrics);
+    g.failing_acks.store(3, Ordering::SeqCst);
+    deliver_all(g, &queue, &lane, &server);
+    assert_eq!(server.requests().len(), 1, "posted once");
+    let url = server.url();
+    let labels = traces_of(&url);
+    assert_eq!(
+        counter(&metrics, "tern_export_ack_failures_total", &labels),
+        3.0
+    );
+    assert_eq!(
+        counter(&metrics, "tern_export_sent_batches_total", &labels),
+        5.0
+    );
+    assert_eq!(
+        counter(&metrics, "tern_export_sent_points_total", &labels),
+        15.0
     );
 }

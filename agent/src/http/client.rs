@@ -276,6 +276,32 @@ pub(crate) fn is_https(url: &str) -> bool {
         .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
 }
 
+/// Whether a request failed before it had a connection: refused, no route,
+/// or a name that does not resolve (the server was not there to answer).
+pub(crate) fn is_connect_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable
+            ) {
+                return true;
+            }
+        }
+        if matches!(
+            c.downcast_ref::<ureq::Error>(),
+            Some(ureq::Error::ConnectionFailed | ureq::Error::HostNotFound)
+        ) {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// The host and port an absolute http(s) URL connects to (80 or 443 when it
 /// names none), for a TCP-level reachability check. `None` when it has none.
 pub(crate) fn host_port(url: &str) -> Option<(String, u16)> {

@@ -9,4 +9,4 @@
 pub(crate) mod client;
 pub(crate) mod server;
 
-pub(crate) use client::{host_port, is_https, Client, HttpError, TlsConfig};
+pub(crate) use client::{host_port, is_connect_failure, is_https, Client, HttpError, TlsConfig};

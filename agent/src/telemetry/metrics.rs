@@ -100,6 +100,11 @@ const DESCRIPTORS: &[(&str, Kind, &str)] = &[
         "Time senders waited for export.max_bandwidth before a request.",
     ),
     (
+        "tern_export_coalesced_batches_total",
+        Kind::Counter,
+        "Batches sent together with others in one request (export.max_request_size).",
+    ),
+    (
         "tern_export_probes_total",
         Kind::Counter,
         "TCP connects to an unreachable gateway during a backoff, by result (up, down).",
