@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::harness::agent::metric_value;
+use crate::harness::exporter::ScriptedExporter;
 use crate::harness::spans::{free_port, post, span_names, spans};
 use crate::harness::{http_get, FakeGateway, Reply, TempDir};
 
@@ -678,4 +680,129 @@ fn vm_busybox_init_script_starts_stops_and_forwards() {
         jobs.contains("busybox"),
         "no scraped series arrived: {jobs:?}"
     );
+}
+
+/// Sums the values of the series of `name` whose labels contain every one of
+/// `labels` (such as `job="lab"`).
+fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// CPU per scraped sample of the guest's own binary on its own kernel: the
+/// guest scrapes a host exporter of `TERN_VM_SERIES` series (default 10,000,
+/// values changing every scrape) every 5 s and forwards to the host gateway;
+/// over a window of `TERN_VM_CPU_SECONDS` (default 60) after a warm-up, CPU
+/// is the increase of its `process_cpu_seconds_total`, samples the increase
+/// of its ok scrapes times the series per scrape. Under TCG the absolute
+/// figure is the emulator's; the ratio between architectures and the RSS are
+/// what it tells. The figures go to stderr and to `$TERN_VM_LOGS/cpu.txt`.
+#[test]
+#[ignore = "needs the VM images: scripts/test-vm"]
+fn vm_scrape_cpu_per_sample() {
+    if std::env::var_os("TERN_VM_QEMU").is_none() {
+        eprintln!("skipped: run by scripts/test-vm (TERN_VM_* not set)");
+        return;
+    }
+    let vm = Vm::from_env().expect("TERN_VM_* incomplete");
+    let env_number = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let series = env_number("TERN_VM_SERIES", 10_000);
+    let window = Duration::from_secs(env_number("TERN_VM_CPU_SECONDS", 60));
+    let exporter = ScriptedExporter::start(move |n| {
+        let mut body = String::with_capacity(series as usize * 48);
+        body.push_str("# TYPE lab_metric gauge\n");
+        for i in 0..series {
+            body.push_str(&format!(
+                "lab_metric{{series=\"{i}\",box=\"lab\"}} {}\n",
+                (n * 7 + i) % 1000
+            ));
+        }
+        (200, "text/plain; version=0.0.4", body.into_bytes())
+    });
+    let dir = TempDir::new("vm-cpu");
+    let disk = dir.path().join("disk.img");
+    std::fs::copy(&vm.disk, &disk).unwrap();
+    let logs =
+        std::env::var_os("TERN_VM_LOGS").map_or_else(|| dir.path().to_path_buf(), PathBuf::from);
+    std::fs::create_dir_all(&logs).unwrap();
+    let log = logs.join("cpu-console.log");
+    let gateway = FakeGateway::start();
+    let (receiver, metrics) = (free_port(), free_port());
+    let started = Instant::now();
+    let mut qemu = vm.qemu(
+        "256",
+        &format!(
+            "tern.gw={} tern.scrape={}",
+            gateway.addr.port(),
+            exporter.addr.port()
+        ),
+        &[&disk],
+        &format!(
+            ",hostfwd=tcp:127.0.0.1:{}-:4318,hostfwd=tcp:127.0.0.1:{}-:12345",
+            receiver.port(),
+            metrics.port()
+        ),
+        &log,
+    );
+    let ready = wait_ready(receiver, &mut qemu);
+    let ready_after = started.elapsed();
+    let read = || http_get(metrics, "/metrics").map_or_else(String::new, |(_, t)| t);
+    let ok_scrapes = |text: &str| {
+        metric_sum(
+            text,
+            "tern_scrapes_total",
+            &["job=\"lab\"", "result=\"ok\""],
+        )
+    };
+    // Warm-up: two scrapes done, so the window starts with tern's series
+    // table and buffers at their steady size.
+    let warm = Instant::now() + Duration::from_secs(120);
+    while ready && ok_scrapes(&read()) < 2.0 && Instant::now() < warm {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let before = read();
+    std::thread::sleep(window);
+    let after = read();
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    let console = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(ready, "the guest's receiver never answered\n{console}");
+    let scrapes = ok_scrapes(&after) - ok_scrapes(&before);
+    let failed = metric_sum(&after, "tern_scrapes_total", &["job=\"lab\""]) - ok_scrapes(&after);
+    let per_scrape = metric_sum(&after, "tern_scrape_samples", &["job=\"lab\""]);
+    let cpu = metric_value(&after, "process_cpu_seconds_total").unwrap_or(0.0)
+        - metric_value(&before, "process_cpu_seconds_total").unwrap_or(0.0);
+    let rss = metric_value(&after, "process_resident_memory_bytes").unwrap_or(0.0);
+    assert!(
+        scrapes >= 2.0 && failed == 0.0,
+        "the guest scraped {scrapes} times in the window, {failed} failed:\n{after}\n{console}"
+    );
+    assert_eq!(per_scrape, series as f64, "series per scrape:\n{after}");
+    let arrived = crate::harness::flatten(&gateway.delivered())
+        .into_iter()
+        .filter(|(_, m)| m.name == "lab_metric")
+        .count();
+    assert!(arrived > 0, "no lab_metric arrived at the gateway");
+    let samples = scrapes * per_scrape;
+    let line = format!(
+        "{}: {:.2} us per sample ({cpu:.2} s CPU, {scrapes} scrapes of {per_scrape} series in {} s), RSS {:.1} MB, ready after {:.1} s",
+        vm.qemu,
+        cpu * 1e6 / samples,
+        window.as_secs(),
+        rss / 1e6,
+        ready_after.as_secs_f64()
+    );
+    eprintln!("vm cpu {line}");
+    std::fs::write(logs.join("cpu.txt"), format!("{line}\n")).unwrap();
 }
