@@ -282,12 +282,15 @@ pub(crate) fn is_connect_failure(e: &(dyn std::error::Error + 'static)) -> bool 
     let mut cause = Some(e);
     while let Some(c) = cause {
         if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            if matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionRefused
-                    | std::io::ErrorKind::HostUnreachable
-                    | std::io::ErrorKind::NetworkUnreachable
-            ) {
+            // By errno: the ErrorKinds of the last two need Rust 1.83.
+            let unreachable = [
+                rustix::io::Errno::HOSTUNREACH,
+                rustix::io::Errno::NETUNREACH,
+            ]
+            .map(|e| Some(e.raw_os_error()));
+            if io.kind() == std::io::ErrorKind::ConnectionRefused
+                || unreachable.contains(&io.raw_os_error())
+            {
                 return true;
             }
         }
