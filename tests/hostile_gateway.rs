@@ -307,7 +307,7 @@ fn a_stored_batch_that_cannot_be_read_is_dropped_once() {
         };
         let (queue, _) = Queue::open(&dir.path().join("state"), &options).unwrap();
         let lane = Lane::new(Signal::Traces, &gateway.url());
-        let good = tern::otlp::encode(&spans("g", 3, |_| 10)).gzip;
+        let good = tern::otlp::encode(&spans("g", 3, |_| 10)).payload;
         for (payload, items) in [(b"\x1f\x8bnot really gzip".to_vec(), 7), (good, 3)] {
             let pushed = queue
                 .push(

@@ -203,3 +203,89 @@ fn drain_time_of_a_backlog_one_batch_a_request_against_coalesced() {
         );
     }
 }
+
+/// `compression = "zstd"`: the same scrapes arrive whole in zstd, fewer
+/// bytes than gzip; a gateway that answers 415 to zstd (as Prometheus's OTLP
+/// endpoint does) gets gzip from then on, logged once, nothing lost.
+#[test]
+fn zstd_is_smaller_on_the_wire_and_a_gateway_without_it_gets_gzip() {
+    use crate::harness::exporter::ScriptedExporter;
+    use crate::harness::{config, flatten, values};
+    // node_exporter-like series, values changing every scrape.
+    let exporter = ScriptedExporter::start(|n| {
+        let mut body = String::from("# TYPE lab_bytes gauge\n");
+        for i in 0..2000u64 {
+            body.push_str(&format!(
+                "lab_bytes{{device=\"sd{}\",mode=\"m{}\",cpu=\"{}\"}} {}\n",
+                i % 13,
+                i % 7,
+                i,
+                (n * 7919 + i * 104_729) % 1_000_003
+            ));
+        }
+        (200, "text/plain; version=0.0.4", body.into_bytes())
+    });
+    let mut per_point = Vec::new();
+    for (codec, refuse) in [("gzip", false), ("zstd", false), ("zstd", true)] {
+        let gateway = FakeGateway::start();
+        if refuse {
+            gateway.refuse_zstd();
+        }
+        let cfg = config("z", exporter.addr, "1s", &gateway.url()).replace(
+            "timeout = \"2s\"",
+            &format!("timeout = \"2s\"\ncompression = \"{codec}\"\nmax_request_size = 0"),
+        );
+        let agent = Agent::start(&cfg);
+        let delivered = wait_for(
+            Duration::from_secs(30),
+            || {
+                let d = gateway.delivered();
+                let points: usize = flatten(&d)
+                    .iter()
+                    .filter(|(_, m)| m.name == "lab_bytes")
+                    .map(|(_, m)| values(m).len())
+                    .sum();
+                (points >= 6000).then_some(d)
+            },
+            || agent.diagnostics(),
+        );
+        let ok: Vec<_> = gateway
+            .received()
+            .into_iter()
+            .filter(|r| r.answered == 200)
+            .collect();
+        let want = if codec == "zstd" && !refuse {
+            "zstd"
+        } else {
+            "gzip"
+        };
+        assert!(
+            ok.iter().all(|r| r
+                .headers
+                .iter()
+                .any(|(k, v)| k == "content-encoding" && v == want)),
+            "{codec} (refused: {refuse}): every delivery in {want}"
+        );
+        let points: usize = flatten(&delivered)
+            .iter()
+            .map(|(_, m)| values(m).len())
+            .sum();
+        let bytes: usize = ok.iter().map(|r| r.wire_len).sum();
+        if refuse {
+            let log = agent.stderr();
+            assert_eq!(
+                log.matches("Gateway refused zstd (415").count(),
+                1,
+                "logged once:\n{log}"
+            );
+            assert!(!agent.metrics().contains("tern_dropped_batches_total{"));
+        } else {
+            per_point.push((codec, bytes as f64 / points as f64));
+        }
+    }
+    eprintln!("bytes a point on the wire: {per_point:?}");
+    assert!(
+        per_point[1].1 < per_point[0].1,
+        "zstd is not smaller than gzip: {per_point:?}"
+    );
+}

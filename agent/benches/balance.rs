@@ -215,7 +215,7 @@ fn cost() {
     println!("| --- | --- | --- |");
     let three = Table::new(&gateways(3), Routing::default());
     let one = Table::new(&gateways(1), Routing::default());
-    let t = encode(&traces(1000, 500)).gzip;
+    let t = encode(&traces(1000, 500)).payload;
     time("1000 spans of 500 traces, 1 gateway", 1000, 50, || {
         split(&one, Signal::Traces, &t)
     });
@@ -225,14 +225,14 @@ fn cost() {
         50,
         || split(&three, Signal::Traces, &t),
     );
-    let t1 = encode(&traces(1000, 1)).gzip;
+    let t1 = encode(&traces(1000, 1)).payload;
     time(
         "1000 spans of 1 trace, traceID, 3 gateways",
         1000,
         50,
         || split(&three, Signal::Traces, &t1),
     );
-    let m = encode(&scrape(2000)).gzip;
+    let m = encode(&scrape(2000)).payload;
     time(
         "scrape of 2000 points, resource, 3 gateways",
         2000,
@@ -254,7 +254,7 @@ fn cost() {
     );
     let started = Instant::now();
     for _ in 0..50 {
-        let _ = encode(&traces(1000, 500)).gzip.len();
+        let _ = encode(&traces(1000, 500)).payload.len();
     }
     println!(
         "\nfor scale: building, encoding and gzipping the 1000-span batch itself: {:.3} us per span",

@@ -95,7 +95,7 @@ fn main() {
         bytes += builder
             .finish()
             .iter()
-            .map(|(e, _)| e.gzip.len())
+            .map(|(e, _)| e.payload.len())
             .sum::<usize>();
     }
     let full = started.elapsed().as_secs_f64() / samples as f64;
@@ -134,7 +134,7 @@ fn main() {
         stream_bytes += builder
             .finish()
             .iter()
-            .map(|(e, _)| e.gzip.len())
+            .map(|(e, _)| e.payload.len())
             .sum::<usize>();
     }
     assert_eq!(stream_bytes, bytes, "gzip bytes streamed");

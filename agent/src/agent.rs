@@ -360,6 +360,12 @@ impl Running {
     ) -> Result<Running, Error> {
         let sources_stop = Arc::new(Shutdown::new());
         let export_stop = Arc::new(Shutdown::new());
+        // Batches are stored in the codec they are sent in (start and reload).
+        let zstd_level = match config.export.compression {
+            crate::config::Compression::Zstd(level) => level,
+            _ => 1,
+        };
+        crate::otlp::set_store_codec(config.export.compression.store_codec(), zstd_level);
         let sink = Sink::new(queue.clone(), metrics.clone(), config.export.debug)
             .with_routes(routes.clone());
         let resource: Vec<(String, String)> = config

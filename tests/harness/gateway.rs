@@ -74,6 +74,8 @@ struct State {
     max_body: Option<usize>,
     /// Added before every answer: a link's round trip.
     latency: Duration,
+    /// Answer 415 to zstd bodies, as a gateway without zstd does.
+    refuse_zstd: bool,
 }
 
 /// A running test gateway on 127.0.0.1.
@@ -144,6 +146,13 @@ impl FakeGateway {
     #[allow(dead_code)] // For the uplink tests.
     pub fn set_latency(&self, latency: Duration) {
         self.state.lock().unwrap().latency = latency;
+    }
+
+    /// Answers 415 Unsupported Media Type to `Content-Encoding: zstd`, as
+    /// Prometheus's OTLP endpoint does.
+    #[allow(dead_code)] // For the uplink tests.
+    pub fn refuse_zstd(&self) {
+        self.state.lock().unwrap().refuse_zstd = true;
     }
 
     /// Everything received so far.
@@ -275,17 +284,39 @@ fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>)
         let body: Vec<u8> = buf.drain(..head_len + length).skip(head_len).collect();
         let wire_len = body.len();
         let read_at = std::time::Instant::now();
-        let gzip = headers
+        let encoding = headers
             .iter()
-            .any(|(k, v)| k == "content-encoding" && v == "gzip");
-        let raw = if gzip {
-            let mut out = Vec::new();
-            flate2::read::MultiGzDecoder::new(body.as_slice())
-                .read_to_end(&mut out)
-                .expect("valid gzip from tern");
-            out
-        } else {
-            body
+            .find(|(k, _)| k == "content-encoding")
+            .map(|(_, v)| v.as_str());
+        let zstd = encoding == Some("zstd");
+        if zstd && state.lock().unwrap().refuse_zstd {
+            let _ = stream
+                .write_all(b"HTTP/1.1 415 Unsupported Media Type\r\nContent-Length: 0\r\n\r\n");
+            state.lock().unwrap().received.push(Received {
+                path,
+                headers,
+                request: ExportMetricsServiceRequest::default(),
+                logs: None,
+                traces: None,
+                digest: 0,
+                answered: 415,
+                at: read_at,
+                wire_len,
+            });
+            continue;
+        }
+        let raw = match encoding {
+            Some("gzip") => {
+                let mut out = Vec::new();
+                flate2::read::MultiGzDecoder::new(body.as_slice())
+                    .read_to_end(&mut out)
+                    .expect("valid gzip from tern");
+                out
+            }
+            Some("zstd") => {
+                zstd::stream::decode_all(body.as_slice()).expect("valid zstd from tern")
+            }
+            _ => body,
         };
         let digest = {
             use std::hash::{Hash, Hasher};

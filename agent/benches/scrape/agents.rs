@@ -280,10 +280,13 @@ body_size_limit = "{limit}MiB"
 
 [export]
 endpoints = ["http://{sink}"]
+compression = "{compression}"
 
 [export.queue]
 fsync = true
 "#,
+            // TERN_BENCH_COMPRESSION=zstd measures the other codec.
+            compression = std::env::var("TERN_BENCH_COMPRESSION").unwrap_or_else(|_| "gzip".into()),
             state = dir.join("tern-state").display(),
             targets = job.target_list(),
             interval = job.interval,

@@ -149,8 +149,21 @@ pub struct DnsConfig {
 pub enum Compression {
     /// `Content-Encoding: gzip`; the queue already holds gzip, so it costs nothing.
     Gzip,
+    /// `Content-Encoding: zstd` at this level (1 to 19); the queue holds
+    /// zstd. A gateway that answers 415 gets gzip from then on.
+    Zstd(i32),
     /// Plain protobuf.
     None,
+}
+
+impl Compression {
+    /// The codec batches are stored in for this setting.
+    pub fn store_codec(self) -> crate::otlp::Codec {
+        match self {
+            Compression::Zstd(_) => crate::otlp::Codec::Zstd,
+            Compression::Gzip | Compression::None => crate::otlp::Codec::Gzip,
+        }
+    }
 }
 
 /// The `[export.retry]` section, with the OpenTelemetry Collector's names and
@@ -216,15 +229,31 @@ impl Cx<'_> {
         let compression = match &export.compression {
             None => Compression::Gzip,
             Some(c) if c.get_ref() == "gzip" => Compression::Gzip,
+            Some(c) if c.get_ref() == "zstd" => {
+                Compression::Zstd(self.zstd_level(export.compression_level.as_ref())?)
+            }
             Some(c) if c.get_ref() == "none" || c.get_ref().is_empty() => Compression::None,
             Some(c) => {
                 return Err(self.err(
                     c,
                     "export.compression",
-                    format!("expected \"gzip\" or \"none\", not {:?}", c.get_ref()),
+                    format!(
+                        "expected \"gzip\", \"zstd\" or \"none\", not {:?}",
+                        c.get_ref()
+                    ),
                 ))
             }
         };
+        if let (Some(level), false) = (
+            &export.compression_level,
+            matches!(compression, Compression::Zstd(_)),
+        ) {
+            return Err(self.err(
+                level,
+                "export.compression_level",
+                "only zstd takes a level (gzip is level 1): set compression = \"zstd\" or remove it",
+            ));
+        }
         let timeout = self.duration(export.timeout.as_ref(), "export.timeout", DEFAULT_TIMEOUT)?;
         if timeout.is_zero() {
             return Err(self.err_opt(
@@ -281,6 +310,25 @@ impl Cx<'_> {
             max_bandwidth,
             max_request_size,
         })
+    }
+
+    /// `export.compression_level` for zstd: 1 (the default: fastest, and
+    /// already smaller than gzip) to 19.
+    fn zstd_level(&self, v: Option<&Spanned<i64>>) -> Result<i32, ConfigError> {
+        let Some(level) = v else {
+            return Ok(1);
+        };
+        match i32::try_from(*level.get_ref()) {
+            Ok(l @ 1..=19) => Ok(l),
+            _ => Err(self.err(
+                level,
+                "export.compression_level",
+                format!(
+                    "expected a zstd level from 1 to 19, not {}",
+                    level.get_ref()
+                ),
+            )),
+        }
     }
 
     /// `export.max_bandwidth`: a rate such as "32KiB/s", or 0 for none.

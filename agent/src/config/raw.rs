@@ -68,6 +68,7 @@ pub(super) struct RawExport {
     #[serde(default)]
     pub(super) endpoints: Vec<Spanned<String>>,
     pub(super) compression: Option<Spanned<String>>,
+    pub(super) compression_level: Option<Spanned<i64>>,
     pub(super) timeout: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) headers: BTreeMap<Spanned<String>, Spanned<String>>,

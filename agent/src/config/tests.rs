@@ -606,3 +606,30 @@ fn max_request_size_defaults_to_1mib() {
         "{e}"
     );
 }
+
+#[test]
+fn zstd_takes_a_level_gzip_does_not() {
+    let c = |text: &str| parse(text).map(|c| c.export.compression);
+    assert_eq!(
+        c("[export]\ncompression = \"zstd\"\n").unwrap(),
+        Compression::Zstd(1)
+    );
+    assert_eq!(
+        c("[export]\ncompression = \"zstd\"\ncompression_level = 3\n").unwrap(),
+        Compression::Zstd(3)
+    );
+    assert_eq!(
+        c("[export]\ncompression = \"zstd\"\ncompression_level = 22\n")
+            .unwrap_err()
+            .to_string(),
+        "t.toml:3:21: export.compression_level: expected a zstd level from 1 to 19, not 22"
+    );
+    assert!(c("[export]\ncompression_level = 3\n")
+        .unwrap_err()
+        .to_string()
+        .starts_with("t.toml:2:21: export.compression_level: only zstd takes a level"));
+    assert!(c("[export]\ncompression = \"brotli\"\n")
+        .unwrap_err()
+        .to_string()
+        .contains("expected \"gzip\", \"zstd\" or \"none\""));
+}

@@ -110,8 +110,8 @@ enum Settle {
 /// One part of a split batch still to send.
 #[derive(Debug)]
 struct Piece {
-    /// The part, gzip-compressed as the queue stores batches.
-    gzip: Vec<u8>,
+    /// The part, compressed as the queue stores batches.
+    payload: Vec<u8>,
     /// Spans, log records or data points in it.
     items: u64,
 }
@@ -169,7 +169,7 @@ impl Delivery {
     fn next<'a>(&'a self, batch: &'a Batch) -> Option<(&'a [u8], u64)> {
         match &self.pieces {
             None => Some((&batch.payload, batch.items)),
-            Some(pieces) => pieces.last().map(|p| (p.gzip.as_slice(), p.items)),
+            Some(pieces) => pieces.last().map(|p| (p.payload.as_slice(), p.items)),
         }
     }
 
@@ -220,7 +220,7 @@ pub(super) struct Gateway {
     failover_after: Option<Duration>,
     /// `max_bandwidth`, shared by every gateway's sender.
     bandwidth: Arc<Bandwidth>,
-    /// Whether several batches may go in one request (gzip on the wire).
+    /// Whether several batches may go in one request (compressed on the wire).
     coalesce: bool,
     /// `max_request_size`: the most bytes one request of several batches
     /// carries.
@@ -265,7 +265,7 @@ impl Gateway {
             retry: config.retry,
             failover_after: config.failover_after,
             bandwidth,
-            coalesce: config.compression == Compression::Gzip && config.max_request_size > 0,
+            coalesce: config.compression != Compression::None && config.max_request_size > 0,
             max_request_size: usize::try_from(config.max_request_size).unwrap_or(usize::MAX),
             coalesce_limit: Cell::new(coalesce::MAX_BATCHES),
             single_until: Cell::new(None),
@@ -480,7 +480,7 @@ impl Gateway {
     /// retryable failure counts).
     fn probe(&self) -> bool {
         thread_local! {
-            static EMPTY: Vec<u8> = crate::otlp::compress(&[]).gzip;
+            static EMPTY: Vec<u8> = crate::otlp::compress(&[]).payload;
         }
         let result = EMPTY.with(|empty| self.sender.send(Signal::Traces, empty));
         match result {
@@ -535,7 +535,7 @@ impl Gateway {
                         // The next part is the last: `a` goes first.
                         for half in [b, a] {
                             pieces.push(Piece {
-                                gzip: half.encoded.gzip,
+                                payload: half.encoded.payload,
                                 items: half.items as u64,
                             });
                         }

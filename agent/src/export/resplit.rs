@@ -58,7 +58,7 @@ pub(crate) fn resplit(
                         let pushed = queue.push(
                             &Lane::new(signal, dest),
                             NewBatch {
-                                payload: &p.encoded.gzip,
+                                payload: &p.encoded.payload,
                                 items: p.items as u64,
                                 created: batch.created,
                                 checkpoint: None,

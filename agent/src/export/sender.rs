@@ -12,6 +12,8 @@
 //!
 //! The connection itself (ureq, rustls, TLS setup) is `http::client`'s.
 
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use prost::Message;
@@ -20,7 +22,7 @@ use crate::config::{Compression, ExportConfig};
 use crate::http::client::{resolve_location, scheme_of};
 use crate::http::{is_https, Client, HttpError};
 use crate::otlp::proto::collector;
-use crate::otlp::MAX_STORED_RAW;
+use crate::otlp::{Codec, MAX_STORED_RAW};
 use crate::queue::Signal;
 
 use super::error::ExportError;
@@ -75,6 +77,8 @@ pub(crate) struct Sender {
     headers: Vec<(String, String)>,
     /// `export.timeout`: the most one send may take, redirects included.
     timeout: Duration,
+    /// The gateway answered 415 to zstd: it gets gzip.
+    zstd_refused: AtomicBool,
 }
 
 impl Sender {
@@ -90,6 +94,7 @@ impl Sender {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             timeout: config.timeout,
+            zstd_refused: AtomicBool::new(false),
         })
     }
 
@@ -98,10 +103,42 @@ impl Sender {
         &self.endpoint
     }
 
-    /// Posts one gzip-compressed OTLP request body of `signal` and classifies
-    /// the answer, following redirects.
-    pub(crate) fn send(&self, signal: Signal, gzip_body: &[u8]) -> Result<Accepted, ExportError> {
-        self.send_observed(signal, gzip_body, &mut |_| {})
+    /// Posts one stored OTLP request of `signal` (gzip or zstd, as the queue
+    /// holds it) and classifies the answer, following redirects.
+    pub(crate) fn send(&self, signal: Signal, payload: &[u8]) -> Result<Accepted, ExportError> {
+        self.send_observed(signal, payload, &mut |_| {})
+    }
+
+    /// The body to post for a stored `payload`, and its `Content-Encoding`:
+    /// the stored bytes as they are when the gateway takes their codec (a
+    /// gzip batch goes as gzip even with `compression = "zstd"`), else
+    /// decompressed, and compressed again with gzip only for a gateway that
+    /// refused zstd or a batch stored in zstd before a switch back to gzip.
+    fn wire_body<'a>(
+        &self,
+        payload: &'a [u8],
+    ) -> Result<(Cow<'a, [u8]>, Option<&'static str>), ExportError> {
+        let stored = Codec::of(payload);
+        let gzip_only = match self.compression {
+            Compression::None => {
+                let plain = crate::otlp::decompress(payload, MAX_STORED_RAW)
+                    .map_err(|e| ExportError::Corrupt(format!("decompress: {e}")))?;
+                return Ok((Cow::Owned(plain), None));
+            }
+            Compression::Gzip => true,
+            Compression::Zstd(_) => self.zstd_refused.load(Ordering::Relaxed),
+        };
+        match stored {
+            Some(Codec::Zstd) if gzip_only => {
+                let plain = crate::otlp::decompress(payload, MAX_STORED_RAW)
+                    .map_err(|e| ExportError::Corrupt(format!("decompress: {e}")))?;
+                let gzip = crate::otlp::compress_with(Codec::Gzip, &plain).payload;
+                Ok((Cow::Owned(gzip), Some("gzip")))
+            }
+            Some(codec) => Ok((Cow::Borrowed(payload), Some(codec.content_encoding()))),
+            // Damage the gateway will refuse; sent as the gzip it should be.
+            None => Ok((Cow::Borrowed(payload), Some("gzip"))),
+        }
     }
 
     /// Like [`Sender::send`], calling `on_redirect` for each redirect followed.
@@ -113,18 +150,35 @@ impl Sender {
     pub(crate) fn send_observed(
         &self,
         signal: Signal,
-        gzip_body: &[u8],
+        payload: &[u8],
         on_redirect: &mut dyn FnMut(&Redirect<'_>),
     ) -> Result<Accepted, ExportError> {
-        let plain;
-        let body: &[u8] = match self.compression {
-            Compression::Gzip => gzip_body,
-            Compression::None => {
-                plain = crate::otlp::gunzip(gzip_body, MAX_STORED_RAW)
-                    .map_err(|e| ExportError::Corrupt(format!("gunzip: {e}")))?;
-                &plain
+        let (body, encoding) = self.wire_body(payload)?;
+        match self.post_following(signal, &body, encoding, on_redirect) {
+            // A gateway without zstd (Prometheus's OTLP endpoint takes only
+            // gzip): gzip from now on, and this request again at once.
+            Err(ExportError::Rejected { status: 415, .. }) if encoding == Some("zstd") => {
+                if !self.zstd_refused.swap(true, Ordering::Relaxed) {
+                    log::warn!(
+                        "Gateway refused zstd (415 Unsupported Media Type): sending it gzip from now on endpoint={}",
+                        self.endpoint
+                    );
+                }
+                let (body, encoding) = self.wire_body(payload)?;
+                self.post_following(signal, &body, encoding, on_redirect)
             }
-        };
+            other => other,
+        }
+    }
+
+    /// Posts `body` with `encoding`, following redirects within the timeout.
+    fn post_following(
+        &self,
+        signal: Signal,
+        body: &[u8],
+        encoding: Option<&'static str>,
+        on_redirect: &mut dyn FnMut(&Redirect<'_>),
+    ) -> Result<Accepted, ExportError> {
         let deadline = Instant::now() + self.timeout;
         let mut url = format!("{}{}", self.endpoint, path_of(signal));
         let mut hops = 0usize;
@@ -133,7 +187,7 @@ impl Sender {
             if remaining.is_zero() {
                 return Err(ExportError::Timeout);
             }
-            match self.post(&url, signal, body, remaining)? {
+            match self.post(&url, signal, body, encoding, remaining)? {
                 Answer::Done(accepted) => return Ok(accepted),
                 Answer::Redirect { status, location } => {
                     let problem = |reason: String| ExportError::Redirect { status, reason };
@@ -170,12 +224,13 @@ impl Sender {
         url: &str,
         signal: Signal,
         body: &[u8],
+        encoding: Option<&'static str>,
         timeout: Duration,
     ) -> Result<Answer, ExportError> {
         let mut headers: Vec<(&str, &str)> = Vec::with_capacity(self.headers.len() + 2);
         headers.push(("Content-Type", "application/x-protobuf"));
-        if self.compression == Compression::Gzip {
-            headers.push(("Content-Encoding", "gzip"));
+        if let Some(encoding) = encoding {
+            headers.push(("Content-Encoding", encoding));
         }
         headers.extend(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let answer = match self

@@ -40,16 +40,18 @@ impl Request {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The span names of a traces request (gzip or plain).
+    /// The span names of a traces request (gzip, zstd or plain).
     fn spans(&self) -> Vec<String> {
-        let raw = if self.header("content-encoding") == Some("gzip") {
-            let mut out = Vec::new();
-            flate2::read::MultiGzDecoder::new(self.body.as_slice())
-                .read_to_end(&mut out)
-                .unwrap();
-            out
-        } else {
-            self.body.clone()
+        let raw = match self.header("content-encoding") {
+            Some("gzip") => {
+                let mut out = Vec::new();
+                flate2::read::MultiGzDecoder::new(self.body.as_slice())
+                    .read_to_end(&mut out)
+                    .unwrap();
+                out
+            }
+            Some("zstd") => zstd::stream::decode_all(self.body.as_slice()).unwrap(),
+            _ => self.body.clone(),
         };
         ExportTraceServiceRequest::decode(raw.as_slice())
             .unwrap()
@@ -376,7 +378,7 @@ fn redirects_keep_the_post_its_body_and_headers() {
     });
     let config = export_config(&gateway.url(), "");
     let sender = Sender::new(&gateway.url(), &config).unwrap();
-    let body = crate::otlp::encode(&spans(3, 10)).gzip;
+    let body = crate::otlp::encode(&spans(3, 10)).payload;
     let mut hops = Vec::new();
     sender
         .send_observed(Signal::Traces, &body, &mut |r| {
@@ -405,7 +407,7 @@ fn unusable_redirects_are_retryable_errors() {
     let looping = Server::start(|_, _| Reply(302, vec![("Location", "/v1/traces".into())]));
     let config = export_config(&looping.url(), "");
     let sender = Sender::new(&looping.url(), &config).unwrap();
-    let body = crate::otlp::encode(&spans(1, 1)).gzip;
+    let body = crate::otlp::encode(&spans(1, 1)).payload;
     let e = sender.send(Signal::Traces, &body).unwrap_err();
     assert!(
         matches!(e, ExportError::Redirect { status: 302, .. }),
@@ -467,7 +469,7 @@ fn classes_413_and_unreadable_payloads() {
     let server = Server::start(|_, _| Reply(413, vec![]));
     let config = export_config(&server.url(), "");
     let sender = Sender::new(&server.url(), &config).unwrap();
-    let body = crate::otlp::encode(&spans(1, 1)).gzip;
+    let body = crate::otlp::encode(&spans(1, 1)).payload;
     let e = sender.send(Signal::Traces, &body).unwrap_err();
     assert!(matches!(e, ExportError::TooLarge { .. }), "{e}");
     assert!(!e.is_retryable());
@@ -488,7 +490,7 @@ fn a_failed_ack_is_retried_without_posting_again() {
     let server = Server::start(|_, _| Reply(200, vec![]));
     let config = export_config(&server.url(), "");
     let dir = TempDir::new("ack");
-    let payload = crate::otlp::encode(&spans(4, 10)).gzip;
+    let payload = crate::otlp::encode(&spans(4, 10)).payload;
     let (queue, lane) = queue_with(&dir, &server.url(), &[(payload.clone(), 4)]);
     let metrics = Arc::new(Metrics::new());
     let g = gateway(&config, &queue, &metrics);
@@ -528,11 +530,11 @@ fn a_413_splits_until_the_gateway_takes_each_part() {
     // One span alone is larger than the gateway takes.
     request.resource_spans[0].scope_spans[0].spans[13].attributes =
         vec![crate::otlp::kv("pad", pseudo_random(99, 6000))];
-    let payload = crate::otlp::encode(&request).gzip;
+    let payload = crate::otlp::encode(&request).payload;
     // A batch behind it goes out once the first is done with.
     let mut behind = spans(1, 1);
     behind.resource_spans[0].scope_spans[0].spans[0].name = "behind".into();
-    let behind = crate::otlp::encode(&behind).gzip;
+    let behind = crate::otlp::encode(&behind).payload;
     let (queue, lane) = queue_with(&dir, &server.url(), &[(payload, 20), (behind, 1)]);
     let metrics = Arc::new(Metrics::new());
     deliver_all(gateway(&config, &queue, &metrics), &queue, &lane, &server);
@@ -591,7 +593,7 @@ fn parts_delivered_are_not_sent_again_when_a_later_part_fails() {
     });
     let config = export_config(&server.url(), "");
     let dir = TempDir::new("resume");
-    let payload = crate::otlp::encode(&spans(6, 10)).gzip;
+    let payload = crate::otlp::encode(&spans(6, 10)).payload;
     let (queue, lane) = queue_with(&dir, &server.url(), &[(payload, 6)]);
     let metrics = Arc::new(Metrics::new());
     deliver_all(gateway(&config, &queue, &metrics), &queue, &lane, &server);
@@ -622,7 +624,7 @@ fn a_stored_batch_that_cannot_be_read_is_dropped_as_corrupt() {
     let server = Server::start(|_, _| Reply(200, vec![]));
     let config = export_config(&server.url(), "compression = \"none\"");
     let dir = TempDir::new("corrupt");
-    let good = crate::otlp::encode(&spans(2, 10)).gzip;
+    let good = crate::otlp::encode(&spans(2, 10)).payload;
     let (queue, lane) = queue_with(
         &dir,
         &server.url(),
@@ -659,7 +661,7 @@ fn a_send_that_fails_at_once_waits_between_attempts() {
     config.retry.initial_interval = Duration::ZERO;
     config.retry.randomization_factor = 1.0;
     let dir = TempDir::new("hot");
-    let payload = crate::otlp::encode(&spans(1, 1)).gzip;
+    let payload = crate::otlp::encode(&spans(1, 1)).payload;
     let (queue, _lane) = queue_with(&dir, &url, &[(payload, 1)]);
     let metrics = Arc::new(Metrics::new());
     let labels = [
@@ -713,7 +715,7 @@ fn a_stop_ends_a_wait_for_a_push_at_once() {
     let (s, q) = (stop.clone(), queue.clone());
     let started = Instant::now();
     let waiter = std::thread::spawn(move || s.wait(Some(q.listen()), Duration::from_secs(60)));
-    let payload = crate::otlp::encode(&spans(1, 1)).gzip;
+    let payload = crate::otlp::encode(&spans(1, 1)).payload;
     // Push until the waiter has seen one (it may start listening after the first).
     wait_for(
         Duration::from_secs(30),
@@ -751,7 +753,7 @@ fn a_stopped_sender_leaves_its_loop() {
     let server = Server::start(|_, _| Reply(200, vec![]));
     let config = export_config(&server.url(), "");
     let dir = TempDir::new("idle");
-    let payload = crate::otlp::encode(&spans(1, 1)).gzip;
+    let payload = crate::otlp::encode(&spans(1, 1)).payload;
     let (queue, lane) = queue_with(&dir, &server.url(), &[(payload, 1)]);
     let metrics = Arc::new(Metrics::new());
     let mut running = run(gateway(&config, &queue, &metrics));
@@ -770,7 +772,7 @@ fn a_503_is_retried_until_the_gateway_takes_the_batch() {
     let server = Server::start(|_, i| Reply(if i < 2 { 503 } else { 200 }, vec![]));
     let config = export_config(&server.url(), "");
     let dir = TempDir::new("retry");
-    let payload = crate::otlp::encode(&spans(3, 10)).gzip;
+    let payload = crate::otlp::encode(&spans(3, 10)).payload;
     let (queue, lane) = queue_with(&dir, &server.url(), &[(payload, 3)]);
     let metrics = Arc::new(Metrics::new());
     deliver_all(gateway(&config, &queue, &metrics), &queue, &lane, &server);
@@ -802,8 +804,8 @@ fn a_permanent_refusal_drops_the_batch_and_the_next_is_delivered() {
     // One batch a request: the server refuses the first request.
     let config = export_config(&server.url(), "max_request_size = 0");
     let dir = TempDir::new("permanent");
-    let first = crate::otlp::encode(&spans(2, 10)).gzip;
-    let second = crate::otlp::encode(&spans(5, 10)).gzip;
+    let first = crate::otlp::encode(&spans(2, 10)).payload;
+    let second = crate::otlp::encode(&spans(5, 10)).payload;
     let (queue, lane) = queue_with(&dir, &server.url(), &[(first, 2), (second, 5)]);
     let metrics = Arc::new(Metrics::new());
     deliver_all(gateway(&config, &queue, &metrics), &queue, &lane, &server);
@@ -845,7 +847,7 @@ fn a_gateway_failing_past_failover_after_hands_its_lanes_to_the_next() {
     config.endpoints.push(up.url());
     config.failover_after = Some(Duration::from_millis(200));
     let dir = TempDir::new("failover");
-    let payload = crate::otlp::encode(&spans(3, 10)).gzip;
+    let payload = crate::otlp::encode(&spans(3, 10)).payload;
     let (queue, lane) = queue_with(&dir, &down.url(), &[(payload, 3)]);
     let routes = Routes::default();
     routes.set(Table::new(&config.endpoints, config.routing));
@@ -913,7 +915,7 @@ fn numbered_batches(n: usize, pad: usize) -> Vec<(Vec<u8>, u64)> {
             {
                 span.name = format!("b{k}-s{i}");
             }
-            (crate::otlp::encode(&r).gzip, k as u64)
+            (crate::otlp::encode(&r).payload, k as u64)
         })
         .collect()
 }
@@ -956,7 +958,7 @@ fn a_413_halves_the_batches_a_request_carries() {
         .map(|k| {
             let mut r = spans(1, 600);
             r.resource_spans[0].scope_spans[0].spans[0].name = format!("b{k}");
-            (crate::otlp::encode(&r).gzip, 1)
+            (crate::otlp::encode(&r).payload, 1)
         })
         .collect();
     let largest = batches.iter().map(|(b, _)| b.len()).max().unwrap();
@@ -1048,4 +1050,101 @@ fn failed_acks_of_a_request_of_several_batches_are_retried_without_posting_again
         counter(&metrics, "tern_export_sent_points_total", &labels),
         15.0
     );
+}
+
+/// Batches of `numbered_batches`, stored as zstd.
+fn zstd_batches(n: usize) -> Vec<(Vec<u8>, u64)> {
+    numbered_batches(n, 20)
+        .into_iter()
+        .map(|(gzip, items)| {
+            let raw = crate::otlp::decompress(&gzip, 1 << 20).unwrap();
+            (
+                crate::otlp::compress_with(crate::otlp::Codec::Zstd, &raw).payload,
+                items,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn zstd_batches_go_as_stored_and_join_in_one_request() {
+    let server = Server::start(|_, _| Reply(200, vec![]));
+    let config = export_config(&server.url(), "compression = \"zstd\"");
+    let dir = TempDir::new("zstd");
+    let (queue, lane) = queue_with(&dir, &server.url(), &zstd_batches(4));
+    let metrics = Arc::new(Metrics::new());
+    deliver_all(gateway(&config, &queue, &metrics), &queue, &lane, &server);
+    let requests = server.requests();
+    assert_eq!(requests.len(), 1, "four zstd frames, one request");
+    assert_eq!(requests[0].header("content-encoding"), Some("zstd"));
+    assert_eq!(requests[0].spans().len(), 10);
+}
+
+#[test]
+fn a_gateway_answering_415_to_zstd_gets_gzip_from_then_on() {
+    let server = Server::start(|r, _| {
+        Reply(
+            if r.header("content-encoding") == Some("zstd") {
+                415
+            } else {
+                200
+            },
+            vec![],
+        )
+    });
+    let config = export_config(
+        &server.url(),
+        "compression = \"zstd\"\nmax_request_size = 0",
+    );
+    let dir = TempDir::new("zstd-415");
+    let (queue, lane) = queue_with(&dir, &server.url(), &zstd_batches(3));
+    let metrics = Arc::new(Metrics::new());
+    deliver_all(gateway(&config, &queue, &metrics), &queue, &lane, &server);
+    let encodings: Vec<Option<String>> = server
+        .requests()
+        .iter()
+        .map(|r| r.header("content-encoding").map(str::to_string))
+        .collect();
+    let (z, g) = (Some("zstd".to_string()), Some("gzip".to_string()));
+    assert_eq!(
+        encodings,
+        [z, g.clone(), g.clone(), g],
+        "one 415, then gzip"
+    );
+    let names = delivered_spans(&server, |r| r.header("content-encoding") == Some("gzip"));
+    assert_eq!(
+        names.len(),
+        1 + 2 + 3,
+        "every batch delivered, none dropped"
+    );
+    assert!(!metrics.render().contains("tern_dropped_batches_total{"));
+}
+
+#[test]
+fn batches_stored_in_the_other_codec_still_go() {
+    // Stored gzip, sent with zstd configured: as gzip, not compressed again.
+    let server = Server::start(|_, _| Reply(200, vec![]));
+    let config = export_config(
+        &server.url(),
+        "compression = \"zstd\"\nmax_request_size = 0",
+    );
+    let dir = TempDir::new("gzip-under-zstd");
+    let (queue, lane) = queue_with(&dir, &server.url(), &numbered_batches(2, 20));
+    let metrics = Arc::new(Metrics::new());
+    deliver_all(gateway(&config, &queue, &metrics), &queue, &lane, &server);
+    assert!(server
+        .requests()
+        .iter()
+        .all(|r| r.header("content-encoding") == Some("gzip")));
+    // Stored zstd, sent with gzip configured (a switch back): compressed as gzip.
+    let server = Server::start(|_, _| Reply(200, vec![]));
+    let config = export_config(&server.url(), "max_request_size = 0");
+    let dir = TempDir::new("zstd-under-gzip");
+    let (queue, lane) = queue_with(&dir, &server.url(), &zstd_batches(2));
+    deliver_all(gateway(&config, &queue, &metrics), &queue, &lane, &server);
+    assert!(server
+        .requests()
+        .iter()
+        .all(|r| r.header("content-encoding") == Some("gzip")));
+    assert_eq!(delivered_spans(&server, |_| true).len(), 3);
 }

@@ -44,7 +44,7 @@ pub struct Part {
     pub items: usize,
 }
 
-/// Routes the gzip-compressed request `gzip` of `signal` over `table`.
+/// Routes the compressed request `gzip` (as stored: gzip or zstd) of `signal` over `table`.
 /// A table of one gateway keeps every batch whole without looking inside;
 /// an empty table gives `Whole(0)`, which the caller must not index.
 pub fn split(table: &Table, signal: Signal, gzip: &[u8]) -> Split {
@@ -52,7 +52,7 @@ pub fn split(table: &Table, signal: Signal, gzip: &[u8]) -> Split {
         return Split::Whole(0);
     }
     let whole_fallback = || Split::Whole(table.pick(key_hash(gzip)).unwrap_or(0));
-    let Some(raw) = gunzip(gzip) else {
+    let Some(raw) = decompressed(gzip) else {
         return whole_fallback();
     };
     split_raw(table, signal, &raw).unwrap_or_else(whole_fallback)
@@ -90,8 +90,9 @@ pub fn split_raw(table: &Table, signal: Signal, raw: &[u8]) -> Option<Split> {
     }
 }
 
-fn gunzip(gzip: &[u8]) -> Option<Vec<u8>> {
-    crate::otlp::gunzip(gzip, MAX_STORED_RAW).ok()
+/// A stored batch decompressed, whichever its codec.
+fn decompressed(payload: &[u8]) -> Option<Vec<u8>> {
+    crate::otlp::decompress(payload, MAX_STORED_RAW).ok()
 }
 
 /// Items grouped by gateway index, or all of them with the one gateway they
@@ -314,7 +315,7 @@ pub enum Halved {
     Single,
 }
 
-/// Splits the gzip-compressed request `gzip` of `signal` in two, for a
+/// Splits the compressed request `gzip` (as stored) of `signal` in two, for a
 /// gateway that answered 413: by resource entries when there are several,
 /// else by the scopes of the one resource, else by the items of the one
 /// scope (for metrics: by metrics, then by the data points of the one
@@ -325,7 +326,7 @@ pub enum Halved {
 /// The stored request does not decompress or decode: a local fault, the
 /// batch is to be dropped as corrupt.
 pub fn halve(signal: Signal, gzip: &[u8]) -> Result<Halved, &'static str> {
-    let raw = gunzip(gzip).ok_or("does not decompress")?;
+    let raw = decompressed(gzip).ok_or("does not decompress")?;
     match signal {
         Signal::Traces => halve_decoded::<ExportTraceServiceRequest>(&raw),
         Signal::Logs => halve_decoded::<ExportLogsServiceRequest>(&raw),
@@ -539,14 +540,14 @@ mod tests {
         let t = table(3, Routing::default());
         // Two spans per trace, 300 traces.
         let req = traces((0..300u64).chain(0..300u64));
-        let Split::Parts(parts) = split(&t, Signal::Traces, &encode(&req).gzip) else {
+        let Split::Parts(parts) = split(&t, Signal::Traces, &encode(&req).payload) else {
             panic!("expected parts");
         };
         assert_eq!(parts.len(), 3);
         assert_eq!(parts.iter().map(|p| p.items).sum::<usize>(), 600);
         let mut seen = std::collections::HashMap::new();
         for p in &parts {
-            let raw = gunzip(&p.encoded.gzip).unwrap();
+            let raw = decompressed(&p.encoded.payload).unwrap();
             let r = ExportTraceServiceRequest::decode(&raw[..]).unwrap();
             for s in &r.resource_spans[0].scope_spans[0].spans {
                 let g = seen.entry(s.trace_id.clone()).or_insert(p.gateway);
@@ -557,7 +558,7 @@ mod tests {
         // One trace: whole.
         let one = traces([7u64, 7, 7].into_iter());
         assert!(matches!(
-            split(&t, Signal::Traces, &encode(&one).gzip),
+            split(&t, Signal::Traces, &encode(&one).payload),
             Split::Whole(_)
         ));
         // Under service: whole.
@@ -567,7 +568,7 @@ mod tests {
         };
         let t = table(3, by_service);
         assert!(matches!(
-            split(&t, Signal::Traces, &encode(&req).gzip),
+            split(&t, Signal::Traces, &encode(&req).payload),
             Split::Whole(_)
         ));
     }
@@ -586,12 +587,12 @@ mod tests {
                     ..Default::default()
                 });
         }
-        let Split::Parts(parts) = split(&t, Signal::Metrics, &encode(&req).gzip) else {
+        let Split::Parts(parts) = split(&t, Signal::Metrics, &encode(&req).payload) else {
             panic!("expected parts");
         };
         let mut total = 0;
         for p in parts {
-            let raw = gunzip(&p.encoded.gzip).unwrap();
+            let raw = decompressed(&p.encoded.payload).unwrap();
             let r = ExportMetricsServiceRequest::decode(&raw[..]).unwrap();
             for rm in &r.resource_metrics {
                 assert_eq!(t.pick(resource_key(rm.resource.as_ref())), Some(p.gateway));
@@ -609,9 +610,9 @@ mod tests {
     fn halves(signal: Signal, gzip: &[u8]) -> (Vec<u8>, usize, Vec<u8>, usize) {
         match halve(signal, gzip) {
             Ok(Halved::Two(a, b)) => (
-                gunzip(&a.encoded.gzip).unwrap(),
+                decompressed(&a.encoded.payload).unwrap(),
                 a.items,
-                gunzip(&b.encoded.gzip).unwrap(),
+                decompressed(&b.encoded.payload).unwrap(),
                 b.items,
             ),
             other => panic!("expected two halves, got {other:?}"),
@@ -622,7 +623,7 @@ mod tests {
     fn halves_by_resource_then_scope_then_items() {
         // Three spans in one scope: 2 + 1, resource and scope kept in each.
         let req = traces(0..3u64);
-        let (a, na, b, nb) = halves(Signal::Traces, &encode(&req).gzip);
+        let (a, na, b, nb) = halves(Signal::Traces, &encode(&req).payload);
         let (a, b) = (
             ExportTraceServiceRequest::decode(&a[..]).unwrap(),
             ExportTraceServiceRequest::decode(&b[..]).unwrap(),
@@ -645,7 +646,7 @@ mod tests {
         let mut second = two_scopes.resource_spans[0].scope_spans[0].clone();
         second.spans.truncate(1);
         two_scopes.resource_spans[0].scope_spans.push(second);
-        let (_, na, b, nb) = halves(Signal::Traces, &encode(&two_scopes).gzip);
+        let (_, na, b, nb) = halves(Signal::Traces, &encode(&two_scopes).payload);
         assert_eq!((na, nb), (4, 1));
         let b = ExportTraceServiceRequest::decode(&b[..]).unwrap();
         assert_eq!(b.resource_spans[0].scope_spans.len(), 1);
@@ -655,24 +656,24 @@ mod tests {
         two_resources
             .resource_spans
             .push(traces(9..10u64).resource_spans.remove(0));
-        let (_, na, _, nb) = halves(Signal::Traces, &encode(&two_resources).gzip);
+        let (_, na, _, nb) = halves(Signal::Traces, &encode(&two_resources).payload);
         assert_eq!((na, nb), (5, 1));
 
         // One span, or none: nothing to split.
         assert!(matches!(
-            halve(Signal::Traces, &encode(&traces(0..1u64)).gzip),
+            halve(Signal::Traces, &encode(&traces(0..1u64)).payload),
             Ok(Halved::Single)
         ));
         assert!(matches!(
             halve(
                 Signal::Traces,
-                &encode(&ExportTraceServiceRequest::default()).gzip
+                &encode(&ExportTraceServiceRequest::default()).payload
             ),
             Ok(Halved::Single)
         ));
         // What does not decompress or decode is the batch's fault.
         assert!(halve(Signal::Traces, b"not gzip").is_err());
-        assert!(halve(Signal::Metrics, &compress(&[0xff, 0xff, 0xff]).gzip).is_err());
+        assert!(halve(Signal::Metrics, &compress(&[0xff, 0xff, 0xff]).payload).is_err());
     }
 
     #[test]
@@ -703,13 +704,13 @@ mod tests {
         // Two metrics: one each.
         let (_, na, _, nb) = halves(
             Signal::Metrics,
-            &encode(&request(vec![metric("a", 3), metric("b", 4)])).gzip,
+            &encode(&request(vec![metric("a", 3), metric("b", 4)])).payload,
         );
         assert_eq!((na, nb), (3, 4));
         // One metric of five points: 3 + 2, the metric's name in both.
         let (a, na, b, nb) = halves(
             Signal::Metrics,
-            &encode(&request(vec![metric("a", 5)])).gzip,
+            &encode(&request(vec![metric("a", 5)])).payload,
         );
         assert_eq!((na, nb), (3, 2));
         for half in [a, b] {
@@ -719,7 +720,7 @@ mod tests {
         assert!(matches!(
             halve(
                 Signal::Metrics,
-                &encode(&request(vec![metric("a", 1)])).gzip
+                &encode(&request(vec![metric("a", 1)])).payload
             ),
             Ok(Halved::Single)
         ));

@@ -74,10 +74,10 @@ impl Sink {
                 .get(g)
                 .map_or(DEFAULT_DESTINATION, |m| m.destination.as_str())
         };
-        let parts = match split(&table, signal, &batch.gzip) {
+        let parts = match split(&table, signal, &batch.payload) {
             Split::Whole(g) => {
                 let new = NewBatch {
-                    payload: &batch.gzip,
+                    payload: &batch.payload,
                     items: items as u64,
                     created,
                     checkpoint,
@@ -95,7 +95,7 @@ impl Sink {
         let last = parts.len().saturating_sub(1);
         for (i, part) in parts.iter().enumerate() {
             let new = NewBatch {
-                payload: &part.encoded.gzip,
+                payload: &part.encoded.payload,
                 items: part.items as u64,
                 created,
                 checkpoint: if i == last { checkpoint } else { None },
@@ -253,7 +253,7 @@ impl Sink {
         self.metrics.add(
             "tern_queue_pushed_bytes_total",
             &labels,
-            batch.gzip.len() as f64,
+            batch.payload.len() as f64,
         );
     }
 
@@ -262,7 +262,7 @@ impl Sink {
             log::info!(
                 "Batch queued signal={signal} {what} bytes={} compressed={}",
                 batch.raw_len,
-                batch.gzip.len()
+                batch.payload.len()
             );
         } else {
             log::debug!("Batch queued signal={signal} {what}");

@@ -1,7 +1,8 @@
 //! Coalesced backlog: when a lane holds several batches, one request
 //! carries as many as fit in `export.max_request_size` (after compression).
 //! OTLP requests concatenate at the protobuf level (their one field is
-//! repeated) and gzip members concatenate into one stream, so the stored
+//! repeated) and gzip members, like zstd frames, concatenate into one
+//! stream, so the stored
 //! batches are joined as they are, never decoded or compressed again. A 2xx
 //! acknowledges them all; a 413 halves the number of batches a request may
 //! carry (for this gateway, from then on); any other refusal sends the
@@ -10,6 +11,7 @@
 
 use super::{Delivery, Gateway, Settle, Step, Stop};
 use crate::export::error::{ExportError, Fault};
+use crate::otlp::Codec;
 use crate::queue::{Batch, Lane};
 
 /// The most batches one request carries, before any 413.
@@ -33,6 +35,9 @@ impl Gateway {
             self.single_until.set(None);
         }
         let mut size = head.payload.len();
+        // Only batches of one codec join: gzip members and zstd frames each
+        // concatenate, not with each other (a change of codec leaves both).
+        let codec = Codec::of(&head.payload);
         let mut group = vec![head];
         if !self.coalesce || limit < 2 {
             return group;
@@ -47,7 +52,9 @@ impl Gateway {
             self.count_drops(&peeked.dropped);
             let got = peeked.batches.len();
             for batch in peeked.batches {
-                if size + batch.payload.len() > self.max_request_size {
+                if size + batch.payload.len() > self.max_request_size
+                    || Codec::of(&batch.payload) != codec
+                {
                     break 'read;
                 }
                 size += batch.payload.len();

@@ -356,7 +356,7 @@ fn accept(settings: &Settings, signal: Signal, request: &Request) -> (Format, Ou
             Ok(false) => Outcome::Refused {
                 items,
                 error: QueueError::Full {
-                    bytes: batch.gzip.len() as u64,
+                    bytes: batch.payload.len() as u64,
                     free: 0,
                 },
             },

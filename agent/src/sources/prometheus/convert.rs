@@ -585,11 +585,7 @@ impl Builder {
 /// not decode (it was encoded here, so that would be a bug: it keeps its own).
 fn with_resource(batch: &Encoded, resource: &Resource) -> Option<Encoded> {
     use crate::otlp::proto::collector::metrics::v1::ExportMetricsServiceRequest;
-    use std::io::Read;
-    let mut raw = Vec::with_capacity(batch.raw_len);
-    flate2::read::GzDecoder::new(batch.gzip.as_slice())
-        .read_to_end(&mut raw)
-        .ok()?;
+    let raw = crate::otlp::decompress(&batch.payload, crate::otlp::MAX_STORED_RAW).ok()?;
     let mut request = ExportMetricsServiceRequest::decode(raw.as_slice()).ok()?;
     for rm in &mut request.resource_metrics {
         rm.resource = Some(resource.clone());
@@ -700,7 +696,7 @@ mod tests {
 
     fn decode(e: &Encoded) -> ExportMetricsServiceRequest {
         let mut raw = Vec::new();
-        flate2::read::GzDecoder::new(e.gzip.as_slice())
+        flate2::read::GzDecoder::new(e.payload.as_slice())
             .read_to_end(&mut raw)
             .unwrap();
         ExportMetricsServiceRequest::decode(raw.as_slice()).unwrap()
@@ -888,5 +884,34 @@ mod tests {
             get("deployment.environment"),
             Some(kv("deployment.environment", "prod"))
         );
+    }
+}
+
+#[cfg(test)]
+mod codec_tests {
+    use super::*;
+    use crate::otlp::proto::collector::metrics::v1::ExportMetricsServiceRequest;
+    use crate::otlp::proto::metrics::v1::ResourceMetrics;
+    use crate::otlp::Codec;
+
+    #[test]
+    fn target_info_reaches_batches_stored_as_zstd() {
+        let request = ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics::default(), ResourceMetrics::default()],
+        };
+        let raw = request.encode_to_vec();
+        let batch = crate::otlp::compress_with(Codec::Zstd, &raw);
+        let resource = Resource {
+            attributes: vec![crate::otlp::kv("deployment", "lab")],
+            ..Default::default()
+        };
+        let out = with_resource(&batch, &resource).expect("a zstd batch decodes");
+        let back = crate::otlp::decompress(&out.payload, 1 << 20).unwrap();
+        let back = ExportMetricsServiceRequest::decode(back.as_slice()).unwrap();
+        assert_eq!(back.resource_metrics.len(), 2);
+        assert!(back
+            .resource_metrics
+            .iter()
+            .all(|rm| rm.resource.as_ref() == Some(&resource)));
     }
 }

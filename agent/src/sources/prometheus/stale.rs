@@ -473,7 +473,7 @@ mod tests {
         let mut out = Vec::new();
         for (batch, _) in builder.finish() {
             let mut raw = Vec::new();
-            flate2::read::GzDecoder::new(batch.gzip.as_slice())
+            flate2::read::GzDecoder::new(batch.payload.as_slice())
                 .read_to_end(&mut raw)
                 .unwrap();
             let request = ExportMetricsServiceRequest::decode(raw.as_slice()).unwrap();
@@ -608,7 +608,7 @@ mod tests {
         memory.emit_stale(Some(&gone), series_hash, &mut builder);
         let batches = builder.finish();
         let mut raw = Vec::new();
-        flate2::read::GzDecoder::new(batches[0].0.gzip.as_slice())
+        flate2::read::GzDecoder::new(batches[0].0.payload.as_slice())
             .read_to_end(&mut raw)
             .unwrap();
         let request = ExportMetricsServiceRequest::decode(raw.as_slice()).unwrap();
