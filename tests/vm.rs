@@ -309,12 +309,16 @@ fn power_cuts(fsync: bool) {
         *digests.entry(r.digest).or_insert(0) += 1;
     }
     let doubled: usize = digests.values().map(|n| n - 1).sum();
+    // Requests carry several batches when a backlog drains, and not always
+    // the same ones again: spans say what arrived twice.
+    let spans_twice = seen.values().filter(|&&n| n > 1).count();
     let ready: Vec<f64> = boots.iter().map(|b| b.ready.as_secs_f64()).collect();
-    let corrupt: f64 = boots.iter().map(|b| b.corrupt).sum();
+    // + 0.0: a float sum starts at -0.0.
+    let corrupt: f64 = boots.iter().map(|b| b.corrupt).sum::<f64>() + 0.0;
     let corrupt_max = boots.iter().map(|b| b.corrupt).fold(0.0, f64::max);
     let rss: Vec<f64> = boots.iter().map(|b| b.rss / 1e6).collect();
     eprintln!(
-        "vm power cuts (fsync = {fsync}): {cuts} cuts, {} spans acked, {} arrived, {} lost (acked at most {:.1} s before their cut), {doubled} batches sent twice, {corrupt} damaged batches dropped ({corrupt_max} at most in one boot), boot to ready {:.1} to {:.1} s, RSS when ready {:.1} to {:.1} MB",
+        "vm power cuts (fsync = {fsync}): {cuts} cuts, {} spans acked, {} arrived, {} lost (acked at most {:.1} s before their cut), {doubled} requests and {spans_twice} spans received twice, {corrupt} damaged batches dropped ({corrupt_max} at most in one boot), boot to ready {:.1} to {:.1} s, RSS when ready {:.1} to {:.1} MB",
         acked.len(),
         acked.keys().filter(|n| seen.contains_key(&format!("span-{n}"))).count(),
         lost.len(),
