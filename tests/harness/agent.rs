@@ -86,6 +86,21 @@ impl Agent {
     }
 
     fn spawn(&mut self) {
+        // A fixed port (the receiver's, kept across restarts) may be taken
+        // for a moment as the source port of another test's connection
+        // while tern is down: start again, as systemd's Restart= would.
+        for _ in 0..5 {
+            if self.try_spawn() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("tern found its ports taken 5 times\n{}", self.diagnostics());
+    }
+
+    /// Starts tern and waits until it is ready; `false` if it exited because
+    /// a port it listens on was in use.
+    fn try_spawn(&mut self) -> bool {
         std::fs::write(self.config_path(), &self.config).unwrap();
         let stderr = std::fs::OpenOptions::new()
             .create(true)
@@ -109,21 +124,45 @@ impl Agent {
             .spawn()
             .expect("spawn tern");
         self.child = Some(child);
-        let listen = wait_for(
-            Duration::from_secs(20),
-            || self.listen_from_log(log_start),
-            || self.diagnostics(),
-        );
-        self.listen = Some(listen);
-        wait_for(
+        let started = wait_for(
             Duration::from_secs(20),
             || {
-                http_get(listen, "/-/ready")
-                    .filter(|(s, _)| *s == 200)
-                    .map(|_| ())
+                if self.port_in_use(log_start) {
+                    return Some(None);
+                }
+                self.listen_from_log(log_start).map(Some)
             },
             || self.diagnostics(),
         );
+        let Some(listen) = started else {
+            self.kill();
+            return false;
+        };
+        self.listen = Some(listen);
+        let ready = wait_for(
+            Duration::from_secs(20),
+            || {
+                if self.port_in_use(log_start) {
+                    return Some(false);
+                }
+                http_get(listen, "/-/ready")
+                    .filter(|(s, _)| *s == 200)
+                    .map(|_| true)
+            },
+            || self.diagnostics(),
+        );
+        if !ready {
+            self.kill();
+        }
+        ready
+    }
+
+    /// Whether tern said, since byte `from` of its log, that a port it
+    /// listens on was in use (it exits then).
+    fn port_in_use(&self, from: usize) -> bool {
+        self.stderr().get(from..).is_some_and(|log| {
+            log.contains("cannot listen on") && log.contains("Address already in use")
+        })
     }
 
     /// The "Serving self metrics listen=..." address logged after byte `from`.
