@@ -289,3 +289,180 @@ fn zstd_is_smaller_on_the_wire_and_a_gateway_without_it_gets_gzip() {
         "zstd is not smaller than gzip: {per_point:?}"
     );
 }
+
+/// The receiver on `receiver` sending to `gateway`, with `queue` lines in
+/// `[export.queue]`.
+fn queue_config(receiver: std::net::SocketAddr, gateway: &str, queue: &str) -> String {
+    format!(
+        "{}\n[export.queue]\n{queue}\n",
+        receiver_config_at(receiver, gateway)
+    )
+}
+
+/// Segment files in the agent's queue: where batches go when written.
+fn segment_files(agent: &Agent) -> usize {
+    std::fs::read_dir(agent.state_dir().join("queue").join("data"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Posts `count` requests of 200 noisy spans (about 8 kB a batch),
+/// seeds `first..first + count`, each answered 200.
+fn post_noisy(agent: &Agent, receiver: std::net::SocketAddr, first: u64, count: u64) {
+    for seed in first..first + count {
+        let body = noisy_spans(seed, 200);
+        let ok = (0..50).any(|_| {
+            post(receiver, &body) == Some(200) || {
+                std::thread::sleep(Duration::from_millis(100));
+                false
+            }
+        });
+        assert!(ok, "post {seed} failed\n{}", agent.diagnostics());
+    }
+}
+
+/// The seeds of the noisy spans that arrived, and whether any came twice.
+fn arrived_seeds(gateway: &FakeGateway) -> (std::collections::BTreeMap<u64, usize>, bool) {
+    let names = span_names(&gateway.received());
+    let twice = names.values().any(|&n| n > 1);
+    let mut seeds = std::collections::BTreeMap::new();
+    for name in names.keys() {
+        let seed = name[1..].split('-').next().unwrap().parse::<u64>().unwrap();
+        *seeds.entry(seed).or_insert(0) += 1;
+    }
+    (seeds, twice)
+}
+
+/// An agent in memory_first holding at most 64 KiB in memory, its
+/// receiver's address, and its gateway, down.
+fn memory_first_with_gateway_down() -> (std::net::SocketAddr, FakeGateway, Agent) {
+    let receiver = free_port();
+    let mut gateway = FakeGateway::start();
+    gateway.stop();
+    let agent = Agent::start(&queue_config(
+        receiver,
+        &gateway.url(),
+        "mode = \"memory_first\"\nmemory_size = \"64KiB\"",
+    ));
+    (receiver, gateway, agent)
+}
+
+/// `mode = "memory_first"` with a gateway that keeps up: every batch is
+/// delivered from memory and nothing is written to the queue's files, where
+/// disk mode writes every byte it accepts.
+#[test]
+fn memory_first_writes_nothing_while_the_gateway_keeps_up() {
+    for mode in ["memory_first", "disk"] {
+        let receiver = free_port();
+        let gateway = FakeGateway::start();
+        let agent = Agent::start(&queue_config(
+            receiver,
+            &gateway.url(),
+            &format!("mode = \"{mode}\""),
+        ));
+        for seed in 0..30 {
+            post_noisy(&agent, receiver, seed, 1);
+            // One request at a time, as a gateway that keeps up sees them.
+            wait_for(
+                Duration::from_secs(10),
+                || (arrived_seeds(&gateway).0.len() as u64 == seed + 1).then_some(()),
+                || agent.diagnostics(),
+            );
+        }
+        let pushed = agent.metric("tern_queue_pushed_bytes_total{signal=\"traces\"}");
+        let written = agent.metric("tern_queue_written_bytes_total").unwrap();
+        let pushed = pushed.unwrap();
+        assert!(pushed > 100_000.0, "pushed {pushed}");
+        if mode == "memory_first" {
+            assert_eq!(written, 0.0, "{}", agent.metrics());
+            assert_eq!(segment_files(&agent), 0);
+        } else {
+            assert_eq!(written, pushed, "{}", agent.metrics());
+        }
+        eprintln!("{mode}: {pushed} bytes queued, {written} written to the queue's files");
+    }
+}
+
+/// memory_first with the gateway down: past `memory_size` the oldest
+/// batches go to disk, memory stays within it, and SIGTERM writes what
+/// memory held; after the restart every span arrives once.
+#[test]
+fn memory_first_spills_past_memory_size_and_sigterm_keeps_everything() {
+    let (receiver, mut gateway, mut agent) = memory_first_with_gateway_down();
+    post_noisy(&agent, receiver, 0, 40);
+    let memory = agent.metric("tern_queue_memory_bytes").unwrap();
+    let written = agent.metric("tern_queue_written_bytes_total").unwrap();
+    let pushed = agent
+        .metric("tern_queue_pushed_bytes_total{signal=\"traces\"}")
+        .unwrap();
+    assert!(
+        memory > 32_768.0 && memory <= 65_536.0,
+        "memory holds {memory}\n{}",
+        agent.metrics()
+    );
+    assert_eq!(written + memory, pushed, "{}", agent.metrics());
+    assert!(segment_files(&agent) > 0);
+    assert_eq!(agent.terminate(), Some(0), "{}", agent.diagnostics());
+
+    gateway.restart();
+    agent.restart();
+    let (seeds, twice) = wait_for(
+        Duration::from_secs(60),
+        || {
+            let (seeds, twice) = arrived_seeds(&gateway);
+            (seeds.len() == 40).then_some((seeds, twice))
+        },
+        || agent.diagnostics(),
+    );
+    assert!(!twice, "a span arrived twice");
+    assert!(seeds.values().all(|&n| n == 200), "{seeds:?}");
+}
+
+/// memory_first with the gateway down, then SIGKILL: what memory held is
+/// lost, and only that: the newest batches, at most `memory_size` of them.
+/// Everything older was on disk and arrives once.
+#[test]
+fn memory_first_sigkill_loses_at_most_memory_size() {
+    let (receiver, mut gateway, mut agent) = memory_first_with_gateway_down();
+    const POSTS: u64 = 40;
+    post_noisy(&agent, receiver, 0, POSTS);
+    let memory = agent.metric("tern_queue_memory_bytes").unwrap();
+    let pushed = agent
+        .metric("tern_queue_pushed_bytes_total{signal=\"traces\"}")
+        .unwrap();
+    agent.kill();
+
+    gateway.restart();
+    agent.restart();
+    let arrived = wait_for(
+        Duration::from_secs(60),
+        || {
+            let queued = agent.metric("tern_queue_batches{signal=\"traces\"}")?;
+            let (seeds, twice) = arrived_seeds(&gateway);
+            (queued == 0.0 && !seeds.is_empty()).then_some((seeds, twice))
+        },
+        || agent.diagnostics(),
+    );
+    let (seeds, twice) = arrived;
+    assert!(!twice, "a span arrived twice");
+    assert!(seeds.values().all(|&n| n == 200), "{seeds:?}");
+    // What arrived is every request up to the first lost one: the lost ones
+    // are the newest.
+    let first_lost = (0..POSTS).find(|s| !seeds.contains_key(s)).unwrap_or(POSTS);
+    assert!(
+        seeds.keys().all(|&s| s < first_lost),
+        "lost requests are not the newest: {:?}",
+        seeds.keys().collect::<Vec<_>>()
+    );
+    let lost = POSTS - first_lost;
+    let batch = pushed / POSTS as f64;
+    assert!(
+        lost > 0 && lost as f64 * batch <= memory + 1.0 && memory <= 65_536.0,
+        "{lost} requests of about {batch:.0} bytes lost; memory held {memory}"
+    );
+    eprintln!("memory_first SIGKILL: lost the newest {lost} of {POSTS} requests ({memory} bytes held in memory)");
+}

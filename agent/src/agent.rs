@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use smol::stream::StreamExt;
 
-use crate::config::{Config, FullPolicy};
+use crate::config::{Config, FullPolicy, QueueMode};
 use crate::http::server::{self as http, Request, Response};
 use crate::http::{Client, HttpError, TlsConfig};
 use crate::lifecycle::Shutdown;
@@ -52,6 +52,10 @@ fn queue_options(config: &Config) -> queue::Options {
             FullPolicy::DropNewest => queue::FullPolicy::DropNewest,
         },
         fsync: config.export.queue.fsync,
+        memory_size: match config.export.queue.mode {
+            QueueMode::Disk => None,
+            QueueMode::MemoryFirst => Some(config.export.queue.memory_size),
+        },
         ..queue::Options::default()
     }
 }
@@ -502,6 +506,12 @@ fn telemetry_handler(queue: Queue, metrics: Arc<Metrics>, ready: Arc<AtomicBool>
 
 fn update_queue_gauges(metrics: &Metrics, stats: &Stats) {
     let now = SystemTime::now();
+    metrics.set("tern_queue_memory_bytes", &[], stats.memory_bytes as f64);
+    metrics.set(
+        "tern_queue_written_bytes_total",
+        &[],
+        stats.written_bytes as f64,
+    );
     for signal in queue::Signal::ALL {
         let b = stats.signal(signal);
         let labels = [("signal", signal.as_str())];

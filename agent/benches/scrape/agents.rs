@@ -284,9 +284,12 @@ compression = "{compression}"
 
 [export.queue]
 fsync = true
+mode = "{mode}"
 "#,
             // TERN_BENCH_COMPRESSION=zstd measures the other codec.
             compression = std::env::var("TERN_BENCH_COMPRESSION").unwrap_or_else(|_| "gzip".into()),
+            // TERN_BENCH_QUEUE_MODE=memory_first measures the other queueing.
+            mode = std::env::var("TERN_BENCH_QUEUE_MODE").unwrap_or_else(|_| "disk".into()),
             state = dir.join("tern-state").display(),
             targets = job.target_list(),
             interval = job.interval,

@@ -38,6 +38,10 @@ const DEFAULT_MAX_REQUEST_SIZE: u64 = 1 << 20;
 /// uplink is down, and a small share of an SD card.
 const DEFAULT_QUEUE_MAX_SIZE: u64 = 256 << 20;
 
+/// `export.queue.memory_size`: a few of a busy box's batches, and what a power
+/// cut may lose in memory_first.
+const DEFAULT_QUEUE_MEMORY_SIZE: u64 = 4 << 20;
+
 /// The smallest `export.queue.max_size`: the queue needs room for a few
 /// segments and a batch of the largest allowed request.
 const MIN_QUEUE_MAX_SIZE: u64 = 1 << 20;
@@ -195,6 +199,21 @@ pub struct QueueConfig {
     pub full_policy: FullPolicy,
     /// A batch counts as accepted only once it is on disk. Defaults to true.
     pub fsync: bool,
+    /// Where a batch waits while its gateway keeps up. Defaults to disk.
+    pub mode: QueueMode,
+    /// In memory_first, the most batch bytes kept in memory before the oldest
+    /// go to disk: what a power cut can lose. Defaults to 4 MiB.
+    pub memory_size: u64,
+}
+
+/// Where queued batches wait: `[export.queue] mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueMode {
+    /// Every batch is written to disk when it is queued (the default).
+    Disk,
+    /// Batches stay in memory while the gateways keep up; they are written to
+    /// disk when more than `memory_size` waits, and at shutdown.
+    MemoryFirst,
 }
 
 /// Which batch goes when the queue is full.
@@ -419,7 +438,7 @@ impl Cx<'_> {
 
     /// The `[export.queue]` section.
     fn queue(&self, q: RawQueue) -> Result<QueueConfig, ConfigError> {
-        let queue = QueueConfig {
+        let mut queue = QueueConfig {
             max_size: self.size(
                 q.max_size.as_ref(),
                 "export.queue.max_size",
@@ -441,7 +460,37 @@ impl Cx<'_> {
                 }
             },
             fsync: q.fsync.unwrap_or(DEFAULT_FSYNC),
+            mode: match &q.mode {
+                None => QueueMode::Disk,
+                Some(m) if m.get_ref() == "disk" => QueueMode::Disk,
+                Some(m) if m.get_ref() == "memory_first" => QueueMode::MemoryFirst,
+                Some(m) => {
+                    return Err(self.err(
+                        m,
+                        "export.queue.mode",
+                        format!(
+                            "expected \"disk\" or \"memory_first\", not {:?}",
+                            m.get_ref()
+                        ),
+                    ))
+                }
+            },
+            memory_size: self.size(
+                q.memory_size.as_ref(),
+                "export.queue.memory_size",
+                DEFAULT_QUEUE_MEMORY_SIZE,
+            )?,
         };
+        if q.memory_size.is_none() {
+            // The default fits any queue: never more than the whole of it.
+            queue.memory_size = queue.memory_size.min(queue.max_size);
+        } else if queue.memory_size > queue.max_size {
+            return Err(self.err_opt(
+                q.memory_size.as_ref(),
+                "export.queue.memory_size",
+                format!("must be at most max_size ({} bytes)", queue.max_size),
+            ));
+        }
         if queue.max_size < MIN_QUEUE_MAX_SIZE {
             return Err(self.err_opt(
                 q.max_size.as_ref(),

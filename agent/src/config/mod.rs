@@ -34,7 +34,8 @@ use std::path::{Path, PathBuf};
 
 pub use agent::AgentConfig;
 pub use export::{
-    Compression, DnsConfig, ExportConfig, FullPolicy, QueueConfig, RetryConfig, Routing, RoutingKey,
+    Compression, DnsConfig, ExportConfig, FullPolicy, QueueConfig, QueueMode, RetryConfig, Routing,
+    RoutingKey,
 };
 pub use journald::{JournaldConfig, ReadFrom};
 pub use receiver::{OtlpReceiverConfig, ReceiverFullPolicy};

@@ -138,6 +138,8 @@ pub(super) struct RawQueue {
     pub(super) max_size: Option<Spanned<RawSize>>,
     pub(super) full_policy: Option<Spanned<String>>,
     pub(super) fsync: Option<bool>,
+    pub(super) mode: Option<Spanned<String>>,
+    pub(super) memory_size: Option<Spanned<RawSize>>,
 }
 
 /// A size as written: a string like "256MiB" or "1048576", or a TOML integer

@@ -60,7 +60,24 @@ fn defaults_from_an_empty_file() {
     assert_eq!(c.export.retry.max_elapsed_time, Duration::ZERO);
     assert_eq!(c.export.queue.full_policy, FullPolicy::DropOldest);
     assert!(c.export.queue.fsync);
+    assert_eq!(c.export.queue.mode, QueueMode::Disk);
+    assert_eq!(c.export.queue.memory_size, 4 << 20);
     assert_eq!(c.export.compression, Compression::Gzip);
+}
+
+#[test]
+fn queue_mode_and_memory_size() {
+    let c = parse("[export.queue]\nmode = \"memory_first\"\nmemory_size = \"1MiB\"\n").unwrap();
+    assert_eq!(c.export.queue.mode, QueueMode::MemoryFirst);
+    assert_eq!(c.export.queue.memory_size, 1 << 20);
+    assert_eq!(
+        error("[export.queue]\nmode = \"memory\"\n"),
+        "t.toml:2:8: export.queue.mode: expected \"disk\" or \"memory_first\", not \"memory\""
+    );
+    assert_eq!(
+        error("[export.queue]\nmax_size = \"2MiB\"\nmemory_size = \"3MiB\"\n"),
+        "t.toml:3:15: export.queue.memory_size: must be at most max_size (2097152 bytes)"
+    );
 }
 
 #[test]

@@ -20,7 +20,8 @@
 //!    `fsync` on, survives a crash or a power cut until it is acked or dropped
 //!    by a stated policy. Guarded by: the payload and a copy of its index
 //!    record written and synced before `push` returns; `open` indexes again
-//!    what sled had not flushed.
+//!    what sled had not flushed. In memory first (below), by design, except
+//!    the batches memory held: at most `memory_size`.
 //! 2. **A gap or a duplicate at a source.** A source's checkpoint (a journal
 //!    cursor) and the batch made up to it are stored in one sled key, and in
 //!    one CRC-checked segment record, so after a crash both are there or
@@ -31,7 +32,8 @@
 //!    its index record is never returned; it is deleted and reported `Corrupt`.
 //! 5. **Resource exhaustion.** Payload bytes are bounded by
 //!    [`Options::max_size`] and by the free space of the filesystem (see
-//!    "Full disks"); memory holds counters per lane, not per batch; sled's
+//!    "Full disks"); memory holds counters per lane, not per batch (and, in
+//!    memory first, at most [`Options::memory_size`] of payloads); sled's
 //!    page cache is bounded by [`Options::cache_capacity`].
 //! 6. **A stuck queue.** A full disk, a damaged record or an unreadable file
 //!    never stops the rest of the queue from being delivered: acks and
@@ -122,6 +124,31 @@
 //! segments, flush sled.
 //!
 //! The OTLP receiver answers 200 only after `push` returned.
+//!
+//! # Memory first
+//!
+//! With [`Options::memory_size`] set (`[export.queue] mode = "memory_first"`),
+//! a push keeps its batch in memory (`memory`: the lane's `held` batches,
+//! with their sequence numbers and counts, but no payload file or index
+//! record) and `Ok` means "in memory". The batch is written, exactly as a
+//! push in disk mode writes it, only when:
+//!
+//! - the batches held would exceed `memory_size`: the oldest of all lanes
+//!   go to disk first (so a slow gateway's lane spills, a healthy one's not);
+//! - its lane's batches move to another lane ([`Queue::reroute`],
+//!   [`Queue::move_batch`]): only index records move, so payloads must be on
+//!   disk first;
+//! - [`Queue::flush`] runs or the last handle is dropped (SIGTERM).
+//!
+//! A held batch that is acked or evicted costs no write at all. Within a
+//! lane, every batch on disk is older than every held one, so a lane reads
+//! its disk batches first and then memory; a peek that read the disk without
+//! the lock checks the lane's spill count and reads on if one moved.
+//! Batches larger than `memory_size`, and batches that carry a checkpoint,
+//! go to disk at once, after the lane's held batches: a checkpoint on disk
+//! must never be ahead of batches that only memory held, or a power cut
+//! would skip them at the source. A crash or power cut loses the held
+//! batches: at most `memory_size`, the newest.
 //!
 //! # Checkpoints
 //!
@@ -287,7 +314,8 @@
 //! state its paths share (counters, the flusher, flush and remove); `open`
 //! is the lock, sled, the format check and the recovery scan (and
 //! [`Queue::inspect`]); `writer` is push, the size policy and checkpoints;
-//! `reader` is peek, ack, drop and moves between lanes. `segments` (payload
+//! `reader` is peek, ack, drop and moves between lanes; `memory` holds and
+//! spills the batches of memory first. `segments` (payload
 //! files), `acklog`, `format` (keys and records), `space` (free space),
 //! `lane`, `batch`, `stats`, `options` and `error` are the nouns they use.
 
@@ -296,6 +324,7 @@ mod batch;
 mod error;
 mod format;
 mod lane;
+mod memory;
 mod open;
 mod options;
 mod reader;

@@ -59,6 +59,14 @@ pub struct Options {
     /// 4 MiB, not sled's 1 GiB: the queue is written at its tail and read at its
     /// head, so only those pages are hot, and the agent's whole budget is 8 MB.
     pub cache_capacity: u64,
+    /// `Some(bytes)`: memory first. A pushed batch is kept in memory, and
+    /// written to disk only when the batches held in memory would exceed
+    /// `bytes` (the oldest go first), when its lane is moved, and on
+    /// [`Queue::flush`](super::Queue::flush) and close. A batch acked while
+    /// in memory never touches the disk. A crash or power cut loses what
+    /// memory held: at most `bytes`. `None` (the default): every batch is
+    /// written when pushed.
+    pub memory_size: Option<u64>,
 }
 
 impl Default for Options {
@@ -69,6 +77,7 @@ impl Default for Options {
             fsync: true,
             flush_interval: Duration::from_secs(1),
             cache_capacity: 4 * 1024 * 1024,
+            memory_size: None,
         }
     }
 }

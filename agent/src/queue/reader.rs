@@ -46,41 +46,39 @@ impl Queue {
         if max == 0 {
             return Ok(peeked);
         }
-        let (lane_idx, prefix) = {
+        let (lane_idx, prefix, mut spills) = {
             let state = inner.lock();
             match state.by_lane.get(lane) {
-                Some(&idx) => (idx, state.lane(idx).prefix.clone()),
+                Some(&idx) => {
+                    let lane = state.lane(idx);
+                    (idx, lane.prefix.clone(), lane.spills)
+                }
                 None => return Ok(peeked),
             }
         };
-        let start = index_key(&prefix, after.map_or(0, |id| id.seq.saturating_add(1)));
-        // Read without the state lock, so that pushes go on meanwhile; what looks
-        // wrong is looked at again under the lock by `Inner::repair`.
-        for item in inner.db.range(start..) {
-            let (key, value) = item.map_err(|e| inner.sled_err(e))?;
-            if !key.starts_with(&prefix) {
-                break;
+        let mut from = after.map_or(0, |id| id.seq.saturating_add(1));
+        loop {
+            let read = inner.peek_disk(lane, (lane_idx, &prefix), from, max, &mut peeked)?;
+            if read.full {
+                return Ok(peeked);
             }
-            let Some((_, seq)) = split_index_key(&key) else {
-                continue;
-            };
-            let found = match IndexRecord::decode(&value) {
-                Some(record) => inner.read_batch(lane, lane_idx, seq, record)?,
-                None => None,
-            };
-            match found {
-                Some(batch) => peeked.batches.push(batch),
-                None => match inner.repair(lane, lane_idx, seq)? {
-                    Repair::Gone => {}
-                    Repair::Valid(batch) => peeked.batches.push(batch),
-                    Repair::Dropped(drop) => peeked.dropped.push(drop),
-                },
+            // Then what memory holds, unless a held batch went to disk while
+            // the disk was read without the lock: then read on from there.
+            let state = inner.lock();
+            let held = &state.lane(lane_idx).held;
+            if state.lane(lane_idx).spills == spills {
+                let wanted = max - peeked.batches.len();
+                peeked.batches.extend(
+                    held.iter()
+                        .filter(|held| held.seq >= read.next)
+                        .take(wanted)
+                        .map(|held| held.to_batch(lane, lane_idx)),
+                );
+                return Ok(peeked);
             }
-            if peeked.batches.len() >= max {
-                break;
-            }
+            spills = state.lane(lane_idx).spills;
+            from = read.next;
         }
-        Ok(peeked)
     }
 
     /// Deletes a batch a gateway has accepted. Returns `false` if it was no
@@ -143,6 +141,11 @@ impl Queue {
             return Ok(moved);
         };
         let to_idx = state.lane_index(&to)?;
+        // Only index records move: what memory holds goes to disk first, and
+        // `to`'s too, so that each lane's disk batches stay older than its
+        // held ones.
+        inner.spill_lane(&mut state, from_idx)?;
+        inner.spill_lane(&mut state, to_idx)?;
         let from_prefix = state.lane(from_idx).prefix.clone();
         let to_prefix = state.lane(to_idx).prefix.clone();
         loop {
@@ -202,6 +205,9 @@ impl Queue {
             lane: lane_id(to_idx),
             seq: id.seq,
         };
+        // As in `reroute`: both lanes' held batches go to disk first.
+        inner.spill_lane(&mut state, from_idx)?;
+        inner.spill_lane(&mut state, to_idx)?;
         let key = index_key(&state.lane(from_idx).prefix, id.seq);
         let Some(value) = inner.db.get(&key).map_err(|e| inner.sled_err(e))? else {
             return Ok(None);
@@ -226,6 +232,14 @@ impl Queue {
     }
 }
 
+/// Where [`Inner::peek_disk`] stopped.
+pub(super) struct DiskRead {
+    /// Whether the peek has all the batches it asked for.
+    pub(super) full: bool,
+    /// The sequence number after the last index record read (or where it started).
+    pub(super) next: u64,
+}
+
 /// What a second look under the lock found for a batch that read badly.
 pub(super) enum Repair {
     /// It was acked or dropped meanwhile.
@@ -237,17 +251,54 @@ pub(super) enum Repair {
 }
 
 impl Inner {
+    /// Reads lane `lane_idx`'s batches on disk numbered `from` or later into
+    /// `peeked`, up to `max` in all. Without the state lock, so that pushes go
+    /// on meanwhile; what looks wrong is looked at again under the lock by
+    /// [`Inner::repair`].
+    fn peek_disk(
+        &self,
+        lane: &Lane,
+        (lane_idx, prefix): (usize, &[u8]),
+        from: u64,
+        max: usize,
+        peeked: &mut Peeked,
+    ) -> Result<DiskRead, QueueError> {
+        let mut next = from;
+        for item in self.db.range(index_key(prefix, from)..) {
+            let (key, value) = item.map_err(|e| self.sled_err(e))?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            let Some((_, seq)) = split_index_key(&key) else {
+                continue;
+            };
+            next = seq.saturating_add(1);
+            let found = match IndexRecord::decode(&value) {
+                Some(record) => self.read_batch(lane, lane_idx, seq, record)?,
+                None => None,
+            };
+            match found {
+                Some(batch) => peeked.batches.push(batch),
+                None => match self.repair(lane, lane_idx, seq)? {
+                    Repair::Gone => {}
+                    Repair::Valid(batch) => peeked.batches.push(batch),
+                    Repair::Dropped(drop) => peeked.dropped.push(drop),
+                },
+            }
+            if peeked.batches.len() >= max {
+                return Ok(DiskRead { full: true, next });
+            }
+        }
+        Ok(DiskRead { full: false, next })
+    }
+
     /// Keeps what the index record of batch `seq` alone holds before it is
     /// deleted: a source's newest checkpoint, moved to the source's key, and
     /// the newest sequence number, so that ids keep growing after a restart.
     /// Written before the delete, so a crash in between leaves both copies.
     pub(super) fn before_remove(&self, state: &mut State, seq: u64) -> Result<(), QueueError> {
-        if seq.saturating_add(1) >= state.next_seq && state.next_seq > state.next_seq_stored {
-            let next = state.next_seq;
-            self.db
-                .insert(NEXT_SEQ_KEY, &next.to_be_bytes()[..])
-                .map_err(|e| self.sled_err(e))?;
-            state.next_seq_stored = next;
+        if seq.saturating_add(1) >= state.next_seq {
+            self.store_next_seq(state)?;
         }
         for (source, latest) in &mut state.checkpoints {
             if !latest.in_key && latest.seq == seq {
@@ -257,6 +308,18 @@ impl Inner {
                     .map_err(|e| self.sled_err(e))?;
                 latest.in_key = true;
             }
+        }
+        Ok(())
+    }
+
+    /// Stores the next sequence number, if it grew since it was last stored.
+    pub(super) fn store_next_seq(&self, state: &mut State) -> Result<(), QueueError> {
+        if state.next_seq > state.next_seq_stored {
+            let next = state.next_seq;
+            self.db
+                .insert(NEXT_SEQ_KEY, &next.to_be_bytes()[..])
+                .map_err(|e| self.sled_err(e))?;
+            state.next_seq_stored = next;
         }
         Ok(())
     }
@@ -330,6 +393,9 @@ impl Inner {
         let Some(lane_idx) = state.lane_of(id) else {
             return Ok(None);
         };
+        if let Some(held) = state.take_held(lane_idx, id.seq) {
+            return Ok(Some((state.lane(lane_idx).lane.clone(), held.record())));
+        }
         let key = index_key(&state.lane(lane_idx).prefix, id.seq);
         // The head's record is in memory, and acks mostly take the head; for
         // other batches, one look tells whether the id is stale.

@@ -55,6 +55,12 @@ pub struct LaneStats {
 pub struct Stats {
     /// Every lane this queue has seen, empty ones included, in no set order.
     pub lanes: Vec<LaneStats>,
+    /// Payload bytes of the batches held in memory, included in the lanes'
+    /// backlog (memory first; always 0 in disk mode).
+    pub memory_bytes: u64,
+    /// Payload bytes written to the queue's segment files since it was
+    /// opened: every push in disk mode, only spills in memory first.
+    pub written_bytes: u64,
 }
 
 impl Stats {

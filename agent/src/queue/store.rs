@@ -4,7 +4,7 @@
 //! themselves are `open` (recovery), `writer` (push) and `reader` (peek,
 //! ack, drop, move).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::fs::File;
 use std::future::Future;
@@ -20,6 +20,7 @@ use super::acklog::AckLog;
 use super::error::QueueError;
 use super::format::{self, lane_prefix, IndexRecord};
 use super::lane::{BatchId, Lane};
+use super::memory::Held;
 use super::options::Options;
 use super::segments::{self, Segments};
 use super::space::{is_disk_full, Space};
@@ -76,8 +77,12 @@ pub(super) struct State {
     pub(super) next_seq: u64,
     /// The value under `NEXT_SEQ_KEY`, to write it only when it changes.
     pub(super) next_seq_stored: u64,
-    /// Payload bytes over all lanes.
+    /// Payload bytes over all lanes, held in memory or on disk.
     pub(super) bytes: u64,
+    /// Payload bytes of the batches held in memory (memory first).
+    pub(super) held_bytes: u64,
+    /// Payload bytes written to segment files since open (pushed or spilled).
+    pub(super) written_bytes: u64,
     /// The newest checkpoint of each source.
     pub(super) checkpoints: HashMap<String, Latest>,
     /// The payload files.
@@ -99,8 +104,15 @@ pub(super) struct LaneState {
     pub(super) batches: u64,
     pub(super) bytes: u64,
     pub(super) items: u64,
-    /// The oldest batch of the lane; `None` when empty.
+    /// The oldest batch of the lane on disk; `None` when none is.
     pub(super) head: Option<Head>,
+    /// Batches held in memory (memory first), oldest first. Invariant: each
+    /// is newer than every batch of the lane on disk, so the lane reads the
+    /// disk first, then these.
+    pub(super) held: VecDeque<Held>,
+    /// How many held batches went to disk, so that a peek that read the disk
+    /// without the lock can tell whether one moved past it meanwhile.
+    pub(super) spills: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -319,9 +331,14 @@ impl Inner {
         }
     }
 
-    /// Syncs the segments being appended to, then flushes the index.
+    /// Writes the batches held in memory to disk, syncs the segments being
+    /// appended to, then flushes the index.
     pub(super) fn flush_all(&self) -> Result<(), QueueError> {
-        let synced = self.lock().segments.sync_active();
+        let synced = {
+            let mut state = self.lock();
+            self.spill_until(&mut state, 0)?;
+            state.segments.sync_active()
+        };
         synced.map_err(|source| self.data_err(source))?;
         self.flush_with_room()
     }
@@ -367,6 +384,8 @@ impl State {
             next_seq: 0,
             next_seq_stored: 0,
             bytes: 0,
+            held_bytes: 0,
+            written_bytes: 0,
             checkpoints: HashMap::new(),
             segments,
             acks: None,
@@ -416,17 +435,30 @@ impl State {
             bytes: 0,
             items: 0,
             head: None,
+            held: VecDeque::new(),
+            spills: 0,
         });
         idx
     }
 
-    /// Counts a batch that is now stored in lane `idx`.
+    /// Counts a batch that is now stored on disk in lane `idx`.
     pub(super) fn remember(&mut self, idx: usize, seq: u64, record: IndexRecord) {
+        self.count(idx, record);
+        self.note_head(idx, seq, record);
+    }
+
+    /// Counts a batch that is now in lane `idx`, in memory or on disk.
+    pub(super) fn count(&mut self, idx: usize, record: IndexRecord) {
         self.bytes = self.bytes.saturating_add(record.len);
         let lane = self.lane_mut(idx);
         lane.batches += 1;
         lane.bytes = lane.bytes.saturating_add(record.len);
         lane.items = lane.items.saturating_add(record.items);
+    }
+
+    /// Makes batch `seq`, now on disk, lane `idx`'s head if it is older.
+    pub(super) fn note_head(&mut self, idx: usize, seq: u64, record: IndexRecord) {
+        let lane = self.lane_mut(idx);
         if lane.head.map_or(true, |head| seq < head.seq) {
             lane.head = Some(Head { seq, record });
         }
@@ -450,7 +482,11 @@ impl State {
                 backlog: lane.backlog(),
             })
             .collect();
-        Stats { lanes }
+        Stats {
+            lanes,
+            memory_bytes: self.held_bytes,
+            written_bytes: self.written_bytes,
+        }
     }
 }
 
@@ -460,7 +496,10 @@ impl LaneState {
             batches: self.batches,
             bytes: self.bytes,
             items: self.items,
-            oldest_created: self.head.map(|head| created(head.record)),
+            oldest_created: self
+                .head
+                .map(|head| created(head.record))
+                .or_else(|| self.held.front().map(Held::created)),
         }
     }
 }

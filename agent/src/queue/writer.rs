@@ -6,6 +6,7 @@ use super::batch::{Checkpoint, DropReason, Dropped, NewBatch, Pushed};
 use super::error::QueueError;
 use super::format::{self, checkpoint_key, index_key, IndexRecord, MAX_SOURCE_LEN};
 use super::lane::{BatchId, Lane};
+use super::memory::Held;
 use super::options::FullPolicy;
 use super::reader::next_head;
 use super::segments;
@@ -16,8 +17,9 @@ impl Queue {
     /// Stores a batch in `lane` under the configured [`Options::full_policy`].
     ///
     /// With [`Options::fsync`] on, returns once the batch and its checkpoint are
-    /// on disk. Either both the batch and its checkpoint are stored, or
-    /// neither: they are one sled record.
+    /// on disk; under [`Options::memory_size`] (memory first), a batch without
+    /// a checkpoint may be held in memory instead. Either both the batch and
+    /// its checkpoint are stored, or neither: they are one sled record.
     ///
     /// # Errors
     ///
@@ -62,7 +64,7 @@ impl Queue {
         // The configured size, or less when the filesystem has less room.
         let (max_size, reason) = state.limit(inner.options.max_size);
         let free = max_size.saturating_sub(state.bytes);
-        let mut victims = Vec::new();
+        let mut evict = false;
         let store = if len <= free {
             true
         } else {
@@ -79,61 +81,67 @@ impl Queue {
                 // not fit: refuse it alone.
                 FullPolicy::DropOldest if len > max_size => false,
                 FullPolicy::DropOldest => {
-                    victims = state.plan_eviction(inner, len - free)?;
+                    evict = true;
                     true
                 }
             }
         };
 
-        let mut dropped = Vec::new();
+        let mut dropped: Vec<Dropped> = Vec::new();
         let seq = state.next_seq;
         if store {
-            // The payload first: the index record written next is what makes
-            // the batch exist, so it must never point at bytes not yet written.
-            let (fsync, interval) = (inner.options.fsync, inner.options.flush_interval);
-            let lane_state = state.lane(lane_idx);
-            let key = index_key(&lane_state.prefix, seq);
-            let prefix = lane_state.prefix.clone();
-            let make_record = |at: segments::Appended| IndexRecord {
-                created_ms: millis(batch.created),
-                items: batch.items,
-                len,
-                segment: at.segment,
-                offset: at.offset,
+            // Memory first holds a batch unless it is larger than the whole
+            // of memory, or carries a source's position: a checkpoint on disk
+            // must never be ahead of batches that only memory held, or a
+            // power cut would skip them at the source (journal entries).
+            let memory = inner.options.memory_size;
+            let hold = memory.filter(|&memory| len <= memory && checkpoint.is_none());
+            let mut victims = if evict {
+                state.plan_eviction(inner, len - free)?
+            } else {
+                Vec::new()
             };
-            let index_value = |at| make_record(at).encode(checkpoint);
-            let appended = state.segments.append(
-                &inner.data,
-                lane_idx,
-                seq,
-                batch.payload,
-                (&prefix, index_value),
-                fsync,
-                interval,
-            );
-            let (appended, value) = match appended {
-                Ok(appended) => appended,
-                Err(source) => {
-                    if is_disk_full(&source) {
-                        if let Some(space) = state.space.as_mut() {
-                            space.release_reserve();
-                        }
-                    }
-                    return Err(inner.data_err(source));
+            // Victims held in memory leave at once, so that none is written
+            // to disk below only to be deleted; they cost no I/O.
+            let (held, on_disk) = victims
+                .into_iter()
+                .partition::<Vec<_>, _>(|&(idx, head)| state.lane(idx).holds(head.seq));
+            victims = on_disk;
+            if let Err(err) = inner.evict(&mut state, &held, reason, &mut dropped) {
+                log::error!("Could not make room in the disk queue error={err}");
+            }
+            if let Some(memory) = hold {
+                // Room in memory: the oldest held batches go to disk.
+                inner.spill_until(&mut state, memory - len)?;
+            } else if memory.is_some() {
+                // The lane's held batches go to disk before it, as lanes read
+                // the disk first.
+                inner.spill_lane(&mut state, lane_idx)?;
+            }
+            let created_ms = millis(batch.created);
+            match hold {
+                Some(_) => state.hold(
+                    lane_idx,
+                    Held {
+                        seq,
+                        created_ms,
+                        items: batch.items,
+                        payload: batch.payload.to_vec(),
+                    },
+                ),
+                None => {
+                    let record = inner.write_batch(
+                        &mut state,
+                        lane_idx,
+                        seq,
+                        batch.payload,
+                        (batch.items, created_ms),
+                        checkpoint,
+                    )?;
+                    state.remember(lane_idx, seq, record);
                 }
-            };
-            let record = make_record(appended);
-            // One key holds the batch and its checkpoint: sled writes a key
-            // atomically, without the forced writes of its multi-key batches.
-            // Not flushed here: the segment record, synced, carries the same
-            // value, and `open` indexes it again if this write is lost.
-            if let Err(err) = inner.db.insert(key, value) {
-                state.segments.abandon(&inner.data, lane_idx);
-                return Err(inner.sled_err(err));
             }
             state.next_seq = seq + 1;
-            state.remember(lane_idx, seq, record);
-            state.segments.reference(&record);
             if let Some((source, value)) = checkpoint {
                 state.note_checkpoint(source, seq, value, false);
             }
@@ -143,6 +151,7 @@ impl Queue {
             if let Err(err) = inner.evict(&mut state, &victims, reason, &mut dropped) {
                 log::error!("Could not make room in the disk queue error={err}");
             }
+            dropped.sort_by_key(|drop| drop.id.map(|id| id.seq));
         } else {
             if let Some((source, value)) = checkpoint {
                 // The source has dealt with its data, by policy: it must not
@@ -233,6 +242,65 @@ impl Inner {
         Ok(())
     }
 
+    /// Writes a batch's payload and index record (with its checkpoint) to
+    /// disk, the payload first: the index record is what makes the batch
+    /// exist, so it must never point at bytes not yet written. Leaves the
+    /// counts to the caller.
+    pub(super) fn write_batch(
+        &self,
+        state: &mut State,
+        lane_idx: usize,
+        seq: u64,
+        payload: &[u8],
+        (items, created_ms): (u64, u64),
+        checkpoint: Option<(&str, &[u8])>,
+    ) -> Result<IndexRecord, QueueError> {
+        let (fsync, interval) = (self.options.fsync, self.options.flush_interval);
+        let len = len_u64(payload);
+        let prefix = state.lane(lane_idx).prefix.clone();
+        let key = index_key(&prefix, seq);
+        let make_record = |at: segments::Appended| IndexRecord {
+            created_ms,
+            items,
+            len,
+            segment: at.segment,
+            offset: at.offset,
+        };
+        let index_value = |at| make_record(at).encode(checkpoint);
+        let appended = state.segments.append(
+            &self.data,
+            lane_idx,
+            seq,
+            payload,
+            (&prefix, index_value),
+            fsync,
+            interval,
+        );
+        let (appended, value) = match appended {
+            Ok(appended) => appended,
+            Err(source) => {
+                if is_disk_full(&source) {
+                    if let Some(space) = state.space.as_mut() {
+                        space.release_reserve();
+                    }
+                }
+                return Err(self.data_err(source));
+            }
+        };
+        let record = make_record(appended);
+        // One key holds the batch and its checkpoint: sled writes a key
+        // atomically, without the forced writes of its multi-key batches.
+        // Not flushed here: the segment record, synced, carries the same
+        // value, and `open` indexes it again if this write is lost.
+        if let Err(err) = self.db.insert(key, value) {
+            state.segments.abandon(&self.data, lane_idx);
+            return Err(self.sled_err(err));
+        }
+        state.segments.reference(&record);
+        state.written_bytes = state.written_bytes.saturating_add(len);
+        Ok(record)
+    }
+
     /// Deletes the batches chosen by [`State::plan_eviction`], reporting each.
     pub(super) fn evict(
         &self,
@@ -242,11 +310,15 @@ impl Inner {
         dropped: &mut Vec<Dropped>,
     ) -> Result<(), QueueError> {
         for &(idx, head) in victims {
-            self.before_remove(state, head.seq)?;
-            let key = index_key(&state.lane(idx).prefix, head.seq);
-            self.remove_key(state, &key)?;
-            state.forget(idx, head.record);
-            state.segments.release(head.record.segment);
+            // A held batch leaves memory without a write.
+            let on_disk = state.take_held(idx, head.seq).is_none();
+            if on_disk {
+                self.before_remove(state, head.seq)?;
+                let key = index_key(&state.lane(idx).prefix, head.seq);
+                self.remove_key(state, &key)?;
+                state.forget(idx, head.record);
+                state.segments.release(head.record.segment);
+            }
             dropped.push(Dropped {
                 id: Some(BatchId {
                     lane: lane_id(idx),
@@ -257,7 +329,9 @@ impl Inner {
                 bytes: head.record.len,
                 reason,
             });
-            self.refresh_head(state, idx, head.seq)?;
+            if on_disk {
+                self.refresh_head(state, idx, head.seq)?;
+            }
         }
         Ok(())
     }
@@ -272,8 +346,8 @@ impl State {
             return (max_size, DropReason::QueueFull);
         };
         space.refresh(false);
-        let room = self
-            .bytes
+        // Batches held in memory take disk space once they spill.
+        let room = (self.bytes.saturating_sub(self.held_bytes))
             .saturating_add(space.available().saturating_sub(space.keep_free()));
         if room < max_size {
             (room, DropReason::DiskFull)
@@ -298,12 +372,39 @@ impl State {
         }
     }
 
+    /// The oldest batch of lane `idx` numbered `from` or later, on disk or
+    /// held in memory (which holds only batches newer than the disk's).
+    fn oldest_from(
+        &self,
+        inner: &Inner,
+        idx: usize,
+        from: u64,
+    ) -> Result<Option<Head>, QueueError> {
+        let lane = self.lane(idx);
+        let on_disk = match lane.head {
+            Some(head) if head.seq >= from => Some(head),
+            Some(_) => next_head(inner, &lane.prefix, from)?,
+            None => None,
+        };
+        Ok(on_disk.or_else(|| {
+            lane.held
+                .iter()
+                .find(|held| held.seq >= from)
+                .map(|held| Head {
+                    seq: held.seq,
+                    record: held.record(),
+                })
+        }))
+    }
+
     pub(super) fn plan_eviction(
         &self,
         inner: &Inner,
         need: u64,
     ) -> Result<Vec<(usize, Head)>, QueueError> {
-        let mut heads: Vec<Option<Head>> = self.lanes.iter().map(|lane| lane.head).collect();
+        let mut heads: Vec<Option<Head>> = (0..self.lanes.len())
+            .map(|idx| self.oldest_from(inner, idx, 0))
+            .collect::<Result<_, _>>()?;
         let mut victims = Vec::new();
         let mut freed = 0u64;
         while freed < need {
@@ -315,7 +416,7 @@ impl State {
             let Some((idx, head)) = oldest else { break };
             freed = freed.saturating_add(head.record.len);
             victims.push((idx, head));
-            let next = next_head(inner, &self.lane(idx).prefix, head.seq.saturating_add(1))?;
+            let next = self.oldest_from(inner, idx, head.seq.saturating_add(1))?;
             // Invariant: `heads` has one entry per lane and `idx` came from it.
             heads[idx] = next;
         }

@@ -45,6 +45,16 @@ const DESCRIPTORS: &[(&str, Kind, &str)] = &[
         "Age of the oldest batch in the disk queue.",
     ),
     (
+        "tern_queue_memory_bytes",
+        Kind::Gauge,
+        "Bytes of queued batches held in memory, not yet on disk (mode = memory_first).",
+    ),
+    (
+        "tern_queue_written_bytes_total",
+        Kind::Counter,
+        "Batch bytes written to the disk queue's files: every batch in disk mode, only those spilled from memory in memory_first.",
+    ),
+    (
         "tern_queue_pushed_batches_total",
         Kind::Counter,
         "Batches accepted into the disk queue.",
