@@ -38,6 +38,11 @@ pub(super) struct AckLog {
     /// Which of [`NAMES`] is appended to.
     current: usize,
     file: File,
+    /// Whether each file holds records: when neither does, a switch has
+    /// nothing to do, and an idle queue touches no file (memory first, an
+    /// empty queue: truncating a file a second still wrote a page of
+    /// metadata every 30 s).
+    holds: [bool; 2],
 }
 
 impl AckLog {
@@ -69,11 +74,15 @@ impl AckLog {
             dir: dir.to_path_buf(),
             current: 0,
             file,
+            holds: [false; 2],
         })
     }
 
     /// Records the removal of index key `key`: one `write`, no sync.
     pub(super) fn append(&mut self, key: &[u8]) -> io::Result<()> {
+        // Before the write: a failed write may still have left part of a
+        // record, which the next switch must clear.
+        self.holds[self.current] = true;
         self.file.write_all(&encode(key))
     }
 
@@ -82,8 +91,12 @@ impl AckLog {
     /// switch). The file switched away from holds the removals the next
     /// flush makes durable.
     pub(super) fn switch(&mut self) -> io::Result<()> {
+        if self.holds == [false; 2] {
+            return Ok(());
+        }
         let next = 1 - self.current;
         self.file = truncate(&self.dir.join(NAMES[next]))?;
+        self.holds[next] = false;
         self.current = next;
         Ok(())
     }
@@ -137,6 +150,35 @@ fn crc32(bytes: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn switches_only_when_a_file_holds_records() {
+        let dir = std::env::temp_dir().join(format!("tern-acklog-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut log = AckLog::create(&dir).unwrap();
+        let modified = |name: &str| {
+            std::fs::metadata(dir.join(name))
+                .unwrap()
+                .modified()
+                .unwrap()
+        };
+        let before = (modified(NAMES[0]), modified(NAMES[1]));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        log.switch().unwrap();
+        assert_eq!(log.current, 0, "an empty log does not switch");
+        assert_eq!((modified(NAMES[0]), modified(NAMES[1])), before);
+        log.append(b"k1").unwrap();
+        log.switch().unwrap();
+        assert_eq!(log.current, 1);
+        // acks.0 still holds k1 until the next switch empties it.
+        assert_eq!(AckLog::replay(&dir).unwrap(), vec![b"k1".to_vec()]);
+        log.switch().unwrap();
+        assert_eq!(log.current, 0);
+        assert_eq!(AckLog::replay(&dir).unwrap(), Vec::<Vec<u8>>::new());
+        log.switch().unwrap();
+        assert_eq!(log.current, 0, "both empty again");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn records_round_trip_and_stop_at_damage() {
