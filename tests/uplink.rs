@@ -377,6 +377,17 @@ fn memory_first_writes_nothing_while_the_gateway_keeps_up() {
         let written = agent.metric("tern_queue_written_bytes_total").unwrap();
         let pushed = pushed.unwrap();
         assert!(pushed > 100_000.0, "pushed {pushed}");
+        // The compression ratio is what the two counters say.
+        let raw = agent
+            .metric("tern_queue_pushed_uncompressed_bytes_total{signal=\"traces\"}")
+            .unwrap();
+        let ratio = agent
+            .metric("tern_queue_compression_ratio{signal=\"traces\"}")
+            .unwrap();
+        assert!(
+            raw > pushed && (ratio - raw / pushed).abs() < 0.01,
+            "{raw} bytes before compression, {pushed} after, ratio {ratio}"
+        );
         if mode == "memory_first" {
             assert_eq!(written, 0.0, "{}", agent.metrics());
             assert_eq!(segment_files(&agent), 0);

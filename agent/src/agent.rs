@@ -517,6 +517,11 @@ fn update_queue_gauges(metrics: &Metrics, stats: &Stats) {
         let labels = [("signal", signal.as_str())];
         metrics.set("tern_queue_batches", &labels, b.batches as f64);
         metrics.set("tern_queue_bytes", &labels, b.bytes as f64);
+        let raw = metrics.get("tern_queue_pushed_uncompressed_bytes_total", &labels);
+        let compressed = metrics.get("tern_queue_pushed_bytes_total", &labels);
+        if let (Some(raw), Some(compressed)) = (raw, compressed.filter(|&c| c > 0.0)) {
+            metrics.set("tern_queue_compression_ratio", &labels, raw / compressed);
+        }
         metrics.set(
             "tern_queue_oldest_age_seconds",
             &labels,

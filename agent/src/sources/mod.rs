@@ -255,6 +255,11 @@ impl Sink {
             &labels,
             batch.payload.len() as f64,
         );
+        self.metrics.add(
+            "tern_queue_pushed_uncompressed_bytes_total",
+            &labels,
+            batch.raw_len as f64,
+        );
     }
 
     fn log_queued(&self, signal: Signal, batch: &Encoded, what: fmt::Arguments<'_>) {

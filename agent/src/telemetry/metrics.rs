@@ -70,6 +70,16 @@ const DESCRIPTORS: &[(&str, Kind, &str)] = &[
         "Compressed bytes accepted into the disk queue.",
     ),
     (
+        "tern_queue_pushed_uncompressed_bytes_total",
+        Kind::Counter,
+        "Bytes of the accepted batches before compression (encoded OTLP).",
+    ),
+    (
+        "tern_queue_compression_ratio",
+        Kind::Gauge,
+        "Bytes before compression per byte after, over the batches accepted since start.",
+    ),
+    (
         "tern_dropped_batches_total",
         Kind::Counter,
         "Batches dropped, by reason: queue_full, disk_full, permanent, expired, corrupt, too_large.",
