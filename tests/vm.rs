@@ -53,11 +53,24 @@ impl Vm {
 
     /// Boots the guest on `disk` with its receiver and self metrics forwarded
     /// to `receiver` and `metrics` on the host's loopback.
-    fn boot(&self, disk: &Path, gateway: u16, fsync: bool, ports: (u16, u16), log: &Path) -> Child {
+    fn boot(
+        &self,
+        disk: &Path,
+        gateway: u16,
+        queue: Queue,
+        ports: (u16, u16),
+        log: &Path,
+    ) -> Child {
         let (receiver, metrics) = ports;
+        let memory = queue
+            .memory
+            .map_or_else(String::new, |bytes| format!(" tern.memory={bytes}"));
         self.qemu(
             "256",
-            &format!("tern.gw={gateway} tern.fsync={}", u8::from(fsync)),
+            &format!(
+                "tern.gw={gateway} tern.fsync={}{memory}",
+                u8::from(queue.fsync)
+            ),
             &[disk],
             &format!(
                 ",hostfwd=tcp:127.0.0.1:{receiver}-:4318,hostfwd=tcp:127.0.0.1:{metrics}-:12345"
@@ -121,6 +134,13 @@ impl Vm {
 }
 
 /// What one boot saw.
+/// The guest's `[export.queue]`: `fsync`, and `memory_size` in memory_first.
+#[derive(Clone, Copy)]
+struct Queue {
+    fsync: bool,
+    memory: Option<u64>,
+}
+
 struct Boot {
     /// From qemu's start to the receiver's first 200.
     ready: Duration,
@@ -146,7 +166,8 @@ fn wait_ready(receiver: std::net::SocketAddr, qemu: &mut Child) -> bool {
     false
 }
 
-fn power_cuts(fsync: bool) {
+fn power_cuts(queue: Queue) {
+    let fsync = queue.fsync;
     let Some(vm) = Vm::from_env() else {
         eprintln!("skipped: run by scripts/test-vm (TERN_VM_* not set)");
         return;
@@ -160,7 +181,13 @@ fn power_cuts(fsync: bool) {
     // The guests' consoles (tern's log included), kept for a look afterwards.
     let logs = std::env::var_os("TERN_VM_LOGS")
         .map_or_else(|| dir.path().to_path_buf(), PathBuf::from)
-        .join(if fsync { "fsync-on" } else { "fsync-off" });
+        .join(match queue {
+            Queue {
+                memory: Some(_), ..
+            } => "memory-first",
+            Queue { fsync: true, .. } => "fsync-on",
+            Queue { fsync: false, .. } => "fsync-off",
+        });
     let _ = std::fs::remove_dir_all(&logs);
     std::fs::create_dir_all(&logs).unwrap();
     std::fs::copy(&vm.disk, &disk).unwrap();
@@ -175,6 +202,8 @@ fn power_cuts(fsync: bool) {
     let mut next = 0u64;
     let mut boots = Vec::new();
     let mut cut_times = Vec::new();
+    // Per cut: the mean batch size and the bytes spilled to disk in that boot.
+    let mut held: Vec<(f64, f64)> = Vec::new();
     for cut in 0..=cuts {
         let last = cut == cuts;
         let log = logs.join(format!("console-{cut}.log"));
@@ -182,7 +211,7 @@ fn power_cuts(fsync: bool) {
             std::fs::copy(&disk, logs.join(format!("disk-before-boot-{cut}.img"))).unwrap();
         }
         let started = Instant::now();
-        let mut qemu = vm.boot(&disk, gateway.addr.port(), fsync, ports, &log);
+        let mut qemu = vm.boot(&disk, gateway.addr.port(), queue, ports, &log);
         assert!(
             wait_ready(receiver, &mut qemu),
             "boot {cut}: the guest's receiver never answered\n{}",
@@ -253,6 +282,12 @@ fn power_cuts(fsync: bool) {
             })
         };
         std::thread::sleep(Duration::from_millis(fastrand::u64(500..4000)));
+        // The size of a batch, and what memory holds, a moment before the cut.
+        let text = http_get(metrics, "/metrics").map_or_else(String::new, |(_, t)| t);
+        let value = |series: &str| metric_value(&text, series).unwrap_or(0.0);
+        let batch = value("tern_queue_pushed_bytes_total{signal=\"traces\"}")
+            / value("tern_queue_pushed_batches_total{signal=\"traces\"}").max(1.0);
+        held.push((batch, value("tern_queue_written_bytes_total")));
         // The power cut.
         let _ = qemu.kill();
         cut_times.push(Instant::now());
@@ -272,6 +307,7 @@ fn power_cuts(fsync: bool) {
         .map(|(&n, &(at, _))| (n, at))
         .collect();
     // Per boot: spans acked, lost, and the oldest loss's age at its own cut.
+    let mut most_lost_bytes = 0.0f64;
     for (boot, &cut_at) in cut_times.iter().enumerate() {
         let of_boot: Vec<_> = acked.iter().filter(|(_, (_, b))| *b == boot).collect();
         let lost_here: Vec<Duration> = of_boot
@@ -279,8 +315,12 @@ fn power_cuts(fsync: bool) {
             .filter(|(n, _)| !seen.contains_key(&format!("span-{n}")))
             .map(|(_, (at, _))| cut_at.saturating_duration_since(*at))
             .collect();
+        // One request, one batch of five spans.
+        let (batch, spilled) = held.get(boot).copied().unwrap_or_default();
+        let lost_bytes = lost_here.len() as f64 / 5.0 * batch;
+        most_lost_bytes = most_lost_bytes.max(lost_bytes);
         eprintln!(
-            "  boot {boot}: {} acked, {} lost, oldest lost acked {:.2} s before the cut",
+            "  boot {boot}: {} acked, {} lost (about {lost_bytes:.0} bytes; {spilled} bytes written to the queue), oldest lost acked {:.2} s before the cut",
             of_boot.len(),
             lost_here.len(),
             lost_here
@@ -317,8 +357,12 @@ fn power_cuts(fsync: bool) {
     let corrupt: f64 = boots.iter().map(|b| b.corrupt).sum::<f64>() + 0.0;
     let corrupt_max = boots.iter().map(|b| b.corrupt).fold(0.0, f64::max);
     let rss: Vec<f64> = boots.iter().map(|b| b.rss / 1e6).collect();
+    let mode = match queue.memory {
+        Some(bytes) => format!("memory_first, memory_size = {bytes}, fsync = {fsync}"),
+        None => format!("fsync = {fsync}"),
+    };
     eprintln!(
-        "vm power cuts (fsync = {fsync}): {cuts} cuts, {} spans acked, {} arrived, {} lost (acked at most {:.1} s before their cut), {doubled} requests and {spans_twice} spans received twice, {corrupt} damaged batches dropped ({corrupt_max} at most in one boot), boot to ready {:.1} to {:.1} s, RSS when ready {:.1} to {:.1} MB",
+        "vm power cuts ({mode}): {cuts} cuts, {} spans acked, {} arrived, {} lost (acked at most {:.1} s before their cut), {doubled} requests and {spans_twice} spans received twice, {corrupt} damaged batches dropped ({corrupt_max} at most in one boot), boot to ready {:.1} to {:.1} s, RSS when ready {:.1} to {:.1} MB",
         acked.len(),
         acked.keys().filter(|n| seen.contains_key(&format!("span-{n}"))).count(),
         lost.len(),
@@ -329,7 +373,19 @@ fn power_cuts(fsync: bool) {
         rss.iter().copied().fold(0.0, f64::max),
     );
     assert!(acked.len() > 50, "too few spans accepted: {}", acked.len());
-    if fsync {
+    if let Some(memory) = queue.memory {
+        // What memory_first promises: a cut loses what memory held, at most
+        // memory_size (10% for the mean batch size that estimates it).
+        eprintln!("  most lost in one cut: about {most_lost_bytes:.0} bytes of {memory}");
+        assert!(
+            most_lost_bytes <= memory as f64 * 1.1,
+            "a cut lost about {most_lost_bytes:.0} bytes, over memory_size {memory}"
+        );
+        assert!(
+            held.iter().any(|&(_, spilled)| spilled > 0.0),
+            "no boot spilled to disk: the run did not fill memory"
+        );
+    } else if fsync {
         assert!(
             lost.is_empty(),
             "acknowledged spans lost: {:?}",
@@ -347,13 +403,30 @@ fn power_cuts(fsync: bool) {
 #[test]
 #[ignore = "needs the VM images: scripts/test-vm"]
 fn vm_power_cuts_fsync_on_lose_nothing_acknowledged() {
-    power_cuts(true);
+    power_cuts(Queue {
+        fsync: true,
+        memory: None,
+    });
 }
 
 #[test]
 #[ignore = "needs the VM images: scripts/test-vm"]
 fn vm_power_cuts_fsync_off_lose_at_most_the_last_interval() {
-    power_cuts(false);
+    power_cuts(Queue {
+        fsync: false,
+        memory: None,
+    });
+}
+
+/// memory_first with 16 KiB of memory (about a hundred requests) and
+/// `fsync` on: a cut loses what memory held and nothing that had spilled.
+#[test]
+#[ignore = "needs the VM images: scripts/test-vm"]
+fn vm_power_cuts_memory_first_lose_at_most_memory_size() {
+    power_cuts(Queue {
+        fsync: true,
+        memory: Some(16 * 1024),
+    });
 }
 
 /// Waits for qemu to exit on its own (the guest powers off or reboots:
