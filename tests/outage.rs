@@ -174,6 +174,41 @@ fn after_an_outage_the_first_delivery_follows_the_gateways_return_within_3s() {
     );
 }
 
+/// The case, with the default retry settings (5 s growing to 30 s):
+/// a 120 s outage, after which the backoff is at its longest. Slow (about
+/// 2.5 minutes); run by hand:
+/// `cargo test -p tern --test system -- outage::first_delivery_after_120s --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, about 2.5 minutes"]
+fn first_delivery_after_120s_of_outage_with_the_default_retry() {
+    let exporter = counting_exporter();
+    let mut gateway = FakeGateway::start();
+    let config = format!(
+        "[agent]\nstate_dir = \"{{state_dir}}\"\nlisten = \"127.0.0.1:0\"\n\n[[scrape]]\njob = \"seq\"\ntargets = [\"{}\"]\ninterval = \"1s\"\n\n[export]\nendpoints = [\"{}\"]\n",
+        exporter.addr,
+        gateway.url()
+    );
+    let agent = Agent::start(&config);
+    wait_for(
+        Duration::from_secs(10),
+        || (!seqs(&gateway).is_empty()).then_some(()),
+        || agent.diagnostics(),
+    );
+    gateway.stop();
+    std::thread::sleep(Duration::from_secs(120));
+    let before = seqs(&gateway).len();
+    gateway.restart();
+    let back = std::time::Instant::now();
+    wait_for(
+        Duration::from_secs(60),
+        || (seqs(&gateway).len() > before).then_some(()),
+        || agent.diagnostics(),
+    );
+    let first = back.elapsed();
+    eprintln!("after a 120 s outage, first delivery {first:?} after the gateway's return");
+    assert!(first < Duration::from_secs(3), "{first:?}");
+}
+
 /// A gateway that answers (503, or accepts and resets) is not helped by a
 /// probe: the backoff stands, so it is not sent a request every 2 s.
 #[test]
