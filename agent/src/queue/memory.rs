@@ -16,7 +16,7 @@ use super::batch::Batch;
 use super::error::QueueError;
 use super::format::IndexRecord;
 use super::lane::{BatchId, Lane};
-use super::store::{created, lane_id, len_u64, Inner, LaneState, State};
+use super::store::{created, lane_id, len_u64, Inner, State};
 
 /// A batch in memory, not yet on disk.
 pub(super) struct Held {
@@ -57,13 +57,6 @@ impl Held {
             items: self.items,
             created: self.created(),
         }
-    }
-}
-
-impl LaneState {
-    /// Whether batch `seq` is held in memory.
-    pub(super) fn holds(&self, seq: u64) -> bool {
-        self.held.binary_search_by_key(&seq, |h| h.seq).is_ok()
     }
 }
 

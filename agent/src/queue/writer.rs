@@ -87,7 +87,7 @@ impl Queue {
             }
         };
 
-        let mut dropped: Vec<Dropped> = Vec::new();
+        let mut dropped = Vec::new();
         let seq = state.next_seq;
         if store {
             // Memory first holds a batch unless it is larger than the whole
@@ -96,20 +96,9 @@ impl Queue {
             // power cut would skip them at the source (journal entries).
             let memory = inner.options.memory_size;
             let hold = memory.filter(|&memory| len <= memory && checkpoint.is_none());
-            let mut victims = if evict {
-                state.plan_eviction(inner, len - free)?
-            } else {
-                Vec::new()
-            };
-            // Victims held in memory leave at once, so that none is written
-            // to disk below only to be deleted; they cost no I/O.
-            let (held, on_disk) = victims
-                .into_iter()
-                .partition::<Vec<_>, _>(|&(idx, head)| state.lane(idx).holds(head.seq));
-            victims = on_disk;
-            if let Err(err) = inner.evict(&mut state, &held, reason, &mut dropped) {
-                log::error!("Could not make room in the disk queue error={err}");
-            }
+            // Every write that can fail comes before the first eviction, so
+            // that a failed push drops nothing. (When max_size leaves no room
+            // beyond memory_size, a batch may go to disk only to be evicted.)
             if let Some(memory) = hold {
                 // Room in memory: the oldest held batches go to disk.
                 inner.spill_until(&mut state, memory - len)?;
@@ -118,6 +107,11 @@ impl Queue {
                 // the disk first.
                 inner.spill_lane(&mut state, lane_idx)?;
             }
+            let victims = if evict {
+                state.plan_eviction(inner, len - free)?
+            } else {
+                Vec::new()
+            };
             let created_ms = millis(batch.created);
             match hold {
                 Some(_) => state.hold(
@@ -151,7 +145,6 @@ impl Queue {
             if let Err(err) = inner.evict(&mut state, &victims, reason, &mut dropped) {
                 log::error!("Could not make room in the disk queue error={err}");
             }
-            dropped.sort_by_key(|drop| drop.id.map(|id| id.seq));
         } else {
             if let Some((source, value)) = checkpoint {
                 // The source has dealt with its data, by policy: it must not
