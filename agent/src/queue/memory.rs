@@ -2,8 +2,8 @@
 //! held in memory while the exporter keeps up, and spilled to disk, oldest
 //! first, when it falls behind by more than `memory_size`.
 //!
-//! A held batch has its sequence number, counts and checkpoint like a batch on
-//! disk; only its payload and index record are not written. Spilling writes
+//! A held batch has its sequence number and counts like a batch on disk; only
+//! its payload and index record are not written. Spilling writes
 //! both, exactly as a push in disk mode would, so recovery needs nothing new.
 //! A held batch that is acked costs no write at all. Batches that carry a
 //! source's checkpoint are never held (see `Queue::push_with_policy`).
