@@ -1,10 +1,11 @@
 //! CPU per sample of tern's scrape pipeline without the network: parse,
-//! convert to OTLP, encode and gzip one body of synthetic series, many times;
+//! convert to OTLP, encode and compress one body of synthetic series, many times;
 //! with the body whole in memory (`Parser`) and streamed through a 256 KiB
 //! window in 16 KiB reads, as a socket gives it (`Stream`).
 //!
 //! Run: `cargo bench -p tern --bench pipeline -- [SERIES] [ROUNDS]` (default
-//! 100000 series, 20 rounds). Profile with
+//! 100000 series, 20 rounds); `TERN_BENCH_COMPRESSION=zstd` compresses with
+//! zstd level 1 instead of gzip. Profile with
 //! `perf record -e cpu-clock -g target/release/deps/pipeline-* 100000 20`.
 
 use std::io::Read;
@@ -67,6 +68,9 @@ fn main() {
         .collect();
     let series = args.first().copied().unwrap_or(100_000);
     let rounds = args.get(1).copied().unwrap_or(20);
+    if std::env::var("TERN_BENCH_COMPRESSION").as_deref() == Ok("zstd") {
+        tern::otlp::set_store_codec(tern::otlp::Codec::Zstd, 1);
+    }
     let body = body(series);
     let limits = Limits::default();
     let target = TargetInfo {
@@ -100,7 +104,7 @@ fn main() {
     }
     let full = started.elapsed().as_secs_f64() / samples as f64;
     println!(
-        "{series} series x {rounds} rounds, body {} bytes: parse {:.0} ns/sample, parse+convert+encode+gzip {:.0} ns/sample, {:.1} gzip bytes/sample",
+        "{series} series x {rounds} rounds, body {} bytes: parse {:.0} ns/sample, parse+convert+encode+compress {:.0} ns/sample, {:.1} compressed bytes/sample",
         body.len(),
         parse * 1e9,
         full * 1e9,
@@ -137,10 +141,10 @@ fn main() {
             .map(|(e, _)| e.payload.len())
             .sum::<usize>();
     }
-    assert_eq!(stream_bytes, bytes, "gzip bytes streamed");
+    assert_eq!(stream_bytes, bytes, "compressed bytes streamed");
     let stream_full = started.elapsed().as_secs_f64() / samples as f64;
     println!(
-        "streamed through a {} KiB window (peak {} KiB): parse {:.0} ns/sample, parse+convert+encode+gzip {:.0} ns/sample",
+        "streamed through a {} KiB window (peak {} KiB): parse {:.0} ns/sample, parse+convert+encode+compress {:.0} ns/sample",
         WINDOW / 1024,
         stream.peak_window() / 1024,
         stream_parse * 1e9,
