@@ -30,5 +30,6 @@ mod notify;
 mod outage;
 mod receiver;
 mod scrape;
+mod syslog;
 mod uplink;
 mod vm;

@@ -21,7 +21,7 @@ use crate::lifecycle::Shutdown;
 use crate::queue::{self, Queue, QueueError, Stats};
 use crate::route::Routes;
 use crate::sources::prometheus::schedule::{self, Scheduler, Targets};
-use crate::sources::{journald, otlp, Sink};
+use crate::sources::{journald, otlp, syslog, Sink};
 use crate::telemetry::notify;
 use crate::telemetry::{self, Metrics};
 
@@ -396,6 +396,22 @@ impl Running {
             ) {
                 Ok(h) => sources.push(h),
                 Err(e) => {
+                    scrapes.stop();
+                    return Err(e.into());
+                }
+            }
+        }
+        if let Some(s) = &config.syslog_receiver {
+            match syslog::spawn(
+                s,
+                &resource,
+                sink.clone(),
+                metrics.clone(),
+                sources_stop.clone(),
+            ) {
+                Ok(h) => sources.push(h),
+                Err(e) => {
+                    sources_stop.trigger();
                     scrapes.stop();
                     return Err(e.into());
                 }

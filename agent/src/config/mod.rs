@@ -38,7 +38,7 @@ pub use export::{
     RoutingKey,
 };
 pub use journald::{JournaldConfig, ReadFrom};
-pub use receiver::{OtlpReceiverConfig, ReceiverFullPolicy};
+pub use receiver::{OtlpReceiverConfig, ReceiverFullPolicy, SyslogProtocol, SyslogReceiverConfig};
 pub use scrape::{ScrapeConfig, ScrapeTarget};
 pub use values::{format_duration, parse_duration, parse_size};
 
@@ -65,6 +65,8 @@ pub struct Config {
     pub journald: Option<JournaldConfig>,
     /// The `[receiver.otlp]` section; `None` when absent (no OTLP receiver).
     pub otlp_receiver: Option<OtlpReceiverConfig>,
+    /// The `[receiver.syslog]` section; `None` when absent (no syslog receiver).
+    pub syslog_receiver: Option<SyslogReceiverConfig>,
 }
 
 /// A configuration error, located in its file.
@@ -141,11 +143,11 @@ impl Config {
         let scrape = cx.scrape(raw.scrape)?;
         let export = cx.export(raw.export.unwrap_or_default())?;
         let journald = raw.journald.map(|j| cx.journald(j)).transpose()?;
-        let otlp_receiver = raw
-            .receiver
-            .and_then(|r| r.otlp)
+        let (otlp, syslog) = raw.receiver.map_or((None, None), |r| (r.otlp, r.syslog));
+        let otlp_receiver = otlp
             .map(|r| cx.otlp_receiver(r, &export.queue))
             .transpose()?;
+        let syslog_receiver = syslog.map(|r| cx.syslog_receiver(r)).transpose()?;
         Ok(Config {
             path: path.to_owned(),
             agent,
@@ -154,6 +156,7 @@ impl Config {
             export,
             journald,
             otlp_receiver,
+            syslog_receiver,
         })
     }
 }

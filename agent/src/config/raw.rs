@@ -26,6 +26,18 @@ pub(super) struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawReceiver {
     pub(super) otlp: Option<RawOtlpReceiver>,
+    pub(super) syslog: Option<RawSyslogReceiver>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSyslogReceiver {
+    pub(super) udp: Option<Spanned<String>>,
+    pub(super) tcp: Option<Spanned<String>>,
+    pub(super) unix: Option<Spanned<String>>,
+    pub(super) protocol: Option<Spanned<String>>,
+    pub(super) max_message_size: Option<Spanned<RawSize>>,
+    pub(super) max_connections: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

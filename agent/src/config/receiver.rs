@@ -1,11 +1,13 @@
-//! The `[receiver.otlp]` section: OTLP/HTTP from applications on the box.
+//! The `[receiver.*]` sections: OTLP/HTTP from applications on the box
+//! (`[receiver.otlp]`), syslog from daemons and devices (`[receiver.syslog]`).
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::export::{FullPolicy, QueueConfig};
 use super::locate::Cx;
-use super::raw::RawOtlpReceiver;
+use super::raw::{RawOtlpReceiver, RawSyslogReceiver};
 use super::ConfigError;
 
 /// `listen`: the OTLP/HTTP port SDKs send to by default, on loopback so that
@@ -153,6 +155,142 @@ impl Cx<'_> {
             max_connections,
             read_timeout,
             full_policy,
+        })
+    }
+}
+
+/// Syslog `max_message_size`: the OpenTelemetry Collector's and rsyslog's
+/// default (8 KiB); RFC 5424 asks receivers for at least 2 KiB.
+const DEFAULT_SYSLOG_MAX_MESSAGE_SIZE: u64 = 8 << 10;
+
+/// Syslog `max_connections`: far more than the senders of one box (a
+/// syslogd, a few `logger` runs) hold at once; each holds at most one
+/// message in memory.
+const DEFAULT_SYSLOG_MAX_CONNECTIONS: usize = 64;
+
+/// The `[receiver.syslog]` section: syslog messages over UDP, TCP or a unix
+/// datagram socket, for boxes without systemd (BusyBox, OpenWrt), forwarded
+/// as OTLP log records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyslogReceiverConfig {
+    /// UDP address to listen on (RFC 5426: one message per datagram; best
+    /// effort, as UDP is). Optional.
+    pub udp: Option<SocketAddr>,
+    /// TCP address to listen on (RFC 6587: octet counting or newline
+    /// framing, told apart per message). Optional.
+    pub tcp: Option<SocketAddr>,
+    /// A unix datagram socket to create and read, such as `/dev/log` when no
+    /// syslogd runs (mode 0666, as syslogd makes it). Optional; at least one
+    /// of `udp`, `tcp` and `unix` is required.
+    pub unix: Option<PathBuf>,
+    /// How messages are read. Defaults to `auto`.
+    pub protocol: SyslogProtocol,
+    /// Longest message; a longer one is dropped and counted. Defaults to 8 KiB.
+    pub max_message_size: usize,
+    /// TCP connections held at once; when all are taken, a new one closes
+    /// the one idle longest. Defaults to 64.
+    pub max_connections: usize,
+}
+
+/// How the syslog receiver reads messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyslogProtocol {
+    /// RFC 5424 when the priority is followed by a version, else RFC 3164.
+    #[default]
+    Auto,
+    /// RFC 5424 only; anything else is forwarded whole, counted malformed.
+    Rfc5424,
+    /// RFC 3164 (BSD) only.
+    Rfc3164,
+}
+
+impl Cx<'_> {
+    pub(super) fn syslog_receiver(
+        &self,
+        raw: RawSyslogReceiver,
+    ) -> Result<SyslogReceiverConfig, ConfigError> {
+        let address = |v: &Option<toml::Spanned<String>>, key: &str| {
+            v.as_ref()
+                .filter(|s| !s.get_ref().is_empty())
+                .map(|s| {
+                    s.get_ref().parse::<SocketAddr>().map_err(|_| {
+                        self.err(
+                            s,
+                            key,
+                            format!(
+                                "invalid address {:?}: expected ip:port, like \"127.0.0.1:5514\"",
+                                s.get_ref()
+                            ),
+                        )
+                    })
+                })
+                .transpose()
+        };
+        let udp = address(&raw.udp, "receiver.syslog.udp")?;
+        let tcp = address(&raw.tcp, "receiver.syslog.tcp")?;
+        let unix = match &raw.unix {
+            Some(p) if p.get_ref().is_empty() => None,
+            Some(p) if !p.get_ref().starts_with('/') || p.get_ref().len() > 100 => {
+                return Err(self.err(
+                    p,
+                    "receiver.syslog.unix",
+                    "must be an absolute path of at most 100 bytes (a unix socket address), like \"/dev/log\"",
+                ))
+            }
+            Some(p) => Some(PathBuf::from(p.get_ref())),
+            None => None,
+        };
+        if udp.is_none() && tcp.is_none() && unix.is_none() {
+            return Err(self.err_opt::<String>(
+                None,
+                "receiver.syslog",
+                "set at least one of udp, tcp and unix",
+            ));
+        }
+        let protocol = match raw.protocol.as_ref().map(|p| (p, p.get_ref().as_str())) {
+            None | Some((_, "auto")) => SyslogProtocol::Auto,
+            Some((_, "rfc5424")) => SyslogProtocol::Rfc5424,
+            Some((_, "rfc3164")) => SyslogProtocol::Rfc3164,
+            Some((p, other)) => {
+                return Err(self.err(
+                    p,
+                    "receiver.syslog.protocol",
+                    format!("expected \"auto\", \"rfc5424\" or \"rfc3164\", not {other:?}"),
+                ))
+            }
+        };
+        let max_message_size = self.size(
+            raw.max_message_size.as_ref(),
+            "receiver.syslog.max_message_size",
+            DEFAULT_SYSLOG_MAX_MESSAGE_SIZE,
+        )?;
+        if !(480..=1 << 20).contains(&max_message_size) {
+            return Err(self.err_opt(
+                raw.max_message_size.as_ref(),
+                "receiver.syslog.max_message_size",
+                "must be between 480 bytes (RFC 5424's least) and 1MiB",
+            ));
+        }
+        let max_connections = match &raw.max_connections {
+            None => DEFAULT_SYSLOG_MAX_CONNECTIONS,
+            Some(n) if (1..=4096).contains(n.get_ref()) => {
+                usize::try_from(*n.get_ref()).unwrap_or(DEFAULT_SYSLOG_MAX_CONNECTIONS)
+            }
+            Some(n) => {
+                return Err(self.err(
+                    n,
+                    "receiver.syslog.max_connections",
+                    "must be between 1 and 4096",
+                ))
+            }
+        };
+        Ok(SyslogReceiverConfig {
+            udp,
+            tcp,
+            unix,
+            protocol,
+            max_message_size: usize::try_from(max_message_size).unwrap_or(usize::MAX),
+            max_connections,
         })
     }
 }

@@ -263,6 +263,65 @@ fn otlp_receiver_errors_are_located() {
 }
 
 #[test]
+fn syslog_receiver_needs_a_listener_and_has_defaults() {
+    assert_eq!(parse("").unwrap().syslog_receiver, None);
+    let e = parse("[receiver.syslog]\n").unwrap_err();
+    assert_eq!(e.key, "receiver.syslog");
+    assert!(e.reason.contains("udp, tcp and unix"), "{e}");
+    let e = parse("[receiver.syslog]\nudp = \"\"\n").unwrap_err();
+    assert_eq!(e.key, "receiver.syslog");
+    let r = parse("[receiver.syslog]\nudp = \"127.0.0.1:5514\"\n")
+        .unwrap()
+        .syslog_receiver
+        .unwrap();
+    assert_eq!(r.udp, Some("127.0.0.1:5514".parse().unwrap()));
+    assert_eq!((r.tcp, r.unix), (None, None));
+    assert_eq!(r.protocol, SyslogProtocol::Auto);
+    assert_eq!((r.max_message_size, r.max_connections), (8192, 64));
+    let r = parse("[receiver.syslog]\ntcp = \"[::1]:601\"\nunix = \"/dev/log\"\nprotocol = \"rfc3164\"\nmax_message_size = \"64KiB\"\nmax_connections = 2\n")
+        .unwrap()
+        .syslog_receiver
+        .unwrap();
+    assert_eq!(r.tcp, Some("[::1]:601".parse().unwrap()));
+    assert_eq!(r.unix.as_deref(), Some(std::path::Path::new("/dev/log")));
+    assert_eq!(r.protocol, SyslogProtocol::Rfc3164);
+    assert_eq!((r.max_message_size, r.max_connections), (65536, 2));
+}
+
+#[test]
+fn the_busybox_example_parses() {
+    let c = parse(include_str!("../../../examples/busybox.toml")).unwrap();
+    let r = c.syslog_receiver.unwrap();
+    assert_eq!(r.udp, Some("127.0.0.1:5514".parse().unwrap()));
+    assert_eq!(r.tcp, Some("127.0.0.1:5514".parse().unwrap()));
+}
+
+#[test]
+fn syslog_receiver_errors_are_located() {
+    let e = parse("[receiver.syslog]\nudp = \"514\"\n").unwrap_err();
+    assert_eq!(
+        (e.key.as_str(), e.position),
+        ("receiver.syslog.udp", Some((2, 7)))
+    );
+    let e = parse("[receiver.syslog]\ntcp = \"x:1\"\n").unwrap_err();
+    assert_eq!(e.key, "receiver.syslog.tcp");
+    let e = parse("[receiver.syslog]\nunix = \"dev/log\"\n").unwrap_err();
+    assert_eq!(e.key, "receiver.syslog.unix");
+    let e = parse("[receiver.syslog]\nudp = \"127.0.0.1:1\"\nprotocol = \"bsd\"\n").unwrap_err();
+    assert_eq!(
+        (e.key.as_str(), e.position),
+        ("receiver.syslog.protocol", Some((3, 12)))
+    );
+    let e =
+        parse("[receiver.syslog]\nudp = \"127.0.0.1:1\"\nmax_message_size = 100\n").unwrap_err();
+    assert_eq!(e.key, "receiver.syslog.max_message_size");
+    let e = parse("[receiver.syslog]\nudp = \"127.0.0.1:1\"\nmax_connections = 0\n").unwrap_err();
+    assert_eq!(e.key, "receiver.syslog.max_connections");
+    let e = parse("[receiver.syslog]\nudp = \"127.0.0.1:1\"\nport = 514\n").unwrap_err();
+    assert!(e.to_string().contains("unknown field `port`"), "{e}");
+}
+
+#[test]
 fn durations_and_sizes() {
     assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
     assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));

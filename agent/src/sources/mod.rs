@@ -8,6 +8,7 @@
 pub mod journald;
 pub mod otlp;
 pub mod prometheus;
+pub mod syslog;
 
 use std::fmt;
 use std::sync::Arc;

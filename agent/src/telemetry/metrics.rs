@@ -245,6 +245,26 @@ const DESCRIPTORS: &[(&str, Kind, &str)] = &[
         "Journal entries known lost in those gaps, from sequence numbers.",
     ),
     (
+        "tern_syslog_messages_total",
+        Kind::Counter,
+        "Syslog messages received, by transport (udp, tcp, unix); malformed ones included, too large ones not.",
+    ),
+    (
+        "tern_syslog_malformed_messages_total",
+        Kind::Counter,
+        "Syslog messages whose header did not parse, by transport: forwarded whole as the body, with priority user.notice when it had none.",
+    ),
+    (
+        "tern_syslog_dropped_messages_total",
+        Kind::Counter,
+        "Syslog messages not forwarded, by transport and reason: too_large (max_message_size), bad_frame (a TCP octet count that is not a number, or a partial message at the end of a connection).",
+    ),
+    (
+        "tern_syslog_connections_shed_total",
+        Kind::Counter,
+        "TCP connections closed because max_connections were held: the one idle longest goes.",
+    ),
+    (
         "tern_receiver_requests_total",
         Kind::Counter,
         "OTLP/HTTP requests the receiver answered, by signal and status code.",

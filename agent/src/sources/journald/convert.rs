@@ -279,7 +279,7 @@ impl Converter {
 
 /// The body: a string when the value is UTF-8 (or was cut inside a
 /// character), else bytes.
-fn body(value: &[u8], truncated: bool) -> AnyValue {
+pub fn body(value: &[u8], truncated: bool) -> AnyValue {
     let v = match std::str::from_utf8(value) {
         Ok(s) => any_value::Value::StringValue(s.to_string()),
         Err(e) if truncated && e.error_len().is_none() => {
@@ -338,6 +338,8 @@ fn micros_to_nanos(value: &[u8]) -> Option<u64> {
 /// Records gathered for one request, grouped by host.
 #[derive(Debug, Default)]
 pub struct Batch {
+    /// The instrumentation scope's name: the source.
+    scope: &'static str,
     groups: Vec<Group>,
     records: usize,
     bytes: usize,
@@ -362,9 +364,17 @@ impl Group {
 }
 
 impl Batch {
-    /// An empty batch.
+    /// An empty batch of the journald source.
     pub fn new() -> Batch {
-        Batch::default()
+        Batch::with_scope("tern/journald")
+    }
+
+    /// An empty batch whose records come from the source `scope`.
+    pub fn with_scope(scope: &'static str) -> Batch {
+        Batch {
+            scope,
+            ..Batch::default()
+        }
     }
 
     /// Adds a converted entry.
@@ -419,7 +429,7 @@ impl Batch {
     /// The request for everything in the batch, which is left empty.
     pub fn take(&mut self) -> ExportLogsServiceRequest {
         let scope = InstrumentationScope {
-            name: "tern/journald".into(),
+            name: self.scope.into(),
             version: env!("CARGO_PKG_VERSION").into(),
             ..Default::default()
         };
