@@ -20,6 +20,7 @@ mod crash;
 mod cross;
 mod disk;
 mod faults;
+mod files;
 mod fleet;
 mod hostile_gateway;
 mod idle_clients;

@@ -21,7 +21,7 @@ use crate::lifecycle::Shutdown;
 use crate::queue::{self, Queue, QueueError, Stats};
 use crate::route::Routes;
 use crate::sources::prometheus::schedule::{self, Scheduler, Targets};
-use crate::sources::{journald, otlp, syslog, Sink};
+use crate::sources::{files, journald, otlp, syslog, Sink};
 use crate::telemetry::notify;
 use crate::telemetry::{self, Metrics};
 
@@ -386,29 +386,36 @@ impl Running {
             previous,
         )?;
         let mut sources = Vec::new();
+        let mut spawned = Vec::new();
         if let Some(j) = &config.journald {
-            match journald::spawn(
+            spawned.push(journald::spawn(
                 j,
                 &resource,
                 sink.clone(),
                 metrics.clone(),
                 sources_stop.clone(),
-            ) {
-                Ok(h) => sources.push(h),
-                Err(e) => {
-                    scrapes.stop();
-                    return Err(e.into());
-                }
-            }
+            ));
+        }
+        if !config.files.is_empty() {
+            spawned.push(files::spawn(
+                &config.files,
+                &resource,
+                sink.clone(),
+                metrics.clone(),
+                sources_stop.clone(),
+            ));
         }
         if let Some(s) = &config.syslog_receiver {
-            match syslog::spawn(
+            spawned.push(syslog::spawn(
                 s,
                 &resource,
                 sink.clone(),
                 metrics.clone(),
                 sources_stop.clone(),
-            ) {
+            ));
+        }
+        for h in spawned {
+            match h {
                 Ok(h) => sources.push(h),
                 Err(e) => {
                     sources_stop.trigger();

@@ -19,6 +19,8 @@
 
 mod agent;
 mod export;
+mod files;
+pub mod glob;
 mod journald;
 mod locate;
 mod raw;
@@ -37,6 +39,7 @@ pub use export::{
     Compression, DnsConfig, ExportConfig, FullPolicy, QueueConfig, QueueMode, RetryConfig, Routing,
     RoutingKey,
 };
+pub use files::FileConfig;
 pub use journald::{JournaldConfig, ReadFrom};
 pub use receiver::{OtlpReceiverConfig, ReceiverFullPolicy, SyslogProtocol, SyslogReceiverConfig};
 pub use scrape::{ScrapeConfig, ScrapeTarget};
@@ -67,6 +70,8 @@ pub struct Config {
     pub otlp_receiver: Option<OtlpReceiverConfig>,
     /// The `[receiver.syslog]` section; `None` when absent (no syslog receiver).
     pub syslog_receiver: Option<SyslogReceiverConfig>,
+    /// The `[[file]]` tables: files to follow. Empty: none.
+    pub files: Vec<FileConfig>,
 }
 
 /// A configuration error, located in its file.
@@ -148,6 +153,7 @@ impl Config {
             .map(|r| cx.otlp_receiver(r, &export.queue))
             .transpose()?;
         let syslog_receiver = syslog.map(|r| cx.syslog_receiver(r)).transpose()?;
+        let files = cx.files(raw.file)?;
         Ok(Config {
             path: path.to_owned(),
             agent,
@@ -157,6 +163,7 @@ impl Config {
             journald,
             otlp_receiver,
             syslog_receiver,
+            files,
         })
     }
 }

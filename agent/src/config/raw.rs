@@ -20,6 +20,20 @@ pub(super) struct RawConfig {
     pub(super) export: Option<RawExport>,
     pub(super) journald: Option<RawJournald>,
     pub(super) receiver: Option<RawReceiver>,
+    #[serde(default)]
+    pub(super) file: Vec<RawFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFile {
+    pub(super) include: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub(super) exclude: Vec<Spanned<String>>,
+    pub(super) read_from: Option<Spanned<String>>,
+    pub(super) max_line_size: Option<Spanned<RawSize>>,
+    pub(super) encoding: Option<Spanned<String>>,
+    pub(super) rotate_wait: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

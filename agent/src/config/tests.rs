@@ -49,6 +49,32 @@ fn the_readme_journald_example_parses_to_the_defaults() {
     assert_eq!(example, parse("[journald]\n").unwrap().journald.unwrap());
 }
 
+/// The README's block that starts with `header`, parsed.
+fn readme_block(header: &str) -> Config {
+    let readme = include_str!("../../../README.md");
+    let start = readme
+        .find(&format!("```toml\n{header}"))
+        .unwrap_or_else(|| panic!("README has a {header} example"))
+        + 8;
+    let len = readme[start..].find("```").expect("closed");
+    parse(&readme[start..start + len]).unwrap()
+}
+
+#[test]
+fn the_readme_file_and_syslog_examples_show_the_defaults() {
+    let files = readme_block("[[file]]").files;
+    let defaults = parse("[[file]]\ninclude = [\"/var/log/messages\"]\n")
+        .unwrap()
+        .files;
+    assert_eq!(files, defaults);
+    let syslog = readme_block("[receiver.syslog]").syslog_receiver.unwrap();
+    let defaults = parse("[receiver.syslog]\nudp = \"127.0.0.1:5514\"\ntcp = \"127.0.0.1:5514\"\n")
+        .unwrap()
+        .syslog_receiver
+        .unwrap();
+    assert_eq!(syslog, defaults);
+}
+
 #[test]
 fn defaults_from_an_empty_file() {
     let c = parse("[agent]\nstate_dir = \"/tmp/x\"\n").unwrap();
@@ -289,11 +315,65 @@ fn syslog_receiver_needs_a_listener_and_has_defaults() {
 }
 
 #[test]
+fn file_tables_have_defaults_and_located_errors() {
+    assert!(parse("").unwrap().files.is_empty());
+    let c = parse("[[file]]\ninclude = [\"/var/log/messages\"]\n\n[[file]]\ninclude = [\"/srv/**/*.log\"]\nexclude = [\"/srv/tmp/*\"]\nread_from = \"head\"\nmax_line_size = \"1KiB\"\nencoding = \"UTF-8\"\nrotate_wait = \"2s\"\n").unwrap();
+    assert_eq!(c.files.len(), 2);
+    let f = &c.files[0];
+    assert_eq!(f.include[0].as_str(), "/var/log/messages");
+    assert_eq!((f.read_from, f.max_line_size), (ReadFrom::Tail, 64 << 10));
+    assert_eq!(f.rotate_wait, Duration::from_secs(5));
+    let f = &c.files[1];
+    assert!(f.include[0].matches(std::path::Path::new("/srv/a/b.log")));
+    assert!(f.exclude[0].matches(std::path::Path::new("/srv/tmp/x")));
+    assert_eq!((f.read_from, f.max_line_size), (ReadFrom::Head, 1024));
+    for (text, key, at) in [
+        ("[[file]]\ninclude = []\n", "file[0].include", (2, 11)),
+        (
+            "[[file]]\ninclude = [\"var/log\"]\n",
+            "file[0].include[0]",
+            (2, 12),
+        ),
+        (
+            "[[file]]\ninclude = [\"/a\"]\n[[file]]\ninclude = [\"/x/[ab\"]\n",
+            "file[1].include[0]",
+            (4, 12),
+        ),
+        (
+            "[[file]]\ninclude = [\"/a\"]\nexclude = [\"b\"]\n",
+            "file[0].exclude[0]",
+            (3, 12),
+        ),
+        (
+            "[[file]]\ninclude = [\"/a\"]\nread_from = \"boot\"\n",
+            "file[0].read_from",
+            (3, 13),
+        ),
+        (
+            "[[file]]\ninclude = [\"/a\"]\nmax_line_size = 1\n",
+            "file[0].max_line_size",
+            (3, 17),
+        ),
+        (
+            "[[file]]\ninclude = [\"/a\"]\nencoding = \"latin1\"\n",
+            "file[0].encoding",
+            (3, 12),
+        ),
+    ] {
+        let e = parse(text).unwrap_err();
+        assert_eq!((e.key.as_str(), e.position), (key, Some(at)), "{text}: {e}");
+    }
+    let e = parse("[[file]]\n").unwrap_err();
+    assert!(e.to_string().contains("include"), "{e}");
+}
+
+#[test]
 fn the_busybox_example_parses() {
     let c = parse(include_str!("../../../examples/busybox.toml")).unwrap();
     let r = c.syslog_receiver.unwrap();
     assert_eq!(r.udp, Some("127.0.0.1:5514".parse().unwrap()));
     assert_eq!(r.tcp, Some("127.0.0.1:5514".parse().unwrap()));
+    assert_eq!(c.files[0].include[0].as_str(), "/var/log/messages");
 }
 
 #[test]

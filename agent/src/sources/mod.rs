@@ -5,6 +5,7 @@
 //! fsync on). Every batch the queue's size policy drops on the way is counted
 //! in `tern_dropped_batches_total`.
 
+pub mod files;
 pub mod journald;
 pub mod otlp;
 pub mod prometheus;

@@ -245,6 +245,36 @@ const DESCRIPTORS: &[(&str, Kind, &str)] = &[
         "Journal entries known lost in those gaps, from sequence numbers.",
     ),
     (
+        "tern_file_lines_total",
+        Kind::Counter,
+        "Lines read from followed files ([[file]]), each a log record.",
+    ),
+    (
+        "tern_file_cut_lines_total",
+        Kind::Counter,
+        "Lines longer than max_line_size: cut to it, the rest skipped.",
+    ),
+    (
+        "tern_file_truncations_total",
+        Kind::Counter,
+        "Followed files that shrank or were rewritten from their start (copytruncate): read again from the start.",
+    ),
+    (
+        "tern_file_rotations_total",
+        Kind::Counter,
+        "Followed files renamed or deleted away, read to their end and closed.",
+    ),
+    (
+        "tern_file_errors_total",
+        Kind::Counter,
+        "Followed files that could not be opened or read.",
+    ),
+    (
+        "tern_file_followed",
+        Kind::Gauge,
+        "Files followed now, rotated ones still being read included.",
+    ),
+    (
         "tern_syslog_messages_total",
         Kind::Counter,
         "Syslog messages received, by transport (udp, tcp, unix); malformed ones included, too large ones not.",

@@ -651,7 +651,7 @@ fn string(key: String, v: &[u8]) -> KeyValue {
 }
 
 /// The box's host name, as the kernel has it.
-fn local_hostname() -> Option<Vec<u8>> {
+pub fn local_hostname() -> Option<Vec<u8>> {
     let mut name = std::fs::read("/proc/sys/kernel/hostname").ok()?;
     while name.last().is_some_and(u8::is_ascii_whitespace) {
         name.pop();

@@ -1,0 +1,814 @@
+//! The `[[file]]` source: follows log files, each line a log record, through
+//! rotation, exactly once through the disk queue.
+//!
+//! ```text
+//! globs --scan (1 s)--> tracked files --read (250 ms)--> lines --> Batch --> Sink::push(batch, positions)
+//! ```
+//!
+//! # Which file is which
+//!
+//! A file is known by its device and inode, checked against a fingerprint
+//! (an FNV-1a hash of its first bytes, up to 256), so a new file that gets a
+//! deleted one's inode is not taken for it. A file renamed away (logrotate's
+//! `create`) or deleted is still read from the descriptor tern holds, to its
+//! end and for `rotate_wait` more (writers reopen late), then closed; the new
+//! file at the path is found by the next scan and read from its start. A file
+//! that shrank under tern, or whose first bytes changed (logrotate's
+//! `copytruncate`), is read again from its start, counted in
+//! `tern_file_truncations_total`. Compressed files (`.gz`, `.xz`, `.bz2`,
+//! `.zst`, `.lz4`, `.zip`) are never read: rotated logs being compressed
+//! are the old file's copies.
+//!
+//! # Exactly once
+//!
+//! Each batch is queued in one write with the position of every followed
+//! file: device, inode, fingerprint and the offset after the last line in a
+//! batch so far (checkpoint `files`). After a crash or a power cut, tern
+//! resumes every file at that offset: a line is queued once, none skipped. A
+//! file renamed while tern was down is found again in its directory by its
+//! inode and read to its end. A line not yet ended by a newline is not
+//! consumed: it is read again whole after a restart.
+//!
+//! # Memory
+//!
+//! One 64 KiB read buffer for all files, and for each file its line not yet
+//! ended, at most `max_line_size` (a longer line is cut, counted, and the
+//! rest skipped as it is read), plus one batch.
+
+pub mod state;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::config::glob::{match_name, Glob, Name, MAX_DEPTH};
+use crate::config::{FileConfig, ReadFrom};
+use crate::lifecycle::{RateLimit, Shutdown};
+use crate::otlp;
+use crate::otlp::proto::common::v1::{any_value, AnyValue, KeyValue};
+use crate::otlp::proto::logs::v1::LogRecord;
+use crate::queue::{Checkpoint, Signal};
+use crate::sources::journald::convert::{body, Batch, Converted, Converter, Host};
+use crate::sources::Sink;
+use crate::telemetry::Metrics;
+
+use state::{FileId, Fingerprint, Saved, FINGERPRINT_LEN};
+
+/// The source's name in the queue's checkpoints and in logs.
+pub const SOURCE: &str = "files";
+
+/// A batch is queued once it has this many records.
+const MAX_BATCH_RECORDS: usize = 1000;
+/// A batch is queued once its records are estimated at this many bytes.
+const MAX_BATCH_BYTES: usize = 512 << 10;
+/// A batch is queued at the latest this long after its first record.
+const MAX_BATCH_AGE: Duration = Duration::from_secs(1);
+/// How often files are read.
+const POLL: Duration = Duration::from_millis(250);
+/// How often the globs are expanded again to find new files.
+const SCAN: Duration = Duration::from_secs(1);
+/// Bytes read at once.
+const READ_SIZE: usize = 64 << 10;
+/// Bytes read from one file in one poll before the next file's turn.
+const READ_PER_POLL: u64 = 4 << 20;
+
+/// Extensions of compressed files, which are never followed.
+const COMPRESSED: [&str; 7] = ["gz", "xz", "bz2", "zst", "lz4", "zip", "Z"];
+
+/// Starts the source on a thread named `tern-files`.
+///
+/// # Errors
+///
+/// If the thread cannot be started.
+pub fn spawn(
+    groups: &[FileConfig],
+    resource: &[(String, String)],
+    sink: Sink,
+    metrics: Arc<Metrics>,
+    shutdown: Arc<Shutdown>,
+) -> std::io::Result<JoinHandle<()>> {
+    let mut source = Source::new(groups, resource, sink, metrics, shutdown.clone());
+    crate::lifecycle::spawn("tern-files".into(), "the file source", move || {
+        source.run(&shutdown);
+    })
+}
+
+/// A followed file.
+#[derive(Debug)]
+struct Tracked {
+    id: FileId,
+    path: PathBuf,
+    /// `log.file.path` and `log.file.name` of its records.
+    path_attr: String,
+    name_attr: String,
+    group: usize,
+    file: File,
+    fp: Fingerprint,
+    /// Where the next read starts.
+    read_at: u64,
+    /// The offset after the last line handed to the batch: its checkpoint.
+    committed: u64,
+    /// A line not yet ended, at most `max_line_size` of it.
+    partial: Vec<u8>,
+    /// The line being read is longer than `max_line_size`.
+    overlong: bool,
+    /// Since when its path no longer leads to it (renamed or deleted).
+    gone: Option<Instant>,
+}
+
+impl Tracked {
+    /// `file` at `path`, read from `start`; `gone` when its path no longer
+    /// leads to it (a rotated copy, read to its end and dropped).
+    fn new(path: PathBuf, file: File, group: usize, start: u64, gone: bool) -> Tracked {
+        let (id, size) = file.metadata().map_or((FileId { dev: 0, ino: 0 }, 0), |m| {
+            (FileId::of(&m), m.len())
+        });
+        Tracked {
+            id,
+            path_attr: path.to_string_lossy().into_owned(),
+            name_attr: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            path,
+            group,
+            fp: Fingerprint::of(&file, size),
+            file,
+            read_at: start,
+            committed: start,
+            partial: Vec::new(),
+            overlong: false,
+            gone: gone.then(Instant::now),
+        }
+    }
+}
+
+/// The copy logrotate's `copytruncate` left of the file `id` at `path`, which
+/// started with `fp` and was read to `offset`: a regular file beside it (not
+/// compressed), another inode, starting with the same bytes and at least
+/// `offset` long.
+fn find_copy(path: &Path, id: FileId, fp: &Fingerprint, offset: u64) -> Option<(PathBuf, File)> {
+    if offset == 0 || fp.covered() == 0 {
+        return None;
+    }
+    let dir = path.parent()?;
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| !compressed(p))
+        .collect();
+    candidates.sort();
+    candidates.into_iter().find_map(|p| {
+        let meta = std::fs::metadata(&p).ok()?;
+        if !meta.is_file() || FileId::of(&meta) == id || meta.len() < offset {
+            return None;
+        }
+        let file = File::open(&p).ok()?;
+        fp.matches(&file, meta.len()).then_some((p, file))
+    })
+}
+
+fn compressed(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| COMPRESSED.contains(&e))
+}
+
+/// A line read, not yet in the batch.
+#[derive(Debug)]
+struct Line {
+    text: Vec<u8>,
+    /// Cut to `max_line_size`.
+    cut: bool,
+    /// The file's offset after it.
+    end: u64,
+}
+
+/// Counts since they were last published.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    lines: u64,
+    cut: u64,
+    truncations: u64,
+    rotations: u64,
+    errors: u64,
+}
+
+struct Source {
+    groups: Vec<FileConfig>,
+    converter: Converter,
+    sink: Sink,
+    metrics: Arc<Metrics>,
+    shutdown: Arc<Shutdown>,
+    hostname: Option<Vec<u8>>,
+    files: Vec<Tracked>,
+    /// Positions saved by an earlier run, not yet matched to a file.
+    saved: HashMap<FileId, Saved>,
+    /// Whether an earlier run saved positions (then `read_from` no longer
+    /// applies: a file found now is new since, and read from its start).
+    resumed: bool,
+    batch: Batch,
+    buf: Vec<u8>,
+    counts: Counts,
+    /// The positions changed without a batch (files found, dropped).
+    dirty: bool,
+    last_store: Instant,
+    errors: RateLimit,
+    queue_errors: RateLimit,
+    halted: bool,
+}
+
+impl Source {
+    fn new(
+        groups: &[FileConfig],
+        resource: &[(String, String)],
+        sink: Sink,
+        metrics: Arc<Metrics>,
+        shutdown: Arc<Shutdown>,
+    ) -> Source {
+        Source {
+            groups: groups.to_vec(),
+            converter: Converter::new(resource, &[]),
+            sink,
+            metrics,
+            shutdown,
+            hostname: crate::sources::syslog::local_hostname(),
+            files: Vec::new(),
+            saved: HashMap::new(),
+            resumed: false,
+            batch: Batch::with_scope("tern/file"),
+            buf: vec![0; READ_SIZE],
+            counts: Counts::default(),
+            dirty: false,
+            last_store: Instant::now(),
+            errors: RateLimit::new(Duration::from_secs(60)),
+            queue_errors: RateLimit::new(Duration::from_secs(30)),
+            halted: false,
+        }
+    }
+
+    fn run(&mut self, shutdown: &Shutdown) {
+        let globs: Vec<&str> = self
+            .groups
+            .iter()
+            .flat_map(|g| g.include.iter().map(Glob::as_str))
+            .collect();
+        log::info!("File source started include={}", globs.join(","));
+        match self.sink.checkpoint(SOURCE) {
+            Ok(Some(bytes)) => match state::decode(&bytes) {
+                Some(saved) => {
+                    self.resumed = true;
+                    self.saved = saved.into_iter().map(|s| (s.id, s)).collect();
+                }
+                None => log::error!(
+                    "Saved file positions are unreadable; files are read as if first seen"
+                ),
+            },
+            Ok(None) => {}
+            Err(e) => log::error!("Reading the saved file positions failed error={e}"),
+        }
+        self.find_renamed();
+        let mut first = true;
+        let mut last_scan: Option<Instant> = None;
+        while !shutdown.is_triggered() {
+            if last_scan.map_or(true, |t| t.elapsed() >= SCAN) {
+                self.scan(first);
+                if first {
+                    // Where each file starts is known now: keep it, so a
+                    // restart before the first line loses nothing.
+                    self.dirty = true;
+                    self.store_positions();
+                }
+                first = false;
+                last_scan = Some(Instant::now());
+            }
+            self.poll();
+            if self
+                .batch
+                .started()
+                .is_some_and(|s| s.elapsed() >= MAX_BATCH_AGE)
+            {
+                self.push();
+            } else if self.batch.is_empty()
+                && self.dirty
+                && self.last_store.elapsed() >= MAX_BATCH_AGE
+            {
+                // Only with no batch held: the positions cover its lines.
+                self.store_positions();
+            }
+            self.publish();
+            if shutdown.sleep(POLL) {
+                break;
+            }
+        }
+        self.push();
+        self.publish();
+        log::info!("File source stopped");
+    }
+
+    /// Files saved under a path that now leads elsewhere: renamed while tern
+    /// was down. Found in their directory by inode, they are read to their end.
+    fn find_renamed(&mut self) {
+        let mut missing: Vec<Saved> = self
+            .saved
+            .values()
+            .filter(|s| {
+                std::fs::metadata(&s.path)
+                    .map(|m| FileId::of(&m) != s.id)
+                    .unwrap_or(true)
+            })
+            .cloned()
+            .collect();
+        missing.sort_by_key(|s| s.path.clone());
+        for s in missing {
+            let Some(dir) = s.path.parent() else { continue };
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            // The same inode, and the same first bytes: not a new file that
+            // got the inode of a deleted one (a compressed copy, say).
+            let found = entries.flatten().map(|e| e.path()).find(|p| {
+                !compressed(p)
+                    && std::fs::metadata(p).is_ok_and(|m| {
+                        m.is_file()
+                            && FileId::of(&m) == s.id
+                            && File::open(p).is_ok_and(|f| s.fp.matches(&f, m.len()))
+                    })
+            });
+            match found {
+                Some(path) => {
+                    let group = self.group_of(&s.path).unwrap_or(0);
+                    if self.track(&path, group, false) {
+                        if let Some(t) = self.files.last_mut() {
+                            t.gone = Some(Instant::now());
+                        }
+                    }
+                }
+                None => log::warn!(
+                    "A followed file is gone since tern stopped (rotated and compressed, or deleted): if it had lines after offset={}, they are lost path={}",
+                    s.offset,
+                    s.path.display()
+                ),
+            }
+        }
+    }
+
+    /// The group whose globs match `path`.
+    fn group_of(&self, path: &Path) -> Option<usize> {
+        self.groups.iter().position(|g| {
+            g.include.iter().any(|i| i.matches(path)) && !g.exclude.iter().any(|e| e.matches(path))
+        })
+    }
+
+    /// Expands the globs and follows the files not followed yet.
+    fn scan(&mut self, first: bool) {
+        let mut found = Vec::new();
+        for (group, g) in self.groups.iter().enumerate() {
+            for include in &g.include {
+                let mut paths = Vec::new();
+                expand(include, &mut paths);
+                paths.sort();
+                for p in paths {
+                    if !compressed(&p) && !g.exclude.iter().any(|e| e.matches(&p)) {
+                        found.push((p, group));
+                    }
+                }
+            }
+        }
+        for (path, group) in found {
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            let id = FileId::of(&meta);
+            if let Some(t) = self.files.iter_mut().find(|t| t.id == id) {
+                if t.path != path && t.gone.is_some() {
+                    // Renamed to another name the globs take: the same file.
+                    t.gone = None;
+                    t.path = path;
+                }
+                continue;
+            }
+            let tail = first
+                && !self.resumed
+                && self
+                    .groups
+                    .get(group)
+                    .is_some_and(|g| g.read_from == ReadFrom::Tail);
+            self.track(&path, group, tail);
+        }
+    }
+
+    /// Opens `path` and follows it: from its saved position, else from its
+    /// end when `tail`, else from its start. Returns whether it is followed.
+    fn track(&mut self, path: &Path, group: usize, tail: bool) -> bool {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                self.counts.errors += 1;
+                if let Some(suppressed) = self.errors.check() {
+                    log::warn!(
+                        "Cannot open a followed file path={} error={e} suppressed={suppressed}",
+                        path.display()
+                    );
+                }
+                return false;
+            }
+        };
+        let Ok(meta) = file.metadata() else {
+            return false;
+        };
+        let id = FileId::of(&meta);
+        let size = meta.len();
+        let start = match self.saved.remove(&id) {
+            Some(s) if s.fp.matches(&file, size) && s.offset <= size => s.offset,
+            Some(s) => {
+                // Truncated while tern was stopped (copytruncate): what was
+                // not read yet is in the copy, if it is still there.
+                self.counts.truncations += 1;
+                log::warn!(
+                    "A followed file was truncated while tern was stopped; reading it again from its start path={}",
+                    path.display()
+                );
+                if let Some(copy) = find_copy(path, id, &s.fp, s.offset) {
+                    self.files
+                        .push(Tracked::new(copy.0, copy.1, group, s.offset, true));
+                }
+                0
+            }
+            None if tail => size,
+            None => 0,
+        };
+        log::debug!(
+            "Following path={} offset={start} size={size}",
+            path.display()
+        );
+        self.files
+            .push(Tracked::new(path.to_path_buf(), file, group, start, false));
+        self.dirty = true;
+        true
+    }
+
+    /// Reads what every file has new, and drops the files rotated away and
+    /// read to their end.
+    fn poll(&mut self) {
+        let mut i = 0;
+        while i < self.files.len() {
+            if let Some(copy) = self.check(i) {
+                // The copy's rest comes before what the file has now.
+                if !self.files.iter().any(|t| t.id == copy.id) {
+                    self.files.insert(i, copy);
+                }
+            }
+            let done = self.read_file(i);
+            if done {
+                let t = self.files.remove(i);
+                log::debug!(
+                    "Done with a rotated or deleted file path={}",
+                    t.path.display()
+                );
+                self.counts.rotations += 1;
+                self.dirty = true;
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Looks whether file `i` was rotated away or truncated; a truncated
+    /// file starts again at 0, and the copy logrotate's `copytruncate` made of
+    /// it, when found, is given back to be read from where the file was.
+    fn check(&mut self, i: usize) -> Option<Tracked> {
+        let t = self.files.get_mut(i)?;
+        let here = std::fs::metadata(&t.path).is_ok_and(|m| FileId::of(&m) == t.id);
+        if here {
+            t.gone = None;
+        } else if t.gone.is_none() {
+            t.gone = Some(Instant::now());
+        }
+        let size = t.file.metadata().ok()?.len();
+        if size >= t.read_at && t.fp.matches(&t.file, size) {
+            if t.fp.covered() < FINGERPRINT_LEN && size > t.fp.covered() as u64 {
+                t.fp = Fingerprint::of(&t.file, size);
+                self.dirty = true;
+            }
+            return None;
+        }
+        // Shrunk, or rewritten from its start (copytruncate, then written on).
+        self.counts.truncations += 1;
+        log::warn!(
+            "A followed file was truncated; reading it again from its start path={}",
+            t.path.display()
+        );
+        let copy = find_copy(&t.path, t.id, &t.fp, t.committed)
+            .map(|(path, file)| Tracked::new(path, file, t.group, t.committed, true));
+        t.read_at = 0;
+        t.committed = 0;
+        t.partial.clear();
+        t.overlong = false;
+        t.fp = Fingerprint::of(&t.file, size);
+        self.dirty = true;
+        copy
+    }
+
+    /// Reads file `i` as far as it goes this poll; true when it was rotated
+    /// away, is read to its end, and `rotate_wait` passed.
+    fn read_file(&mut self, i: usize) -> bool {
+        let rotate_wait = self
+            .files
+            .get(i)
+            .and_then(|t| self.groups.get(t.group))
+            .map_or(Duration::from_secs(5), |g| g.rotate_wait);
+        let max_line = self
+            .files
+            .get(i)
+            .and_then(|t| self.groups.get(t.group))
+            .map_or(64 << 10, |g| g.max_line_size);
+        let mut budget = READ_PER_POLL;
+        let mut lines: Vec<Line> = Vec::new();
+        loop {
+            let Some(t) = self.files.get_mut(i) else {
+                return true;
+            };
+            let n = match t.file.read_at(&mut self.buf, t.read_at) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.counts.errors += 1;
+                    if let Some(suppressed) = self.errors.check() {
+                        log::warn!(
+                            "Reading a followed file failed path={} error={e} suppressed={suppressed}",
+                            t.path.display()
+                        );
+                    }
+                    break;
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            let chunk = self.buf.get(..n).unwrap_or_default();
+            let mut start = 0;
+            while let Some(nl) = chunk
+                .get(start..)
+                .and_then(|c| c.iter().position(|&b| b == b'\n'))
+            {
+                let piece = chunk.get(start..start + nl).unwrap_or_default();
+                let room = max_line.saturating_sub(t.partial.len());
+                t.partial
+                    .extend_from_slice(piece.get(..room.min(piece.len())).unwrap_or_default());
+                let cut = t.overlong || piece.len() > room;
+                let mut line = std::mem::take(&mut t.partial);
+                if line.last() == Some(&b'\r') && !cut {
+                    line.pop();
+                }
+                t.overlong = false;
+                start += nl + 1;
+                lines.push(Line {
+                    text: line,
+                    cut,
+                    end: t.read_at + start as u64,
+                });
+            }
+            let rest = chunk.get(start..).unwrap_or_default();
+            let room = max_line.saturating_sub(t.partial.len());
+            if rest.len() > room {
+                t.overlong = true;
+            }
+            t.partial
+                .extend_from_slice(rest.get(..room.min(rest.len())).unwrap_or_default());
+            t.read_at += n as u64;
+            budget = budget.saturating_sub(n as u64);
+            // Lines go to the batch as they come, so the batch's bound holds.
+            if lines.len() >= 256 || budget == 0 {
+                self.emit(i, &mut lines);
+            }
+            if budget == 0 {
+                return false;
+            }
+        }
+        self.emit(i, &mut lines);
+        let Some(t) = self.files.get_mut(i) else {
+            return true;
+        };
+        let waited = t.gone.is_some_and(|g| g.elapsed() >= rotate_wait);
+        if waited {
+            // Its writer is gone: a last line without a newline is a line.
+            if !t.partial.is_empty() {
+                let mut last = vec![Line {
+                    text: std::mem::take(&mut t.partial),
+                    cut: t.overlong,
+                    end: t.read_at,
+                }];
+                self.emit(i, &mut last);
+            }
+            return true;
+        }
+        false
+    }
+
+    /// Adds file `i`'s lines to the batch, moving the file's position past
+    /// each as it goes in, and queues the batch when it is full: the
+    /// positions queued with a batch cover exactly the lines in it.
+    fn emit(&mut self, i: usize, lines: &mut Vec<Line>) {
+        if lines.is_empty() {
+            return;
+        }
+        let observed = unix_nanos(SystemTime::now());
+        let Some(t) = self.files.get(i) else { return };
+        let (path, name) = (t.path_attr.clone(), t.name_attr.clone());
+        for Line { text, cut, end } in lines.drain(..) {
+            self.counts.lines += 1;
+            self.counts.cut += u64::from(cut);
+            let size = text.len() + path.len() + name.len() + 64;
+            let record = LogRecord {
+                observed_time_unix_nano: observed,
+                body: Some(body(&text, cut)),
+                attributes: vec![
+                    string("log.file.name", &name),
+                    string("log.file.path", &path),
+                ],
+                ..Default::default()
+            };
+            let converted = Converted {
+                host: Host {
+                    name: self.hostname.as_deref(),
+                    machine_id: None,
+                    boot_id: None,
+                },
+                record,
+                size,
+            };
+            self.batch.add(converted, &self.converter);
+            if let Some(t) = self.files.get_mut(i) {
+                t.committed = end;
+            }
+            if self.batch.len() >= MAX_BATCH_RECORDS || self.batch.bytes() >= MAX_BATCH_BYTES {
+                self.push();
+            }
+        }
+    }
+
+    /// The positions of every followed file, encoded.
+    fn positions(&self) -> Vec<u8> {
+        state::encode(self.files.iter().map(|t| Saved {
+            id: t.id,
+            fp: t.fp,
+            offset: t.committed,
+            path: t.path.clone(),
+        }))
+    }
+
+    /// Queues the batch with the positions, retrying a failing queue until it
+    /// is stored or the agent stops.
+    fn push(&mut self) {
+        if self.halted {
+            return;
+        }
+        if self.batch.is_empty() {
+            self.store_positions();
+            return;
+        }
+        let items = self.batch.len();
+        let encoded = otlp::encode(&self.batch.take());
+        let positions = self.positions();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let checkpoint = Checkpoint {
+                source: SOURCE,
+                value: &positions,
+            };
+            match self
+                .sink
+                .push(Signal::Logs, &encoded, items, Some(checkpoint), SOURCE)
+            {
+                Ok(()) => {
+                    self.dirty = false;
+                    self.last_store = Instant::now();
+                    return;
+                }
+                Err(e) => {
+                    if let Some(suppressed) = self.queue_errors.check() {
+                        log::error!(
+                            "Queueing file lines failed; retrying without reading more records={items} error={e} suppressed={suppressed}"
+                        );
+                    }
+                    if self.shutdown.sleep(backoff) {
+                        log::warn!(
+                            "Stopping with file lines not queued; they are read again at the next start records={items}"
+                        );
+                        self.halted = true;
+                        return;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Stores the positions alone, if they changed; only while no batch is
+    /// held, as they cover the batch's lines.
+    fn store_positions(&mut self) {
+        if !self.dirty || self.halted || !self.batch.is_empty() {
+            return;
+        }
+        self.last_store = Instant::now();
+        match self.sink.set_checkpoint(SOURCE, &self.positions()) {
+            Ok(()) => self.dirty = false,
+            Err(e) => log::debug!("Storing the file positions failed error={e}"),
+        }
+    }
+
+    fn publish(&mut self) {
+        let c = std::mem::take(&mut self.counts);
+        let m = &self.metrics;
+        for (name, n) in [
+            ("tern_file_lines_total", c.lines),
+            ("tern_file_cut_lines_total", c.cut),
+            ("tern_file_truncations_total", c.truncations),
+            ("tern_file_rotations_total", c.rotations),
+            ("tern_file_errors_total", c.errors),
+        ] {
+            if n > 0 {
+                m.add(name, &[], n as f64);
+            }
+        }
+        m.set("tern_file_followed", &[], self.files.len() as f64);
+    }
+}
+
+/// The paths `glob` matches now.
+fn expand(glob: &Glob, out: &mut Vec<PathBuf>) {
+    walk(Path::new("/"), glob.names(), 0, out);
+}
+
+fn walk(dir: &Path, names: &[Name], depth: usize, out: &mut Vec<PathBuf>) {
+    let Some((name, rest)) = names.split_first() else {
+        return;
+    };
+    let mut visit = |path: PathBuf| {
+        if rest.is_empty() {
+            out.push(path);
+        } else if path.is_dir() {
+            walk(&path, rest, depth, out);
+        }
+    };
+    match name {
+        Name::Literal(l) => visit(dir.join(l)),
+        Name::Pattern(_) => {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for e in entries.flatten() {
+                if match_name(name, e.file_name().as_encoded_bytes()) {
+                    visit(e.path());
+                }
+            }
+        }
+        Name::AnyDirs => {
+            walk(dir, rest, depth, out);
+            if depth >= MAX_DEPTH {
+                return;
+            }
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for e in entries.flatten() {
+                // Real directories only: a symlink loop must not be followed.
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    walk(&e.path(), names, depth + 1, out);
+                }
+            }
+        }
+    }
+}
+
+fn string(key: &str, v: &str) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v.to_string())),
+        }),
+        ..Default::default()
+    }
+}
+
+fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+impl FileId {
+    fn of(meta: &std::fs::Metadata) -> FileId {
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+}
