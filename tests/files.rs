@@ -246,6 +246,40 @@ fn a_deleted_file_is_read_to_its_end_and_a_truncated_one_again() {
     assert_eq!(agent.metric("tern_file_rotations_total"), Some(1.0));
 }
 
+/// A 256 MiB line costs at most `max_line_size` of memory: it is cut,
+/// counted, and the line after it arrives.
+#[test]
+fn a_huge_line_is_cut_without_holding_it() {
+    let gateway = FakeGateway::start();
+    let dir = TempDir::new("files-huge");
+    let log = dir.path().join("huge.log");
+    append(&log, b"before\n");
+    let agent = Agent::start(&config(
+        &gateway,
+        &format!(
+            "[[file]]\ninclude = [\"{}\"]\nread_from = \"head\"\nmax_line_size = \"4KiB\"",
+            log.display()
+        ),
+    ));
+    wait_lines(&gateway, &agent, 1);
+    let before = agent.peak_rss();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    let chunk = vec![b'z'; 1 << 20];
+    for _ in 0..256 {
+        f.write_all(&chunk).unwrap();
+    }
+    f.write_all(b"\nafter\n").unwrap();
+    let got = wait_lines(&gateway, &agent, 3);
+    let bodies: Vec<&str> = got.iter().map(|l| l.body.as_str()).collect();
+    assert_eq!(bodies, ["before", &"z".repeat(4096), "after"]);
+    assert_eq!(agent.metric("tern_file_cut_lines_total"), Some(1.0));
+    let after = agent.peak_rss();
+    assert!(
+        after < before + (16 << 20),
+        "peak RSS grew from {before} to {after} bytes over a 256 MiB line"
+    );
+}
+
 fn logrotate(conf: &Path, state: &Path) {
     let out = Command::new("/usr/sbin/logrotate")
         .arg("-f")

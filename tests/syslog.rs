@@ -555,7 +555,7 @@ fn bad_input_is_counted_and_never_harms() {
     c.write_all(&vec![b'y'; 5000]).unwrap();
     c.write_all(b"10 <14>tcp ok").unwrap();
     // A 1 GiB line, then a good one.
-    let rss_before = vm_hwm(agent.pid().unwrap());
+    let rss_before = agent.peak_rss();
     let chunk = vec![b'z'; 1 << 20];
     for _ in 0..1024 {
         c.write_all(&chunk).unwrap();
@@ -596,22 +596,11 @@ fn bad_input_is_counted_and_never_harms() {
         m("tern_syslog_dropped_messages_total{transport=\"tcp\",reason=\"bad_frame\"}"),
         1.0
     );
-    let rss_after = vm_hwm(agent.pid().unwrap());
+    let rss_after = agent.peak_rss();
     assert!(
         rss_after < rss_before + (8 << 20),
         "peak RSS grew from {rss_before} to {rss_after} bytes over a 1 GiB line"
     );
-}
-
-/// A process's peak resident memory (VmHWM), in bytes.
-fn vm_hwm(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
-        .unwrap()
-        * 1024
 }
 
 /// What TCP senders wrote before SIGTERM is queued and arrives after the

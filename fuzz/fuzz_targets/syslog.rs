@@ -10,16 +10,19 @@
 //! rest is cut into chunks. Beyond "no panic, no hang, no large allocation":
 //! the frames must not depend on where the stream is cut, the deframer must
 //! hold at most one message, every field must be a part of the input, and the
-//! record's size estimate must cover its encoding.
+//! record written straight to protobuf must decode.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use prost::Message as _;
 use tern::config::SyslogProtocol;
+use tern::otlp::logs::LogBatch;
+use tern::otlp::proto::collector::logs::v1::ExportLogsServiceRequest;
+use tern::otlp::proto::resource::v1::Resource;
 use tern::sources::syslog::frame::{Deframer, Frame};
 use tern::sources::syslog::parse::parse;
-use tern::sources::syslog::record;
+use tern::sources::syslog::write_record;
 
 /// 2026-12-07T12:00:00Z, the year RFC 3164 timestamps get.
 const NOW: u64 = 1_796_644_800 * 1_000_000_000;
@@ -82,6 +85,15 @@ fuzz_target!(|data: &[u8]| {
     if m.malformed && m.priority.is_some() {
         assert!(m.structured_data.is_empty());
     }
-    let (r, size) = record(&m, NOW);
-    assert!(size >= r.encoded_len(), "estimate {size} < {}", r.encoded_len());
+    // The record written straight to protobuf decodes, with the whole text.
+    let mut batch = LogBatch::new("fuzz");
+    let mut r = batch.begin(b"", Resource::default);
+    write_record(&m, NOW, &mut r);
+    r.end();
+    let estimate = batch.bytes();
+    let raw = batch.finish();
+    assert!(raw.len() <= estimate + 64, "size {} > estimate {estimate}", raw.len());
+    let req = ExportLogsServiceRequest::decode(raw).expect("decodes");
+    let record = &req.resource_logs[0].scope_logs[0].log_records[0];
+    assert!(record.body.is_some());
 });

@@ -11,6 +11,7 @@
 //! and zstd magic numbers), so batches queued before a change of codec are
 //! still read right.
 
+pub mod logs;
 pub mod proto;
 pub mod request;
 pub mod wire;

@@ -71,6 +71,30 @@ impl Writer {
         std::mem::take(&mut self.buf)
     }
 
+    /// Writes a bytes field, even when empty (a oneof member must be present
+    /// to be set).
+    pub fn bytes_always(&mut self, field: u32, b: &[u8]) {
+        self.tag(field, LEN);
+        self.varint(b.len() as u64);
+        self.buf.extend_from_slice(b);
+    }
+
+    /// Writes the head of a length-delimited field whose body of `len` bytes
+    /// the caller writes next: no move, as the length is known.
+    pub fn head(&mut self, field: u32, len: usize) {
+        self.tag(field, LEN);
+        self.varint(len as u64);
+    }
+
+    /// Writes an int64 field (proto3: left out when 0).
+    pub fn int(&mut self, field: u32, v: i64) {
+        if v != 0 {
+            self.tag(field, VARINT);
+            // Two's complement, as int64 is written.
+            self.varint(v as u64);
+        }
+    }
+
     /// Appends raw bytes that are already encoded fields.
     pub fn raw(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);

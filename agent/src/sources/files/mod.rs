@@ -49,10 +49,9 @@ use crate::config::glob::{match_name, Glob, Name, MAX_DEPTH};
 use crate::config::{FileConfig, ReadFrom};
 use crate::lifecycle::{RateLimit, Shutdown};
 use crate::otlp;
-use crate::otlp::proto::common::v1::{any_value, AnyValue, KeyValue};
-use crate::otlp::proto::logs::v1::LogRecord;
+use crate::otlp::logs::LogBatch;
 use crate::queue::{Checkpoint, Signal};
-use crate::sources::journald::convert::{body, Batch, Converted, Converter, Host};
+use crate::sources::journald::convert::{Converter, Host};
 use crate::sources::Sink;
 use crate::telemetry::Metrics;
 
@@ -179,16 +178,6 @@ fn compressed(path: &Path) -> bool {
         .is_some_and(|e| COMPRESSED.contains(&e))
 }
 
-/// A line read, not yet in the batch.
-#[derive(Debug)]
-struct Line {
-    text: Vec<u8>,
-    /// Cut to `max_line_size`.
-    cut: bool,
-    /// The file's offset after it.
-    end: u64,
-}
-
 /// Counts since they were last published.
 #[derive(Debug, Default, Clone, Copy)]
 struct Counts {
@@ -212,11 +201,13 @@ struct Source {
     /// Whether an earlier run saved positions (then `read_from` no longer
     /// applies: a file found now is new since, and read from its start).
     resumed: bool,
-    batch: Batch,
+    batch: LogBatch,
     buf: Vec<u8>,
     counts: Counts,
     /// The positions changed without a batch (files found, dropped).
     dirty: bool,
+    /// A file had more than one poll's worth to read.
+    behind: bool,
     last_store: Instant,
     errors: RateLimit,
     queue_errors: RateLimit,
@@ -241,10 +232,11 @@ impl Source {
             files: Vec::new(),
             saved: HashMap::new(),
             resumed: false,
-            batch: Batch::with_scope("tern/file"),
+            batch: LogBatch::new("tern/file"),
             buf: vec![0; READ_SIZE],
             counts: Counts::default(),
             dirty: false,
+            behind: false,
             last_store: Instant::now(),
             errors: RateLimit::new(Duration::from_secs(60)),
             queue_errors: RateLimit::new(Duration::from_secs(30)),
@@ -287,6 +279,7 @@ impl Source {
                 first = false;
                 last_scan = Some(Instant::now());
             }
+            self.behind = false;
             self.poll();
             if self
                 .batch
@@ -302,7 +295,11 @@ impl Source {
                 self.store_positions();
             }
             self.publish();
-            if shutdown.sleep(POLL) {
+            if self.behind {
+                if shutdown.is_triggered() {
+                    break;
+                }
+            } else if shutdown.sleep(POLL) {
                 break;
             }
         }
@@ -521,23 +518,31 @@ impl Source {
     /// Reads file `i` as far as it goes this poll; true when it was rotated
     /// away, is read to its end, and `rotate_wait` passed.
     fn read_file(&mut self, i: usize) -> bool {
-        let rotate_wait = self
-            .files
-            .get(i)
-            .and_then(|t| self.groups.get(t.group))
-            .map_or(Duration::from_secs(5), |g| g.rotate_wait);
-        let max_line = self
-            .files
-            .get(i)
-            .and_then(|t| self.groups.get(t.group))
-            .map_or(64 << 10, |g| g.max_line_size);
+        let Some(group) = self.files.get(i).and_then(|t| self.groups.get(t.group)) else {
+            return true;
+        };
+        let (rotate_wait, max_line) = (group.rotate_wait, group.max_line_size);
+        // The buffer is lent out while lines go from it to the batch.
+        let mut buf = std::mem::take(&mut self.buf);
+        let done = self.read_lines(i, &mut buf, max_line, rotate_wait);
+        self.buf = buf;
+        done
+    }
+
+    fn read_lines(
+        &mut self,
+        i: usize,
+        buf: &mut [u8],
+        max_line: usize,
+        rotate_wait: Duration,
+    ) -> bool {
+        let observed = unix_nanos(SystemTime::now());
         let mut budget = READ_PER_POLL;
-        let mut lines: Vec<Line> = Vec::new();
         loop {
             let Some(t) = self.files.get_mut(i) else {
                 return true;
             };
-            let n = match t.file.read_at(&mut self.buf, t.read_at) {
+            let n = match t.file.read_at(buf, t.read_at) {
                 Ok(n) => n,
                 Err(e) => {
                     self.counts.errors += 1;
@@ -553,29 +558,54 @@ impl Source {
             if n == 0 {
                 break;
             }
-            let chunk = self.buf.get(..n).unwrap_or_default();
+            let base = t.read_at;
+            t.read_at += n as u64;
+            let chunk = buf.get(..n).unwrap_or_default();
             let mut start = 0;
             while let Some(nl) = chunk
                 .get(start..)
                 .and_then(|c| c.iter().position(|&b| b == b'\n'))
             {
                 let piece = chunk.get(start..start + nl).unwrap_or_default();
+                start += nl + 1;
+                let end = base + start as u64;
+                let Some(t) = self.files.get_mut(i) else {
+                    return true;
+                };
+                if t.partial.is_empty() && !t.overlong {
+                    // The common case: a whole line in the chunk, sent from it.
+                    match piece.get(..max_line) {
+                        Some(cut) if piece.len() > max_line => {
+                            self.emit_line(i, cut, true, end, observed);
+                        }
+                        _ => {
+                            let line = piece.strip_suffix(b"\r").unwrap_or(piece);
+                            self.emit_line(i, line, false, end, observed);
+                        }
+                    }
+                    continue;
+                }
                 let room = max_line.saturating_sub(t.partial.len());
                 t.partial
                     .extend_from_slice(piece.get(..room.min(piece.len())).unwrap_or_default());
                 let cut = t.overlong || piece.len() > room;
-                let mut line = std::mem::take(&mut t.partial);
-                if line.last() == Some(&b'\r') && !cut {
-                    line.pop();
-                }
                 t.overlong = false;
-                start += nl + 1;
-                lines.push(Line {
-                    text: line,
-                    cut,
-                    end: t.read_at + start as u64,
-                });
+                let mut line = std::mem::take(&mut t.partial);
+                let text = if cut {
+                    &line[..]
+                } else {
+                    line.strip_suffix(b"\r").unwrap_or(&line)
+                };
+                self.emit_line(i, text, cut, end, observed);
+                // Keep the allocation for the next line that spans chunks.
+                line.clear();
+                if let Some(t) = self.files.get_mut(i) {
+                    t.partial = line;
+                }
             }
+            let Some(t) = self.files.get_mut(i) else {
+                return true;
+            };
             let rest = chunk.get(start..).unwrap_or_default();
             let room = max_line.saturating_sub(t.partial.len());
             if rest.len() > room {
@@ -583,75 +613,53 @@ impl Source {
             }
             t.partial
                 .extend_from_slice(rest.get(..room.min(rest.len())).unwrap_or_default());
-            t.read_at += n as u64;
             budget = budget.saturating_sub(n as u64);
-            // Lines go to the batch as they come, so the batch's bound holds.
-            if lines.len() >= 256 || budget == 0 {
-                self.emit(i, &mut lines);
-            }
             if budget == 0 {
+                // More to read: the next poll comes at once.
+                self.behind = true;
                 return false;
             }
         }
-        self.emit(i, &mut lines);
         let Some(t) = self.files.get_mut(i) else {
             return true;
         };
-        let waited = t.gone.is_some_and(|g| g.elapsed() >= rotate_wait);
-        if waited {
-            // Its writer is gone: a last line without a newline is a line.
-            if !t.partial.is_empty() {
-                let mut last = vec![Line {
-                    text: std::mem::take(&mut t.partial),
-                    cut: t.overlong,
-                    end: t.read_at,
-                }];
-                self.emit(i, &mut last);
-            }
-            return true;
+        if !t.gone.is_some_and(|g| g.elapsed() >= rotate_wait) {
+            return false;
         }
-        false
+        // Its writer is gone: a last line without a newline is a line.
+        if !t.partial.is_empty() {
+            let line = std::mem::take(&mut t.partial);
+            let (cut, end) = (t.overlong, t.read_at);
+            self.emit_line(i, &line, cut, end, observed);
+        }
+        true
     }
 
-    /// Adds file `i`'s lines to the batch, moving the file's position past
-    /// each as it goes in, and queues the batch when it is full: the
-    /// positions queued with a batch cover exactly the lines in it.
-    fn emit(&mut self, i: usize, lines: &mut Vec<Line>) {
-        if lines.is_empty() {
+    /// Adds a line of file `i` to the batch and moves the file's position
+    /// past it (`end`), then queues the batch if it is full: the positions
+    /// queued with a batch cover exactly the lines in it.
+    fn emit_line(&mut self, i: usize, text: &[u8], cut: bool, end: u64, observed: u64) {
+        self.counts.lines += 1;
+        self.counts.cut += u64::from(cut);
+        let Some(t) = self.files.get_mut(i) else {
             return;
-        }
-        let observed = unix_nanos(SystemTime::now());
-        let Some(t) = self.files.get(i) else { return };
-        let (path, name) = (t.path_attr.clone(), t.name_attr.clone());
-        for Line { text, cut, end } in lines.drain(..) {
-            self.counts.lines += 1;
-            self.counts.cut += u64::from(cut);
-            let size = text.len() + path.len() + name.len() + 64;
-            let record = LogRecord {
-                observed_time_unix_nano: observed,
-                body: Some(body(&text, cut)),
-                attributes: vec![
-                    string("log.file.name", &name),
-                    string("log.file.path", &path),
-                ],
-                ..Default::default()
-            };
-            let converted = Converted {
-                host: Host {
-                    name: self.hostname.as_deref(),
-                    machine_id: None,
-                    boot_id: None,
-                },
-                record,
-                size,
-            };
-            self.batch.add(converted, &self.converter);
-            if let Some(t) = self.files.get_mut(i) {
-                t.committed = end;
-            }
-            if self.batch.len() >= MAX_BATCH_RECORDS || self.batch.bytes() >= MAX_BATCH_BYTES {
-                self.push();
-            }
+        };
+        let converter = &self.converter;
+        let host = Host {
+            name: self.hostname.as_deref(),
+            machine_id: None,
+            boot_id: None,
+        };
+        self.batch
+            .begin(host.name.unwrap_or_default(), || converter.resource(&host))
+            .observed_time(observed)
+            .body(text, cut)
+            .string("log.file.name", t.name_attr.as_bytes())
+            .string("log.file.path", t.path_attr.as_bytes())
+            .end();
+        t.committed = end;
+        if self.batch.len() >= MAX_BATCH_RECORDS || self.batch.bytes() >= MAX_BATCH_BYTES {
+            self.push();
         }
     }
 
@@ -676,7 +684,7 @@ impl Source {
             return;
         }
         let items = self.batch.len();
-        let encoded = otlp::encode(&self.batch.take());
+        let encoded = otlp::compress(self.batch.finish());
         let positions = self.positions();
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -786,16 +794,6 @@ fn walk(dir: &Path, names: &[Name], depth: usize, out: &mut Vec<PathBuf>) {
                 }
             }
         }
-    }
-}
-
-fn string(key: &str, v: &str) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(v.to_string())),
-        }),
-        ..Default::default()
     }
 }
 
