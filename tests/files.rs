@@ -280,6 +280,56 @@ fn a_huge_line_is_cut_without_holding_it() {
     );
 }
 
+/// Stack traces: lines that do not match the start pattern join the record
+/// before them; the last record goes once no line came for a second; a
+/// SIGKILL in the middle of a record loses and doubles nothing.
+#[test]
+fn multiline_records_join_their_lines() {
+    let gateway = FakeGateway::start();
+    let dir = TempDir::new("files-multiline");
+    let log = dir.path().join("java.log");
+    append(&log, b"");
+    let mut agent = Agent::start(&config(
+        &gateway,
+        &format!(
+            "[[file]]\ninclude = [\"{}\"]\nread_from = \"head\"\nmultiline = '^\\d{{4}}-'",
+            log.display()
+        ),
+    ));
+    wait_for(
+        Duration::from_secs(10),
+        || agent.metric("tern_file_followed").filter(|&n| n == 1.0),
+        || agent.diagnostics(),
+    );
+    let trace = "2026-12-07 12:00:00 ERROR boom\njava.lang.RuntimeException: x\n    at a.b(C.java:1)\n    at d.e(F.java:2)";
+    append(
+        &log,
+        format!("{trace}\n2026-12-07 12:00:01 INFO next\n").as_bytes(),
+    );
+    let got = wait_lines(&gateway, &agent, 2);
+    assert_eq!(got[0].body, trace);
+    assert_eq!(got[1].body, "2026-12-07 12:00:01 INFO next");
+    // Half a record, a SIGKILL, the other half.
+    append(&log, b"2026-12-07 12:00:02 ERROR again\n  at x\n");
+    std::thread::sleep(Duration::from_millis(300));
+    agent.kill();
+    append(&log, b"  at y\n2026-12-07 12:00:03 INFO last\n");
+    agent.restart();
+    let got = wait_lines(&gateway, &agent, 4);
+    std::thread::sleep(Duration::from_millis(1500));
+    let bodies: Vec<String> = lines(&gateway).into_iter().map(|l| l.body).collect();
+    assert_eq!(
+        bodies,
+        [
+            trace,
+            "2026-12-07 12:00:01 INFO next",
+            "2026-12-07 12:00:02 ERROR again\n  at x\n  at y",
+            "2026-12-07 12:00:03 INFO last"
+        ],
+        "{got:?}"
+    );
+}
+
 fn logrotate(conf: &Path, state: &Path) {
     let out = Command::new("/usr/sbin/logrotate")
         .arg("-f")

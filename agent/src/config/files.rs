@@ -34,7 +34,42 @@ pub struct FileConfig {
     /// How long a file renamed or deleted away is still read after its end.
     /// Defaults to 5 s.
     pub rotate_wait: Duration,
+    /// A pattern that starts a record: lines that do not match it are joined
+    /// to the record before them (stack traces). Defaults to none: a line a
+    /// record.
+    pub multiline: Option<Multiline>,
 }
+
+/// A multiline start pattern: a regular expression (Rust regex syntax, as
+/// regex-lite takes it), unanchored unless it says `^`.
+#[derive(Debug, Clone)]
+pub struct Multiline {
+    pattern: String,
+    regex: regex_lite::Regex,
+}
+
+impl Multiline {
+    /// Whether `line` starts a record.
+    pub fn starts(&self, line: &[u8]) -> bool {
+        match std::str::from_utf8(line) {
+            Ok(s) => self.regex.is_match(s),
+            Err(_) => self.regex.is_match(&String::from_utf8_lossy(line)),
+        }
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.pattern
+    }
+}
+
+impl PartialEq for Multiline {
+    fn eq(&self, other: &Multiline) -> bool {
+        self.pattern == other.pattern
+    }
+}
+
+impl Eq for Multiline {}
 
 impl Cx<'_> {
     pub(super) fn files(&self, raw: Vec<RawFile>) -> Result<Vec<FileConfig>, ConfigError> {
@@ -107,8 +142,30 @@ impl Cx<'_> {
             &key("rotate_wait"),
             DEFAULT_ROTATE_WAIT,
         )?;
+        let multiline = match &raw.multiline {
+            None => None,
+            Some(m) => {
+                // Bounded, so that a pattern cannot take much memory.
+                let regex = regex_lite::RegexBuilder::new(m.get_ref())
+                    .size_limit(1 << 20)
+                    .build()
+                    .map_err(|e| {
+                        let reason = e.to_string().replace('\n', " ");
+                        self.err(
+                            m,
+                            &key("multiline"),
+                            format!("invalid regular expression: {reason}"),
+                        )
+                    })?;
+                Some(Multiline {
+                    pattern: m.get_ref().clone(),
+                    regex,
+                })
+            }
+        };
         Ok(FileConfig {
             include,
+            multiline,
             exclude,
             read_from,
             max_line_size: usize::try_from(max_line_size).unwrap_or(usize::MAX),

@@ -39,7 +39,7 @@ pub use export::{
     Compression, DnsConfig, ExportConfig, FullPolicy, QueueConfig, QueueMode, RetryConfig, Routing,
     RoutingKey,
 };
-pub use files::FileConfig;
+pub use files::{FileConfig, Multiline};
 pub use journald::{JournaldConfig, ReadFrom};
 pub use receiver::{OtlpReceiverConfig, ReceiverFullPolicy, SyslogProtocol, SyslogReceiverConfig};
 pub use scrape::{ScrapeConfig, ScrapeTarget};

@@ -34,6 +34,7 @@ pub(super) struct RawFile {
     pub(super) max_line_size: Option<Spanned<RawSize>>,
     pub(super) encoding: Option<Spanned<String>>,
     pub(super) rotate_wait: Option<Spanned<String>>,
+    pub(super) multiline: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -365,6 +365,9 @@ fn file_tables_have_defaults_and_located_errors() {
     }
     let e = parse("[[file]]\n").unwrap_err();
     assert!(e.to_string().contains("include"), "{e}");
+    let c = parse("[[file]]\ninclude = [\"/a\"]\nmultiline = '^\\S'\n").unwrap();
+    let m = c.files[0].multiline.as_ref().unwrap();
+    assert!(m.starts(b"Exception in thread") && !m.starts(b"    at x") && m.starts(b"\xff x"));
 }
 
 #[test]

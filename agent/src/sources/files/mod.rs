@@ -72,6 +72,8 @@ const POLL: Duration = Duration::from_millis(250);
 const SCAN: Duration = Duration::from_secs(1);
 /// Bytes read at once.
 const READ_SIZE: usize = 64 << 10;
+/// A multiline record is sent once no line came for this long.
+const MULTILINE_WAIT: Duration = Duration::from_secs(1);
 /// Bytes read from one file in one poll before the next file's turn.
 const READ_PER_POLL: u64 = 4 << 20;
 
@@ -117,6 +119,19 @@ struct Tracked {
     overlong: bool,
     /// Since when its path no longer leads to it (renamed or deleted).
     gone: Option<Instant>,
+    /// The record being gathered when lines join (`multiline`).
+    pending: Option<Pending>,
+}
+
+/// A multiline record not yet complete: its lines so far.
+#[derive(Debug)]
+struct Pending {
+    text: Vec<u8>,
+    cut: bool,
+    /// The file's offset after its last line.
+    end: u64,
+    /// When its last line came.
+    since: Instant,
 }
 
 impl Tracked {
@@ -142,6 +157,7 @@ impl Tracked {
             partial: Vec::new(),
             overlong: false,
             gone: gone.then(Instant::now),
+            pending: None,
         }
     }
 }
@@ -509,6 +525,8 @@ impl Source {
         t.read_at = 0;
         t.committed = 0;
         t.partial.clear();
+        // Its lines come again, from the copy or not at all.
+        t.pending = None;
         t.overlong = false;
         t.fp = Fingerprint::of(&t.file, size);
         self.dirty = true;
@@ -623,6 +641,16 @@ impl Source {
         let Some(t) = self.files.get_mut(i) else {
             return true;
         };
+        // A gathered record is complete once no line came for a while.
+        if t.pending
+            .as_ref()
+            .is_some_and(|p| p.since.elapsed() >= MULTILINE_WAIT)
+        {
+            self.flush_pending(i, observed);
+        }
+        let Some(t) = self.files.get_mut(i) else {
+            return true;
+        };
         if !t.gone.is_some_and(|g| g.elapsed() >= rotate_wait) {
             return false;
         }
@@ -632,14 +660,62 @@ impl Source {
             let (cut, end) = (t.overlong, t.read_at);
             self.emit_line(i, &line, cut, end, observed);
         }
+        self.flush_pending(i, observed);
         true
     }
 
-    /// Adds a line of file `i` to the batch and moves the file's position
-    /// past it (`end`), then queues the batch if it is full: the positions
-    /// queued with a batch cover exactly the lines in it.
+    /// Takes a line of file `i` that ends at `end`: a record of its own, or
+    /// with `multiline`, the start of a record or a line joined to the one
+    /// gathered.
     fn emit_line(&mut self, i: usize, text: &[u8], cut: bool, end: u64, observed: u64) {
         self.counts.lines += 1;
+        let Some(t) = self.files.get(i) else { return };
+        let Some(group) = self.groups.get(t.group) else {
+            return;
+        };
+        let Some(multiline) = &group.multiline else {
+            return self.send_record(i, text, cut, end, observed);
+        };
+        let starts = multiline.starts(text);
+        let max_line = group.max_line_size;
+        let Some(t) = self.files.get_mut(i) else {
+            return;
+        };
+        if let (false, Some(p)) = (starts, t.pending.as_mut()) {
+            let room = max_line.saturating_sub(p.text.len());
+            let joined = text.len() + 1;
+            if room > 0 {
+                p.text.push(b'\n');
+                p.text
+                    .extend_from_slice(text.get(..(room - 1).min(text.len())).unwrap_or_default());
+            }
+            p.cut |= cut || joined > room;
+            p.end = end;
+            p.since = Instant::now();
+            return;
+        }
+        let next = Pending {
+            text: text.to_vec(),
+            cut,
+            end,
+            since: Instant::now(),
+        };
+        if let Some(p) = t.pending.replace(next) {
+            self.send_record(i, &p.text, p.cut, p.end, observed);
+        }
+    }
+
+    /// Sends the record file `i` gathers, if any.
+    fn flush_pending(&mut self, i: usize, observed: u64) {
+        if let Some(p) = self.files.get_mut(i).and_then(|t| t.pending.take()) {
+            self.send_record(i, &p.text, p.cut, p.end, observed);
+        }
+    }
+
+    /// Adds a record of file `i` to the batch and moves the file's position
+    /// past it (`end`), then queues the batch if it is full: the positions
+    /// queued with a batch cover exactly the lines in it.
+    fn send_record(&mut self, i: usize, text: &[u8], cut: bool, end: u64, observed: u64) {
         self.counts.cut += u64::from(cut);
         let Some(t) = self.files.get_mut(i) else {
             return;
