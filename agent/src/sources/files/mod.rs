@@ -324,35 +324,42 @@ impl Source {
         log::info!("File source stopped");
     }
 
-    /// Files saved under a path that now leads elsewhere: renamed while tern
-    /// was down. Found in their directory by inode, they are read to their end.
+    /// Files an earlier run followed that the scan will not find: rotated
+    /// files it was still reading (their names are not the globs'), and files
+    /// renamed while tern was down, found again in their directory by inode.
+    /// They are read from their saved position to their end.
     fn find_renamed(&mut self) {
-        let mut missing: Vec<Saved> = self
+        let mut left: Vec<Saved> = self
             .saved
             .values()
             .filter(|s| {
-                std::fs::metadata(&s.path)
-                    .map(|m| FileId::of(&m) != s.id)
-                    .unwrap_or(true)
+                let here = std::fs::metadata(&s.path).is_ok_and(|m| FileId::of(&m) == s.id);
+                // One at its path that the globs take is the scan's.
+                !(here && self.group_of(&s.path).is_some())
             })
             .cloned()
             .collect();
-        missing.sort_by_key(|s| s.path.clone());
-        for s in missing {
-            let Some(dir) = s.path.parent() else { continue };
-            let Ok(entries) = std::fs::read_dir(dir) else {
-                continue;
+        left.sort_by_key(|s| s.path.clone());
+        for s in left {
+            let here = std::fs::metadata(&s.path).is_ok_and(|m| FileId::of(&m) == s.id);
+            let found = if here {
+                Some(s.path.clone())
+            } else {
+                let Some(dir) = s.path.parent() else { continue };
+                let Ok(entries) = std::fs::read_dir(dir) else {
+                    continue;
+                };
+                // The same inode, and the same first bytes: not a new file
+                // that got the inode of a deleted one (a compressed copy, say).
+                entries.flatten().map(|e| e.path()).find(|p| {
+                    !compressed(p)
+                        && std::fs::metadata(p).is_ok_and(|m| {
+                            m.is_file()
+                                && FileId::of(&m) == s.id
+                                && File::open(p).is_ok_and(|f| s.fp.matches(&f, m.len()))
+                        })
+                })
             };
-            // The same inode, and the same first bytes: not a new file that
-            // got the inode of a deleted one (a compressed copy, say).
-            let found = entries.flatten().map(|e| e.path()).find(|p| {
-                !compressed(p)
-                    && std::fs::metadata(p).is_ok_and(|m| {
-                        m.is_file()
-                            && FileId::of(&m) == s.id
-                            && File::open(p).is_ok_and(|f| s.fp.matches(&f, m.len()))
-                    })
-            });
             match found {
                 Some(path) => {
                     let group = self.group_of(&s.path).unwrap_or(0);
