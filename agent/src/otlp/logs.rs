@@ -29,7 +29,6 @@ const VALUE: u32 = 2;
 const VALUES: u32 = 1;
 /// `AnyValue` members.
 const STRING_VALUE: u32 = 1;
-const INT_VALUE: u32 = 3;
 const KVLIST_VALUE: u32 = 6;
 const BYTES_VALUE: u32 = 7;
 
@@ -194,16 +193,18 @@ impl Record<'_> {
     /// The body: a string when `value` is UTF-8 (or was cut inside a
     /// character, then up to it), else bytes.
     pub fn body(&mut self, value: &[u8], cut: bool) -> &mut Self {
-        let m = self.w.begin(BODY);
-        match std::str::from_utf8(value) {
-            Ok(s) => self.w.bytes_always(STRING_VALUE, s.as_bytes()),
-            Err(e) if cut && e.error_len().is_none() => {
-                let whole = value.get(..e.valid_up_to()).unwrap_or_default();
-                self.w.bytes_always(STRING_VALUE, whole);
-            }
-            Err(_) => self.w.bytes_always(BYTES_VALUE, value),
-        }
-        self.w.end(m);
+        let (member, bytes) = match std::str::from_utf8(value) {
+            Ok(_) => (STRING_VALUE, value),
+            Err(e) if cut && e.error_len().is_none() => (
+                STRING_VALUE,
+                value.get(..e.valid_up_to()).unwrap_or_default(),
+            ),
+            Err(_) => (BYTES_VALUE, value),
+        };
+        // The length is known: no move.
+        self.w
+            .head(BODY, 1 + varint_len(bytes.len() as u64) + bytes.len());
+        self.w.bytes_always(member, bytes);
         self
     }
 
@@ -220,17 +221,7 @@ impl Record<'_> {
 
     /// An int attribute.
     pub fn int(&mut self, key: &str, value: i64) -> &mut Self {
-        let kv = self.w.begin(ATTRIBUTES);
-        self.w.string(KEY, key);
-        let any = self.w.begin(VALUE);
-        self.w.int(INT_VALUE, value);
-        if value == 0 {
-            // An int member must be present to be set, 0 included.
-            // Field 3 (int_value), wire type 0 (varint), value 0.
-            self.w.raw(&[0x18, 0]);
-        }
-        self.w.end(any);
-        self.w.end(kv);
+        self.w.int_attribute(ATTRIBUTES, key, value);
         self
     }
 

@@ -86,6 +86,22 @@ impl Writer {
         self.varint(len as u64);
     }
 
+    /// Writes a `KeyValue` whose value is an int `AnyValue`, lengths worked
+    /// out first so nothing moves (a 0 is written: a oneof member is kept).
+    pub fn int_attribute(&mut self, field: u32, key: &str, v: i64) {
+        let any_len = 1 + varint_len(v as u64);
+        let kv_len = 1 + varint_len(key.len() as u64) + key.len() + 1 + 1 + any_len;
+        self.tag(field, LEN);
+        self.varint(kv_len as u64);
+        self.tag(1, LEN);
+        self.varint(key.len() as u64);
+        self.buf.extend_from_slice(key.as_bytes());
+        self.tag(2, LEN);
+        self.varint(any_len as u64);
+        self.tag(3, VARINT);
+        self.varint(v as u64);
+    }
+
     /// Writes an int64 field (proto3: left out when 0).
     pub fn int(&mut self, field: u32, v: i64) {
         if v != 0 {

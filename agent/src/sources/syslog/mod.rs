@@ -272,6 +272,7 @@ async fn datagram(
     match got {
         Ok((n, peer)) => {
             let mut p = p.borrow_mut();
+            p.stamp();
             if n >= buf.len() {
                 p.too_large(transport);
             } else {
@@ -361,11 +362,13 @@ async fn connection(
         };
         last.set(Instant::now());
         let mut pipeline = p.borrow_mut();
+        pipeline.stamp();
         deframer.feed(buf.get(..n).unwrap_or_default(), &mut |f| {
             pipeline.frame(f, peer);
         });
     }
     let mut pipeline = p.borrow_mut();
+    pipeline.stamp();
     deframer.finish(&mut |f| pipeline.frame(f, peer));
 }
 
@@ -392,6 +395,8 @@ struct Pipeline {
     read_errors: RateLimit,
     queue_errors: RateLimit,
     shutdown: Arc<Shutdown>,
+    /// When the bytes being handled were read, ns since the epoch.
+    now: u64,
     /// The agent is stopping and the queue refused the batch: no more tries.
     halted: bool,
 }
@@ -406,6 +411,7 @@ impl Pipeline {
     ) -> Pipeline {
         Pipeline {
             shutdown,
+            now: 0,
             protocol: config.protocol,
             converter: Converter::new(resource, &[]),
             batch: LogBatch::new("tern/syslog"),
@@ -446,9 +452,14 @@ impl Pipeline {
         }
     }
 
+    /// Notes the time of a read: the observed time of the messages in it.
+    fn stamp(&mut self) {
+        self.now = unix_nanos(SystemTime::now());
+    }
+
     /// One message from `transport`; `peer` is its sender when remote.
     fn message(&mut self, transport: Transport, bytes: &[u8], peer: Option<SocketAddr>) {
-        let now = unix_nanos(SystemTime::now());
+        let now = self.now;
         let m = parse::parse(bytes, self.protocol, now);
         let c = self.counts(transport);
         c.messages += 1;
