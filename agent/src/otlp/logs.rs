@@ -159,6 +159,19 @@ impl LogBatch {
     }
 }
 
+/// A log body as OTLP takes it: text when `value` is UTF-8, or was `cut`
+/// inside a character (then the whole characters before the cut), else bytes.
+pub fn text_or_bytes(value: &[u8], cut: bool) -> Result<&str, &[u8]> {
+    match std::str::from_utf8(value) {
+        Ok(s) => Ok(s),
+        Err(e) if cut && e.error_len().is_none() => {
+            let whole = value.get(..e.valid_up_to()).unwrap_or_default();
+            Ok(std::str::from_utf8(whole).unwrap_or_default())
+        }
+        Err(_) => Err(value),
+    }
+}
+
 /// One record being written; its fields must come in any order but each once.
 #[derive(Debug)]
 #[must_use = "a record must be ended"]
@@ -193,13 +206,9 @@ impl Record<'_> {
     /// The body: a string when `value` is UTF-8 (or was cut inside a
     /// character, then up to it), else bytes.
     pub fn body(&mut self, value: &[u8], cut: bool) -> &mut Self {
-        let (member, bytes) = match std::str::from_utf8(value) {
-            Ok(_) => (STRING_VALUE, value),
-            Err(e) if cut && e.error_len().is_none() => (
-                STRING_VALUE,
-                value.get(..e.valid_up_to()).unwrap_or_default(),
-            ),
-            Err(_) => (BYTES_VALUE, value),
+        let (member, bytes) = match text_or_bytes(value, cut) {
+            Ok(s) => (STRING_VALUE, s.as_bytes()),
+            Err(b) => (BYTES_VALUE, b),
         };
         // The length is known: no move.
         self.w

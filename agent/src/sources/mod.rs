@@ -276,3 +276,18 @@ impl Sink {
         }
     }
 }
+
+/// Nanoseconds since the Unix epoch, as OTLP times are written (0 before it).
+pub fn unix_nanos(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// The box's host name, as the kernel has it.
+pub fn local_hostname() -> Option<Vec<u8>> {
+    let mut name = std::fs::read("/proc/sys/kernel/hostname").ok()?;
+    while name.last().is_some_and(u8::is_ascii_whitespace) {
+        name.pop();
+    }
+    (!name.is_empty()).then_some(name)
+}

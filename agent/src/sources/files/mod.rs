@@ -43,7 +43,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::glob::{match_name, Glob, Name, MAX_DEPTH};
 use crate::config::{FileConfig, ReadFrom};
@@ -244,7 +244,7 @@ impl Source {
             sink,
             metrics,
             shutdown,
-            hostname: crate::sources::syslog::local_hostname(),
+            hostname: crate::sources::local_hostname(),
             files: Vec::new(),
             saved: HashMap::new(),
             resumed: false,
@@ -561,7 +561,7 @@ impl Source {
         max_line: usize,
         rotate_wait: Duration,
     ) -> bool {
-        let observed = unix_nanos(SystemTime::now());
+        let observed = crate::sources::unix_nanos(SystemTime::now());
         let mut budget = READ_PER_POLL;
         loop {
             let Some(t) = self.files.get_mut(i) else {
@@ -878,11 +878,6 @@ fn walk(dir: &Path, names: &[Name], depth: usize, out: &mut Vec<PathBuf>) {
             }
         }
     }
-}
-
-fn unix_nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 impl FileId {

@@ -279,14 +279,10 @@ impl Converter {
 
 /// The body: a string when the value is UTF-8 (or was cut inside a
 /// character), else bytes.
-pub fn body(value: &[u8], truncated: bool) -> AnyValue {
-    let v = match std::str::from_utf8(value) {
+fn body(value: &[u8], truncated: bool) -> AnyValue {
+    let v = match crate::otlp::logs::text_or_bytes(value, truncated) {
         Ok(s) => any_value::Value::StringValue(s.to_string()),
-        Err(e) if truncated && e.error_len().is_none() => {
-            let whole = value.get(..e.valid_up_to()).unwrap_or_default();
-            any_value::Value::StringValue(String::from_utf8_lossy(whole).into_owned())
-        }
-        Err(_) => any_value::Value::BytesValue(value.to_vec()),
+        Err(b) => any_value::Value::BytesValue(b.to_vec()),
     };
     AnyValue { value: Some(v) }
 }
@@ -338,8 +334,6 @@ fn micros_to_nanos(value: &[u8]) -> Option<u64> {
 /// Records gathered for one request, grouped by host.
 #[derive(Debug, Default)]
 pub struct Batch {
-    /// The instrumentation scope's name: the source.
-    scope: &'static str,
     groups: Vec<Group>,
     records: usize,
     bytes: usize,
@@ -364,17 +358,9 @@ impl Group {
 }
 
 impl Batch {
-    /// An empty batch of the journald source.
+    /// An empty batch.
     pub fn new() -> Batch {
-        Batch::with_scope("tern/journald")
-    }
-
-    /// An empty batch whose records come from the source `scope`.
-    pub fn with_scope(scope: &'static str) -> Batch {
-        Batch {
-            scope,
-            ..Batch::default()
-        }
+        Batch::default()
     }
 
     /// Adds a converted entry.
@@ -429,7 +415,7 @@ impl Batch {
     /// The request for everything in the batch, which is left empty.
     pub fn take(&mut self) -> ExportLogsServiceRequest {
         let scope = InstrumentationScope {
-            name: self.scope.into(),
+            name: "tern/journald".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             ..Default::default()
         };

@@ -73,7 +73,7 @@ mod tests;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{JournaldConfig, ReadFrom};
 use crate::lifecycle::{RateLimit, Shutdown};
@@ -460,7 +460,7 @@ impl Pipeline {
     /// (blocking, retrying a failing queue until `shutdown`).
     pub fn feed(&mut self, bytes: &[u8], shutdown: &Shutdown) {
         let handler = &mut self.handler;
-        handler.observed = unix_nanos(SystemTime::now());
+        handler.observed = crate::sources::unix_nanos(SystemTime::now());
         self.parser
             .feed(bytes, &mut |entry| handler.entry(entry, shutdown));
     }
@@ -729,9 +729,4 @@ fn lost_between(saved: &str, oldest: &str) -> Option<u64> {
     let (s1, i1) = seq(saved)?;
     let (s2, i2) = seq(oldest)?;
     (s1 == s2 && i2 > i1).then(|| i2 - i1 - 1)
-}
-
-fn unix_nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }

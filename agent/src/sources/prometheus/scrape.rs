@@ -11,7 +11,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{ScrapeConfig, ScrapeTarget};
 use crate::http::{is_https, Client, HttpError};
@@ -221,7 +221,7 @@ impl Target {
         }
         let mut builder = Builder::new(
             self.info.resource(&self.target_info),
-            unix_nanos(SystemTime::now()),
+            crate::sources::unix_nanos(SystemTime::now()),
         );
         self.memory.emit_stale(None, series_hash, &mut builder);
         self.memory.clear();
@@ -233,7 +233,7 @@ impl Target {
     /// Scrapes the target once and queues the result, with `scratch`'s buffers.
     pub(crate) fn scrape(&mut self, scratch: &mut Scratch, sink: &Sink, metrics: &Metrics) {
         let started = Instant::now();
-        let now_nanos = unix_nanos(SystemTime::now());
+        let now_nanos = crate::sources::unix_nanos(SystemTime::now());
         let mut builder = Builder::with_buffer(
             self.info.resource(&[]),
             now_nanos,
@@ -457,11 +457,6 @@ fn spread_offset(url: &str, interval: Duration) -> Duration {
         .unwrap_or(u64::MAX)
         .max(1);
     Duration::from_millis(h.finish() % millis)
-}
-
-fn unix_nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

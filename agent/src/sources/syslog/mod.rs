@@ -47,7 +47,7 @@ use std::path::{Path, PathBuf};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use smol::{Async, LocalExecutor, Task, Timer};
 
@@ -276,8 +276,8 @@ async fn datagram(
             if n >= buf.len() {
                 p.too_large(transport);
             } else {
-                let host = peer.filter(|a| !a.ip().is_loopback());
-                p.message(transport, buf.get(..n).unwrap_or_default(), host);
+                let host = remote_name(peer);
+                p.message(transport, buf.get(..n).unwrap_or_default(), host.as_deref());
             }
         }
         Err(e) => {
@@ -328,7 +328,7 @@ async fn accept(
             }
         }
         let last = Rc::new(Cell::new(Instant::now()));
-        let host = Some(peer).filter(|a| !a.ip().is_loopback());
+        let host = remote_name(Some(peer));
         let Some(ex) = ex.upgrade() else {
             return;
         };
@@ -349,7 +349,7 @@ async fn connection(
     mut stream: Async<std::net::TcpStream>,
     p: Rc<RefCell<Pipeline>>,
     last: Rc<Cell<Instant>>,
-    peer: Option<SocketAddr>,
+    peer: Option<Vec<u8>>,
     max_message: usize,
 ) {
     use smol::io::AsyncReadExt;
@@ -364,12 +364,19 @@ async fn connection(
         let mut pipeline = p.borrow_mut();
         pipeline.stamp();
         deframer.feed(buf.get(..n).unwrap_or_default(), &mut |f| {
-            pipeline.frame(f, peer);
+            pipeline.frame(f, peer.as_deref());
         });
     }
     let mut pipeline = p.borrow_mut();
     pipeline.stamp();
-    deframer.finish(&mut |f| pipeline.frame(f, peer));
+    deframer.finish(&mut |f| pipeline.frame(f, peer.as_deref()));
+}
+
+/// The address of a remote sender, the host of its messages without a
+/// hostname; `None` for loopback (this box) and unix sockets.
+fn remote_name(peer: Option<SocketAddr>) -> Option<Vec<u8>> {
+    peer.filter(|a| !a.ip().is_loopback())
+        .map(|a| a.ip().to_string().into_bytes())
 }
 
 /// Counts of one transport since they were last published.
@@ -417,7 +424,7 @@ impl Pipeline {
             batch: LogBatch::new("tern/syslog"),
             sink,
             metrics,
-            hostname: local_hostname(),
+            hostname: crate::sources::local_hostname(),
             counts: [Counts::default(); 3],
             read_errors: RateLimit::new(Duration::from_secs(60)),
             queue_errors: RateLimit::new(Duration::from_secs(30)),
@@ -434,7 +441,7 @@ impl Pipeline {
         }
     }
 
-    fn frame(&mut self, frame: Frame<'_>, peer: Option<SocketAddr>) {
+    fn frame(&mut self, frame: Frame<'_>, peer: Option<&[u8]>) {
         match frame {
             Frame::Message(m) => self.message(Transport::Tcp, m, peer),
             Frame::TooLarge => self.too_large(Transport::Tcp),
@@ -454,21 +461,18 @@ impl Pipeline {
 
     /// Notes the time of a read: the observed time of the messages in it.
     fn stamp(&mut self) {
-        self.now = unix_nanos(SystemTime::now());
+        self.now = crate::sources::unix_nanos(SystemTime::now());
     }
 
-    /// One message from `transport`; `peer` is its sender when remote.
-    fn message(&mut self, transport: Transport, bytes: &[u8], peer: Option<SocketAddr>) {
+    /// One message from `transport`; `peer` is its sender's address when
+    /// remote.
+    fn message(&mut self, transport: Transport, bytes: &[u8], peer: Option<&[u8]>) {
         let now = self.now;
         let m = parse::parse(bytes, self.protocol, now);
         let c = self.counts(transport);
         c.messages += 1;
         c.malformed += u64::from(m.malformed);
-        let peer_name = peer.map(|a| a.ip().to_string().into_bytes());
-        let name = m
-            .hostname
-            .or(peer_name.as_deref())
-            .or(self.hostname.as_deref());
+        let name = m.hostname.or(peer).or(self.hostname.as_deref());
         let converter = &self.converter;
         let host = Host {
             name,
@@ -589,20 +593,6 @@ pub fn write_record(m: &Message<'_>, observed: u64, r: &mut Record<'_>) {
             }),
         );
     }
-}
-
-/// The box's host name, as the kernel has it.
-pub fn local_hostname() -> Option<Vec<u8>> {
-    let mut name = std::fs::read("/proc/sys/kernel/hostname").ok()?;
-    while name.last().is_some_and(u8::is_ascii_whitespace) {
-        name.pop();
-    }
-    (!name.is_empty()).then_some(name)
-}
-
-fn unix_nanos(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
