@@ -30,6 +30,7 @@ mod limits;
 mod notify;
 mod outage;
 mod receiver;
+mod relabel;
 mod scrape;
 mod syslog;
 mod uplink;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 /// lines before its own, never those of its own line or after it.
 const LAYERS: &[&[&str]] = &[
     &["tempdir"],
-    &["lifecycle", "otlp"],
+    &["lifecycle", "otlp", "relabel"],
     &["queue"],
     &["telemetry"],
     &["http"],

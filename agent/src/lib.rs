@@ -5,7 +5,8 @@
 //! each other:
 //!
 //! ```text
-//! lifecycle, otlp        stop signal, rate limit; OTLP encoding
+//! lifecycle, otlp,       stop signal, rate limit; OTLP encoding;
+//!   relabel              Prometheus relabeling rules
 //! queue                  the durable queue
 //! telemetry              self metrics, log, systemd notify
 //! http                   the HTTP client and server
@@ -37,6 +38,8 @@ pub mod lifecycle;
 pub mod otlp;
 #[doc(hidden)]
 pub mod queue;
+#[doc(hidden)]
+pub mod relabel;
 #[doc(hidden)]
 pub mod route;
 #[doc(hidden)]

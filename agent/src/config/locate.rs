@@ -50,7 +50,7 @@ impl Cx<'_> {
         self.err_at(at.map(|s| s.span()), key, reason)
     }
 
-    fn err_at(
+    pub(super) fn err_at(
         &self,
         span: Option<Range<usize>>,
         key: &str,

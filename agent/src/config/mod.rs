@@ -42,7 +42,7 @@ pub use export::{
 pub use files::{FileConfig, Multiline};
 pub use journald::{JournaldConfig, ReadFrom};
 pub use receiver::{OtlpReceiverConfig, ReceiverFullPolicy, SyslogProtocol, SyslogReceiverConfig};
-pub use scrape::{ScrapeConfig, ScrapeTarget};
+pub use scrape::{ScrapeConfig, ScrapeLimits, ScrapeTarget};
 pub use values::{format_duration, parse_duration, parse_size};
 
 /// The `[export.tls]` and `[scrape.tls]` sections (the HTTP client's settings).

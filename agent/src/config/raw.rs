@@ -87,6 +87,32 @@ pub(super) struct RawScrape {
     #[serde(default)]
     pub(super) labels: BTreeMap<Spanned<String>, String>,
     pub(super) tls: Option<RawTls>,
+    #[serde(default)]
+    pub(super) params: BTreeMap<String, Vec<String>>,
+    pub(super) honor_labels: Option<bool>,
+    pub(super) honor_timestamps: Option<bool>,
+    pub(super) sample_limit: Option<Spanned<i64>>,
+    pub(super) label_limit: Option<Spanned<i64>>,
+    pub(super) label_name_length_limit: Option<Spanned<i64>>,
+    pub(super) label_value_length_limit: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub(super) relabel_configs: Vec<RawRule>,
+    #[serde(default)]
+    pub(super) metric_relabel_configs: Vec<RawRule>,
+}
+
+/// One `[[scrape.relabel_configs]]` or `[[scrape.metric_relabel_configs]]`
+/// rule, with Prometheus's field names.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRule {
+    pub(super) source_labels: Option<Spanned<Vec<String>>>,
+    pub(super) separator: Option<Spanned<String>>,
+    pub(super) regex: Option<Spanned<String>>,
+    pub(super) modulus: Option<Spanned<i64>>,
+    pub(super) target_label: Option<Spanned<String>>,
+    pub(super) replacement: Option<Spanned<String>>,
+    pub(super) action: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

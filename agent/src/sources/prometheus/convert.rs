@@ -593,10 +593,13 @@ fn with_resource(batch: &Encoded, resource: &Resource) -> Option<Encoded> {
     Some(crate::otlp::encode(&request))
 }
 
-/// Writes the point's attributes: every label but `job`, `instance` and `skip`.
+/// A sample's labels as attributes. A scraped `job` or `instance` is one
+/// the job's `honor_labels` kept (without it, it arrives renamed
+/// `exported_job`, see relabel.rs); it stays on the point, next to the
+/// resource's `service.name` and `service.instance.id`.
 fn write_attributes(out: &mut Writer, field: u32, labels: &[Label<'_>], skip: Option<&str>) {
     for l in labels {
-        if l.name != "job" && l.name != "instance" && Some(l.name) != skip {
+        if Some(l.name) != skip {
             out.string_attribute(field, l.name, &l.value);
         }
     }

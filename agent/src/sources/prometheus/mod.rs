@@ -3,6 +3,7 @@
 
 pub mod convert;
 pub mod parse;
+mod relabel;
 pub mod schedule;
 pub mod scrape;
 pub mod stale;

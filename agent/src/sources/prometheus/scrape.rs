@@ -21,6 +21,7 @@ use crate::telemetry::Metrics;
 
 use super::convert::{Builder, TargetInfo};
 use super::parse::{Family, Format, Limits, Stream, StreamError};
+use super::relabel::{self, TargetLabels};
 use super::stale::{Recording, SeriesMemory};
 
 /// What tern asks exporters for: OpenMetrics first, as Prometheus does.
@@ -39,6 +40,14 @@ pub enum ScrapeError {
     TooLarge(u64),
     /// The body is not valid exposition text.
     Parse(String),
+    /// The samples broke a limit of the job (`sample_limit`, ...) or a
+    /// `metric_relabel_configs` rule removed a sample's name.
+    Refused {
+        /// The self-metrics reason, like `sample_limit_exceeded`.
+        reason: &'static str,
+        /// What was over which limit.
+        detail: String,
+    },
 }
 
 impl ScrapeError {
@@ -49,6 +58,7 @@ impl ScrapeError {
             ScrapeError::Status(_) => "http_status",
             ScrapeError::TooLarge(_) => "body_too_large",
             ScrapeError::Parse(_) => "parse_error",
+            ScrapeError::Refused { reason, .. } => reason,
         }
     }
 }
@@ -62,6 +72,7 @@ impl std::fmt::Display for ScrapeError {
                 write!(f, "body exceeds body_size_limit of {limit} bytes")
             }
             ScrapeError::Parse(e) => write!(f, "parse: {e}"),
+            ScrapeError::Refused { detail, .. } => f.write_str(detail),
         }
     }
 }
@@ -82,7 +93,7 @@ pub(crate) struct Job {
     client: Client,
     limits: Limits,
     /// The resource attributes every target of the job adds: the config's
-    /// `[resource]` and the job's `labels`.
+    /// `[resource]`.
     extra: Vec<(String, String)>,
 }
 
@@ -99,8 +110,7 @@ impl Job {
                 format!("scrape job {}: {e}", config.job),
             )
         })?;
-        let mut extra: Vec<(String, String)> = resource.to_vec();
-        extra.extend(config.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let extra: Vec<(String, String)> = resource.to_vec();
         Ok(Job {
             config: config.clone(),
             client,
@@ -128,6 +138,8 @@ pub(crate) struct Scratch {
     /// The series hashes of a scrape where it differs from the last (8
     /// bytes a series; one family's while it does not).
     hashes: Vec<u64>,
+    /// The buffers of `metric_relabel_configs`.
+    relabel: crate::relabel::Scratch,
 }
 
 impl Scratch {
@@ -136,6 +148,7 @@ impl Scratch {
             stream: Stream::new(PARSE_WINDOW),
             batch_buffer: Vec::new(),
             hashes: Vec::new(),
+            relabel: crate::relabel::Scratch::default(),
         }
     }
 }
@@ -150,6 +163,9 @@ pub(crate) struct Target {
     /// when another target of the job has the same `host:port`.
     pub(crate) label: String,
     info: TargetInfo,
+    /// The labels Prometheus would merge into each sample: `job`,
+    /// `instance` and the target's labels, sorted by name.
+    target_labels: TargetLabels,
     /// The `target_info` labels of the last good scrape: the resource its
     /// series were sent with, for their staleness markers.
     target_info: Vec<(String, String)>,
@@ -170,13 +186,20 @@ impl Target {
     /// A target of `job` whose self metrics are labelled `label`.
     pub(crate) fn new(job: Arc<Job>, target: &ScrapeTarget, label: String) -> Target {
         let scheme = target.url.split("://").next().unwrap_or("http").to_string();
+        let mut extra = job.extra.clone();
+        extra.extend(target.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let mut target_labels: TargetLabels = target.labels.clone().into_iter().collect();
+        target_labels.push(("job".into(), target.job.clone()));
+        target_labels.push(("instance".into(), target.instance.clone()));
+        target_labels.sort();
         Target {
             info: TargetInfo {
-                job: job.config.job.clone(),
+                job: target.job.clone(),
                 instance: target.instance.clone(),
                 scheme,
-                extra: job.extra.clone(),
+                extra,
             },
+            target_labels,
             job,
             target: target.clone(),
             label,
@@ -241,11 +264,18 @@ impl Target {
         );
         let mut next = Recording::with_buffer(std::mem::take(&mut scratch.hashes));
         let mut target_info = Vec::new();
-        let result = self.fetch_and_convert(scratch, &mut next, &mut target_info, &mut builder);
+        let mut scraped = 0;
+        let result = self.fetch_and_convert(
+            scratch,
+            &mut next,
+            &mut target_info,
+            &mut builder,
+            &mut scraped,
+        );
         let duration = started.elapsed().as_secs_f64();
-        let (up, samples) = match &result {
+        let (up, samples, kept) = match &result {
             Ok(()) => {
-                let samples = next.series();
+                let kept = next.series();
                 let gone = self.memory.vanished(&next);
                 if !gone.is_empty() {
                     self.memory
@@ -254,7 +284,7 @@ impl Target {
                 scratch.hashes = self.memory.remember(next);
                 builder.set_resource(self.info.resource(&target_info));
                 self.target_info = target_info;
-                (1.0, samples)
+                (1.0, scraped, kept)
             }
             Err(e) => {
                 scratch.hashes = next.into_buffer();
@@ -271,7 +301,7 @@ impl Target {
                 builder.set_resource(self.info.resource(&self.target_info));
                 self.memory.emit_stale(None, series_hash, &mut builder);
                 self.memory.clear();
-                (0.0, 0)
+                (0.0, 0, 0)
             }
         };
         builder.synthetic_gauge("up", "1 if the scrape succeeded, else 0.", up);
@@ -285,6 +315,13 @@ impl Target {
             "Samples the target exposed.",
             samples as f64,
         );
+        if !self.job.config.metric_relabel_configs.is_empty() {
+            builder.synthetic_gauge(
+                "scrape_samples_post_metric_relabeling",
+                "Samples kept after metric_relabel_configs.",
+                kept as f64,
+            );
+        }
         let (batches, batch_buffer) = builder.finish_with_buffer();
         scratch.batch_buffer = batch_buffer;
         for (batch, points) in batches {
@@ -315,6 +352,7 @@ impl Target {
         next: &mut Recording,
         target_info: &mut Vec<(String, String)>,
         builder: &mut Builder,
+        scraped: &mut usize,
     ) -> Result<(), ScrapeError> {
         let config = &self.job.config;
         let timeout = format!("{}", config.timeout.as_secs_f64());
@@ -323,9 +361,13 @@ impl Target {
             ("X-Prometheus-Scrape-Timeout-Seconds", timeout.as_str()),
         ];
         let stream = &mut scratch.stream;
+        let relabel_scratch = &mut scratch.relabel;
         let memory = &self.memory;
         let limits = &self.job.limits;
-        let each = |family: &Family<'_>| {
+        let target_labels = &self.target_labels;
+        let mut refused: Option<relabel::Refused> = None;
+        let mut kept = 0;
+        let mut emit = |family: &Family<'_>| {
             if family.name == "target_info" {
                 if let Some(sample) = family.samples.first() {
                     *target_info = sample
@@ -338,6 +380,27 @@ impl Target {
             }
             memory.record(next, family, series_hash);
             builder.family(family, false);
+        };
+        let each = |family: &Family<'_>| {
+            *scraped += family.samples.len();
+            if refused.is_some() {
+                return;
+            }
+            if !relabel::needed(config, target_labels, family) {
+                emit(family);
+                return;
+            }
+            let result = relabel::family(
+                config,
+                target_labels,
+                family,
+                relabel_scratch,
+                &mut kept,
+                &mut emit,
+            );
+            if let Err(e) = result {
+                refused = Some(e);
+            }
         };
         let parsed = self.job.client.get_with(
             &self.target.url,
@@ -357,6 +420,13 @@ impl Target {
                     })
             },
         );
+        let parsed = match (parsed, refused) {
+            (Ok(Ok(())), Some(r)) => Ok(Err(ScrapeError::Refused {
+                reason: r.reason,
+                detail: r.detail,
+            })),
+            (parsed, _) => parsed,
+        };
         match parsed {
             Ok(result) => result,
             Err(HttpError::TooLarge(limit)) => Err(ScrapeError::TooLarge(limit)),
