@@ -517,3 +517,58 @@ fn relabeled_series_are_the_series_prometheus_stores() {
         .any(|s| s.contains(&("job".into(), "node".into()))
             && s.contains(&("__name__".into(), "node_cpu_seconds_total".into()))));
 }
+
+#[test]
+fn a_scrape_over_sample_limit_fails_whole_with_its_reason() {
+    let exporter = ScriptedExporter::start(|n| {
+        // Two samples, then three from the third scrape on.
+        let body = if n < 2 {
+            "a 1\nb 1\n"
+        } else {
+            "a 1\nb 1\nc 1\n"
+        };
+        (200, "text/plain; version=0.0.4", body.as_bytes().to_vec())
+    });
+    let gateway = FakeGateway::start();
+    let config = format!(
+        "[agent]\nstate_dir = \"{{state_dir}}\"\nlisten = \"127.0.0.1:0\"\n\n[[scrape]]\njob = \"limited\"\ntargets = [\"{}\"]\ninterval = \"200ms\"\nsample_limit = 2\n\n[export]\nendpoints = [\"{}\"]\n",
+        exporter.addr,
+        gateway.url()
+    );
+    let agent = Agent::start(&config);
+    let series =
+        r#"tern_scrapes_total{job="limited",instance="ADDR",result="sample_limit_exceeded"}"#
+            .replace("ADDR", &exporter.addr.to_string());
+    wait_for(
+        Duration::from_secs(20),
+        || agent.metric(&series).filter(|v| *v >= 2.0),
+        || agent.metrics(),
+    );
+    let ok = r#"tern_scrapes_total{job="limited",instance="ADDR",result="ok"}"#
+        .replace("ADDR", &exporter.addr.to_string());
+    assert_eq!(agent.metric(&ok), Some(2.0), "{}", agent.metrics());
+    // The refused scrapes sent `up` 0 and no samples; the good ones `up` 1.
+    let ups = wait_for(
+        Duration::from_secs(10),
+        || {
+            let ups: Vec<f64> = flatten(&gateway.delivered())
+                .iter()
+                .filter(|(_, m)| m.name == "up")
+                .flat_map(|(_, m)| crate::harness::values(m))
+                .collect();
+            (ups.len() >= 4).then_some(ups)
+        },
+        || "no up series".into(),
+    );
+    assert_eq!(&ups[..2], &[1.0, 1.0]);
+    assert!(ups[2..].iter().all(|v| *v == 0.0), "{ups:?}");
+    let c_sent = flatten(&gateway.delivered())
+        .iter()
+        .any(|(_, m)| m.name == "c" && crate::harness::values(m).iter().any(|v| !v.is_nan()));
+    assert!(!c_sent, "a sample of a refused scrape was sent");
+    assert!(
+        agent.stderr().contains("more than sample_limit 2"),
+        "{}",
+        agent.stderr()
+    );
+}

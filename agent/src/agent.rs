@@ -37,8 +37,14 @@ pub fn summary(config: &Config) -> String {
         (None, []) => "no export endpoint (batches stay on disk)".to_string(),
         (None, many) => format!("export to {} gateways", many.len()),
     };
+    let dropped: usize = config.scrape.iter().map(|s| s.dropped_targets).sum();
+    let dropped = if dropped > 0 {
+        format!(" ({dropped} dropped by relabel_configs)")
+    } else {
+        String::new()
+    };
     format!(
-        "{} scrape jobs, {targets} targets, {export}, queue in {}",
+        "{} scrape jobs, {targets} targets{dropped}, {export}, queue in {}",
         config.scrape.len(),
         config.agent.state_dir.display()
     )

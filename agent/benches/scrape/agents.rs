@@ -213,6 +213,43 @@ pub(crate) struct Job {
     pub(crate) body_limit_mib: u64,
 }
 
+/// `TERN_BENCH_RULES=typical`: five typical `metric_relabel_configs` rules
+/// for every agent (a drop by name, a hashmod, a keep, a replace and a
+/// labeldrop; one through a regex engine, the others simple shapes), as
+/// YAML and as tern TOML. `TERN_BENCH_RULES=most` drops 90% of the series
+/// with the first rule.
+fn rules() -> Option<(&'static str, &'static str)> {
+    match std::env::var("TERN_BENCH_RULES").as_deref() {
+        Ok("typical") => Some((
+            r#"    metric_relabel_configs:
+      - {source_labels: [__name__], regex: "go_.*|process_.*|bench_http_inflight_requests_00.*", action: drop}
+      - {source_labels: [__name__, path], modulus: 4, target_label: __tmp_shard, action: hashmod}
+      - {source_labels: [__tmp_shard], regex: "0|1|2|3", action: keep}
+      - {source_labels: [path], regex: "/api/v1/(\\w+)/\\d+", target_label: resource, replacement: "$1"}
+      - {regex: "instance_id|__tmp_shard", action: labeldrop}
+"#,
+            r#"metric_relabel_configs = [
+  { source_labels = ["__name__"], regex = "go_.*|process_.*|bench_http_inflight_requests_00.*", action = "drop" },
+  { source_labels = ["__name__", "path"], modulus = 4, target_label = "__tmp_shard", action = "hashmod" },
+  { source_labels = ["__tmp_shard"], regex = "0|1|2|3", action = "keep" },
+  { source_labels = ["path"], regex = "/api/v1/(\\w+)/\\d+", target_label = "resource", replacement = "$1" },
+  { regex = "instance_id|__tmp_shard", action = "labeldrop" },
+]
+"#,
+        )),
+        Ok("most") => Some((
+            r#"    metric_relabel_configs:
+      - {source_labels: [__name__], regex: "bench_http_requests_0.*_total|bench_http_inflight_requests_00[0-8].*", action: keep}
+"#,
+            r#"metric_relabel_configs = [
+  { source_labels = ["__name__"], regex = "bench_http_requests_0.*_total|bench_http_inflight_requests_00[0-8].*", action = "keep" },
+]
+"#,
+        )),
+        _ => None,
+    }
+}
+
 impl Job {
     /// The targets as a YAML or TOML flow list of quoted `host:port`.
     fn target_list(&self) -> String {
@@ -239,10 +276,11 @@ scrape_configs:
   - job_name: bench
 {limit}    static_configs:
       - targets: {targets}
-"#,
+{rules}"#,
             interval = self.interval,
             timeout = self.timeout,
             targets = self.target_list(),
+            rules = rules().map_or("", |r| r.0),
         )
     }
 }
@@ -277,7 +315,7 @@ targets = {targets}
 interval = "{interval}s"
 timeout = "{timeout}s"
 body_size_limit = "{limit}MiB"
-
+{rules}
 [export]
 endpoints = ["http://{sink}"]
 compression = "{compression}"
@@ -295,6 +333,7 @@ mode = "{mode}"
             interval = job.interval,
             timeout = job.timeout,
             limit = job.body_limit_mib,
+            rules = rules().map_or("", |r| r.1),
         );
         let path = dir.join("tern.toml");
         std::fs::write(&path, config).expect("write tern.toml in the bench's temp dir");

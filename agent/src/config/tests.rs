@@ -792,3 +792,145 @@ fn zstd_takes_a_level_gzip_does_not() {
         .to_string()
         .contains("expected \"gzip\", \"zstd\" or \"none\""));
 }
+
+#[test]
+fn relabel_rules_and_limits_parse_with_prometheus_defaults() {
+    let c = parse(
+        r#"[[scrape]]
+job = "node"
+targets = ["127.0.0.1:9100"]
+sample_limit = 5000
+label_limit = 30
+honor_labels = true
+honor_timestamps = false
+
+[[scrape.metric_relabel_configs]]
+source_labels = ["__name__"]
+regex = "go_.*"
+action = "drop"
+
+[[scrape.metric_relabel_configs]]
+regex = "cpu"
+action = "LabelDrop"
+"#,
+    )
+    .unwrap();
+    let s = &c.scrape[0];
+    assert_eq!(s.metric_relabel_configs.len(), 2);
+    assert_eq!(
+        s.metric_relabel_configs[1].action(),
+        crate::relabel::Action::LabelDrop
+    );
+    assert_eq!(s.limits.sample_limit, 5000);
+    assert_eq!(s.limits.label_limit, 30);
+    assert_eq!(s.limits.label_value_length_limit, 0);
+    assert!(s.honor_labels && !s.honor_timestamps);
+    let d = &parse("[[scrape]]\njob = \"n\"\ntargets = [\"a:1\"]\n")
+        .unwrap()
+        .scrape[0];
+    assert!(!d.honor_labels && d.honor_timestamps && !d.limits.any());
+    assert!(d.metric_relabel_configs.is_empty());
+}
+
+#[test]
+fn relabel_errors_name_the_rule_field_line_and_column() {
+    let job = "[[scrape]]\njob = \"n\"\ntargets = [\"a:1\"]\n";
+    assert_eq!(
+        error(&format!(
+            "{job}[[scrape.metric_relabel_configs]]\nsource_labels = [\"x\"]\nregex = \"a(b\"\naction = \"drop\"\n"
+        )),
+        "t.toml:6:9: scrape[0].metric_relabel_configs[0].regex: invalid regular expression: found open group without closing ')'"
+    );
+    assert_eq!(
+        error(&format!("{job}[[scrape.relabel_configs]]\naction = \"rename\"\n")),
+        "t.toml:5:10: scrape[0].relabel_configs[0].action: unknown relabel action \"rename\", expected one of replace, keep, drop, keepequal, dropequal, hashmod, labelmap, labeldrop, labelkeep, lowercase, uppercase"
+    );
+    // A field that is missing: the rule's table is named.
+    let e = parse(&format!(
+        "{job}[[scrape.metric_relabel_configs]]\nsource_labels = [\"a\"]\n"
+    ))
+    .unwrap_err();
+    assert_eq!(e.key, "scrape[0].metric_relabel_configs[0].target_label");
+    assert_eq!(e.position.map(|p| p.0), Some(4));
+    assert!(
+        e.reason
+            .contains("relabel configuration for replace action requires 'target_label' value"),
+        "{e}"
+    );
+    assert!(error(&format!(
+        "{job}[[scrape.metric_relabel_configs]]\naction = \"hashmod\"\ntarget_label = \"t\"\n"
+    ))
+    .contains("requires non-zero modulus"));
+    assert!(error(&format!("{job}sample_limit = -1\n"))
+        .contains("scrape[0].sample_limit: must be 0 (no limit) or a positive number"));
+    assert!(error(&format!(
+        "{job}[[scrape.metric_relabel_configs]]\naction = \"drop\"\nsource = [\"a\"]\n"
+    ))
+    .contains("unknown field `source`"));
+}
+
+#[test]
+fn target_relabeling_runs_when_the_config_loads() {
+    let c = parse(
+        r#"[[scrape]]
+job = "snmp"
+targets = ["10.0.0.1:161", "10.0.0.2:161", "10.0.0.3:161"]
+labels = { site = "b" }
+params = { module = ["if_mib"] }
+
+[[scrape.relabel_configs]]
+source_labels = ["__address__"]
+regex = "10\\.0\\.0\\.3:.*"
+action = "drop"
+
+[[scrape.relabel_configs]]
+source_labels = ["__address__"]
+target_label = "__param_target"
+
+[[scrape.relabel_configs]]
+source_labels = ["__param_target"]
+target_label = "instance"
+
+[[scrape.relabel_configs]]
+target_label = "__address__"
+replacement = "127.0.0.1:9116"
+
+[[scrape.relabel_configs]]
+target_label = "__metrics_path__"
+replacement = "/snmp"
+"#,
+    )
+    .unwrap();
+    let s = &c.scrape[0];
+    assert_eq!(s.dropped_targets, 1);
+    assert_eq!(s.targets.len(), 2);
+    let t = &s.targets[0];
+    assert_eq!(
+        t.url,
+        "http://127.0.0.1:9116/snmp?module=if_mib&target=10.0.0.1%3A161"
+    );
+    assert_eq!(t.instance, "10.0.0.1:161");
+    assert_eq!(t.job, "snmp");
+    assert_eq!(t.labels.get("site").map(String::as_str), Some("b"));
+    assert_eq!(t.labels.len(), 1, "{:?}", t.labels);
+
+    // An address without a port gets the scheme's, as in Prometheus 2.
+    let c = parse(
+        "[[scrape]]\njob = \"n\"\ntargets = [\"a:1\"]\nscheme = \"https\"\n[[scrape.relabel_configs]]\ntarget_label = \"__address__\"\nreplacement = \"example.org\"\n[[scrape.relabel_configs]]\ntarget_label = \"job\"\nreplacement = \"renamed\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.scrape[0].targets[0].url,
+        "https://example.org:443/metrics"
+    );
+    assert_eq!(c.scrape[0].targets[0].instance, "example.org:443");
+    assert_eq!(c.scrape[0].targets[0].job, "renamed");
+
+    // Rules that leave a target no address are an error at that target.
+    let e = parse(
+        "[[scrape]]\njob = \"n\"\ntargets = [\"a:1\"]\n[[scrape.relabel_configs]]\ntarget_label = \"__address__\"\nreplacement = \"\"\n",
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "scrape[0].targets[0]");
+    assert!(e.reason.contains("left no __address__"), "{e}");
+}

@@ -131,6 +131,31 @@ pub struct Rule {
     /// `target_label` as a template (`replace` may write `$1` in it).
     target: Template,
     replacement: Template,
+    /// `hashmod`'s results as text, for moduli up to [`SHARD_NAMES`].
+    shards: Vec<String>,
+    serial: Serial,
+}
+
+/// Shards named in advance for `hashmod`: "0" to "255".
+const SHARD_NAMES: u64 = 256;
+
+/// A rule's identity for the memos of a [`Scratch`] (rules of a reloaded
+/// config are new rules). Equal whatever the numbers: rules compare by what
+/// they do.
+#[derive(Debug, Clone)]
+struct Serial(u64);
+
+impl PartialEq for Serial {
+    fn eq(&self, _: &Serial) -> bool {
+        true
+    }
+}
+
+impl Serial {
+    fn next() -> Serial {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Serial(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 /// `^[a-zA-Z_][a-zA-Z0-9_]*$`: a label name before Prometheus 3's UTF-8 names.
@@ -287,7 +312,16 @@ impl Rule {
                 ));
             }
         }
+        let shards = if action == Action::HashMod {
+            (0..modulus.min(SHARD_NAMES))
+                .map(|n| n.to_string())
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(Rule {
+            shards,
+            serial: Serial::next(),
             action,
             target: Template::new(&target_label, &regex),
             replacement: Template::new(replacement_text, &regex),
@@ -304,14 +338,23 @@ impl Rule {
         self.action
     }
 
-    /// Whether the rule may change the label called `name` (or any label).
-    pub fn may_write(&self, name: &str) -> bool {
-        match self.action {
-            Action::Keep | Action::Drop | Action::KeepEqual | Action::DropEqual => false,
-            Action::LabelMap | Action::LabelDrop | Action::LabelKeep => true,
-            Action::Replace => self.target.as_literal().map_or(true, |t| t == name),
-            Action::HashMod | Action::Lowercase | Action::Uppercase => self.target_label == name,
-        }
+    /// Whether the rule may read or change the label called `name`: when
+    /// no rule of a list may for a target's labels, a scrape need not merge
+    /// them into every sample.
+    pub fn may_touch(&self, name: &str) -> bool {
+        self.source_labels.iter().any(|s| s == name)
+            || match self.action {
+                Action::Keep | Action::Drop => false,
+                Action::KeepEqual
+                | Action::DropEqual
+                | Action::HashMod
+                | Action::Lowercase
+                | Action::Uppercase => self.target_label == name,
+                Action::LabelDrop => self.regex.is_match(name),
+                Action::LabelKeep => !self.regex.is_match(name),
+                Action::LabelMap => true,
+                Action::Replace => self.target.as_literal().map_or(true, |t| t == name),
+            }
     }
 }
 
@@ -374,6 +417,11 @@ impl<'a> Labels<'a> {
         self.items.retain(|(n, _)| n != name);
     }
 
+    /// Moves every label to the end of `out`, leaving the set empty.
+    pub fn drain_into(&mut self, out: &mut Vec<(Cow<'a, str>, Cow<'a, str>)>) {
+        out.append(&mut self.items);
+    }
+
     /// The labels, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.items.iter().map(|(n, v)| (n.as_ref(), v.as_ref()))
@@ -395,33 +443,179 @@ impl<'a> Labels<'a> {
             .iter()
             .map(|(n, v)| (n.to_string(), v.to_string()))
             .collect();
-        v.sort();
+        v.sort_unstable();
         v
     }
 }
 
-/// Buffers [`process`] reuses from one label set to the next.
+/// Buffers [`process`] reuses from one label set to the next, and what it
+/// remembers of the costly steps (see [`Memo`]).
 #[derive(Debug, Default)]
 pub struct Scratch {
     joined: String,
     spans: Spans,
     locs: Option<regex_lite::CaptureLocations>,
     names: Vec<String>,
+    /// The serials of the rules `memos` belong to.
+    rules: Vec<u64>,
+    memos: Vec<Memo>,
+}
+
+/// Sets of a rule's memo, two slots each: the distinct values of a label
+/// in one scrape usually number a few dozen (a family's names, paths,
+/// modes), which fit with room to spare.
+const MEMO_SETS: usize = 128;
+
+/// What a rule computed for its recent inputs, by a hash of the input:
+/// regex-engine matches (with their groups) and `hashmod` digests cost
+/// hundreds of nanoseconds, and samples repeat the same values (a family's
+/// name, a handful of paths) scrape after scrape. Two-way set associative,
+/// least recently used out: a miss overwrites a slot, reusing its buffers.
+#[derive(Debug, Default)]
+struct Memo {
+    slots: Vec<Slot>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    hash: u64,
+    key: String,
+    filled: bool,
+    matched: bool,
+    spans: Spans,
+    shard: u64,
+}
+
+impl Slot {
+    fn holds(&self, hash: u64, key: &str) -> bool {
+        self.filled && self.hash == hash && self.key == key
+    }
+}
+
+impl Memo {
+    /// The slot for `key`, and whether it holds `key`'s result already.
+    fn slot(&mut self, key: &str) -> (&mut Slot, bool) {
+        if self.slots.is_empty() {
+            self.slots.resize_with(2 * MEMO_SETS, Slot::default);
+        }
+        let hash = hash(key.as_bytes());
+        // The remainder is below MEMO_SETS: it fits any usize.
+        #[allow(clippy::cast_possible_truncation)]
+        let set = (hash % MEMO_SETS as u64) as usize * 2;
+        // In bounds: `set` is even and below 2 * MEMO_SETS.
+        let pair = &mut self.slots[set..set + 2];
+        // The first slot of a set is its most recently used.
+        let hit = if pair[0].holds(hash, key) {
+            true
+        } else {
+            pair.swap(0, 1);
+            pair[0].holds(hash, key)
+        };
+        let slot = &mut pair[0];
+        if !hit {
+            slot.hash = hash;
+            slot.key.clear();
+            slot.key.push_str(key);
+            slot.filled = true;
+        }
+        (slot, hit)
+    }
+}
+
+/// FxHash's multiply-rotate over eight bytes at a time, then murmur3's
+/// finalizer: without it, values that differ only in their last bytes
+/// (`/api/v1/items/12`, `/api/v1/items/13`) share their low bits, and the
+/// memo's sets.
+fn hash(b: &[u8]) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mut h = b.len() as u64;
+    let mut chunks = b.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+    }
+    for &byte in chunks.remainder() {
+        h = (h.rotate_left(5) ^ u64::from(byte)).wrapping_mul(K);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+impl Scratch {
+    /// Makes the memos those of `rules`.
+    fn prepare(&mut self, rules: &[Rule]) {
+        let same = self.rules.len() == rules.len()
+            && self.rules.iter().zip(rules).all(|(s, r)| *s == r.serial.0);
+        if !same {
+            self.rules.clear();
+            self.rules.extend(rules.iter().map(|r| r.serial.0));
+            self.memos.clear();
+            self.memos.resize_with(rules.len(), Memo::default);
+        }
+    }
 }
 
 /// Runs `rules` over `labels` in order; false when a rule drops the set
 /// (what is left in `labels` is then unspecified).
-pub fn process(rules: &[Rule], labels: &mut Labels<'_>, scratch: &mut Scratch) -> bool {
-    rules.iter().all(|rule| apply(rule, labels, scratch))
+pub fn process<'l>(rules: &'l [Rule], labels: &mut Labels<'l>, scratch: &mut Scratch) -> bool {
+    scratch.prepare(rules);
+    for (i, rule) in rules.iter().enumerate() {
+        if !apply(rule, i, labels, scratch) {
+            return false;
+        }
+    }
+    true
 }
 
-fn apply(rule: &Rule, labels: &mut Labels<'_>, scratch: &mut Scratch) -> bool {
+/// Whether `rule`'s regex matches `s`, with the groups in `spans`; through
+/// the memo when the regex engine would run.
+fn captures<'s>(
+    rule: &Rule,
+    memo: &'s mut Memo,
+    s: &str,
+    spans: &'s mut Spans,
+    locs: &mut Option<regex_lite::CaptureLocations>,
+) -> (bool, &'s Spans) {
+    if rule.regex.is_fast() {
+        let matched = rule.regex.captures(s, spans, locs);
+        return (matched, spans);
+    }
+    let (slot, hit) = memo.slot(s);
+    if !hit {
+        slot.matched = rule.regex.captures(s, &mut slot.spans, locs);
+    }
+    (slot.matched, &slot.spans)
+}
+
+/// Whether `rule`'s regex matches `s`, through the memo when the regex
+/// engine would run.
+fn is_match(rule: &Rule, memo: &mut Memo, s: &str) -> bool {
+    if rule.regex.is_fast() {
+        return rule.regex.is_match(s);
+    }
+    let (slot, hit) = memo.slot(s);
+    if !hit {
+        slot.matched = rule.regex.is_match(s);
+    }
+    slot.matched
+}
+
+fn apply<'l>(rule: &'l Rule, i: usize, labels: &mut Labels<'l>, scratch: &mut Scratch) -> bool {
     let Scratch {
         joined,
         spans,
         locs,
         names,
+        memos,
+        ..
     } = scratch;
+    let Some(memo) = memos.get_mut(i) else {
+        return true;
+    };
     // The source values joined; one source is borrowed as it is.
     let val: &str = match rule.source_labels.as_slice() {
         [one] => labels.get(one),
@@ -437,46 +631,70 @@ fn apply(rule: &Rule, labels: &mut Labels<'_>, scratch: &mut Scratch) -> bool {
         }
     };
     match rule.action {
-        Action::Drop => return !rule.regex.is_match(val),
-        Action::Keep => return rule.regex.is_match(val),
+        Action::Drop => return !is_match(rule, memo, val),
+        Action::Keep => return is_match(rule, memo, val),
         Action::DropEqual => return labels.get(&rule.target_label) != val,
         Action::KeepEqual => return labels.get(&rule.target_label) == val,
         Action::Replace => {
-            if !rule.regex.captures(val, spans, locs) {
+            let (matched, spans) = captures(rule, memo, val, spans, locs);
+            if !matched {
                 return true;
             }
-            let mut target = String::new();
-            rule.target.expand(val, spans, &mut target);
-            if !is_label_name(&target) {
-                return true;
-            }
-            let mut value = String::new();
-            rule.replacement.expand(val, spans, &mut value);
+            // A literal target was checked when the rule was made.
+            let target: Cow<'l, str> = match rule.target.as_literal() {
+                Some(t) => Cow::Borrowed(t),
+                None => {
+                    let mut t = String::new();
+                    rule.target.expand(val, spans, &mut t);
+                    if !is_label_name(&t) {
+                        return true;
+                    }
+                    Cow::Owned(t)
+                }
+            };
+            let value: Cow<'l, str> = match rule.replacement.as_literal() {
+                Some(v) => Cow::Borrowed(v),
+                None => {
+                    let mut v = String::new();
+                    rule.replacement.expand(val, spans, &mut v);
+                    Cow::Owned(v)
+                }
+            };
             labels.set(target, value);
         }
         Action::Lowercase => {
             let value = val.to_lowercase();
-            labels.set(rule.target_label.clone(), value);
+            labels.set(rule.target_label.as_str(), value);
         }
         Action::Uppercase => {
             let value = val.to_uppercase();
-            labels.set(rule.target_label.clone(), value);
+            labels.set(rule.target_label.as_str(), value);
         }
         Action::HashMod => {
-            let digest = md5::digest(val.as_bytes());
-            let mut low = [0u8; 8];
-            low.copy_from_slice(&digest[8..]);
-            let shard = u64::from_be_bytes(low) % rule.modulus;
-            labels.set(rule.target_label.clone(), shard.to_string());
+            let (slot, hit) = memo.slot(val);
+            if !hit {
+                let digest = md5::digest(val.as_bytes());
+                let mut low = [0u8; 8];
+                low.copy_from_slice(&digest[8..]);
+                slot.shard = u64::from_be_bytes(low) % rule.modulus;
+            }
+            let shard = slot.shard;
+            let value: Cow<'l, str> =
+                match usize::try_from(shard).ok().and_then(|s| rule.shards.get(s)) {
+                    Some(s) => Cow::Borrowed(s),
+                    None => Cow::Owned(shard.to_string()),
+                };
+            labels.set(rule.target_label.as_str(), value);
         }
         Action::LabelMap => {
             // Over a sorted copy of the names, as Prometheus ranges over its
             // sorted set: when two labels map to one name, the later wins.
             names.clear();
             names.extend(labels.iter().map(|(n, _)| n.to_string()));
-            names.sort();
+            names.sort_unstable();
             for name in names.iter() {
-                if !rule.regex.captures(name, spans, locs) {
+                let (matched, spans) = captures(rule, memo, name, spans, locs);
+                if !matched {
                     continue;
                 }
                 let mut target = String::new();
@@ -485,8 +703,8 @@ fn apply(rule: &Rule, labels: &mut Labels<'_>, scratch: &mut Scratch) -> bool {
                 labels.set(target, value);
             }
         }
-        Action::LabelDrop => labels.items.retain(|(n, _)| !rule.regex.is_match(n)),
-        Action::LabelKeep => labels.items.retain(|(n, _)| rule.regex.is_match(n)),
+        Action::LabelDrop => labels.items.retain(|(n, _)| !is_match(rule, memo, n)),
+        Action::LabelKeep => labels.items.retain(|(n, _)| is_match(rule, memo, n)),
     }
     true
 }

@@ -268,3 +268,19 @@ fn name_templates() {
         assert!(!is_name_template(bad), "{bad}");
     }
 }
+
+#[test]
+fn the_memo_keeps_values_that_differ_in_their_last_bytes() {
+    // Twenty-five paths that differ only in their last one or two bytes:
+    // after the first round, every lookup hits.
+    let mut memo = Memo::default();
+    let paths: Vec<String> = (0..25).map(|i| format!("/api/v1/items/{i}")).collect();
+    for p in &paths {
+        assert!(!memo.slot(p).1, "{p} is new");
+    }
+    for _ in 0..3 {
+        for p in &paths {
+            assert!(memo.slot(p).1, "{p} should be remembered");
+        }
+    }
+}

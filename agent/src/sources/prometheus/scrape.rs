@@ -139,7 +139,7 @@ pub(crate) struct Scratch {
     /// bytes a series; one family's while it does not).
     hashes: Vec<u64>,
     /// The buffers of `metric_relabel_configs`.
-    relabel: crate::relabel::Scratch,
+    relabel: relabel::Buffers,
 }
 
 impl Scratch {
@@ -148,7 +148,7 @@ impl Scratch {
             stream: Stream::new(PARSE_WINDOW),
             batch_buffer: Vec::new(),
             hashes: Vec::new(),
-            relabel: crate::relabel::Scratch::default(),
+            relabel: relabel::Buffers::default(),
         }
     }
 }
@@ -166,6 +166,9 @@ pub(crate) struct Target {
     /// The labels Prometheus would merge into each sample: `job`,
     /// `instance` and the target's labels, sorted by name.
     target_labels: TargetLabels,
+    /// Whether each sample needs `target_labels` merged in before the
+    /// job's rules (see [`relabel::must_merge`]).
+    merge_target: bool,
     /// The `target_info` labels of the last good scrape: the resource its
     /// series were sent with, for their staleness markers.
     target_info: Vec<(String, String)>,
@@ -191,8 +194,10 @@ impl Target {
         let mut target_labels: TargetLabels = target.labels.clone().into_iter().collect();
         target_labels.push(("job".into(), target.job.clone()));
         target_labels.push(("instance".into(), target.instance.clone()));
-        target_labels.sort();
+        target_labels.sort_unstable();
+        let merge_target = relabel::must_merge(&job.config, &target_labels);
         Target {
+            merge_target,
             info: TargetInfo {
                 job: target.job.clone(),
                 instance: target.instance.clone(),
@@ -365,6 +370,7 @@ impl Target {
         let memory = &self.memory;
         let limits = &self.job.limits;
         let target_labels = &self.target_labels;
+        let merge_target = self.merge_target;
         let mut refused: Option<relabel::Refused> = None;
         let mut kept = 0;
         let mut emit = |family: &Family<'_>| {
@@ -396,6 +402,7 @@ impl Target {
                 family,
                 relabel_scratch,
                 &mut kept,
+                merge_target,
                 &mut emit,
             );
             if let Err(e) = result {
