@@ -16,7 +16,7 @@
 //! `target/bench/scrape.md`. Progress goes to stderr. `TERN_BIN=path` measures
 //! another tern binary; `TERN_BENCH_COMPRESSION=zstd` sets tern's export codec
 //! and `TERN_BENCH_QUEUE_MODE=memory_first` its queueing; `TERN_BENCH_RULES=typical`
-//! (or `most`) gives all three agents the same `metric_relabel_configs` (see `agents`).
+//! (or `half`) gives all three agents the same `metric_relabel_configs` (see `agents`).
 //! Under `cargo test --benches` (no `--bench` argument) it
 //! does nothing, as it takes minutes.
 //!

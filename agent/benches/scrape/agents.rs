@@ -216,8 +216,8 @@ pub(crate) struct Job {
 /// `TERN_BENCH_RULES=typical`: five typical `metric_relabel_configs` rules
 /// for every agent (a drop by name, a hashmod, a keep, a replace and a
 /// labeldrop; one through a regex engine, the others simple shapes), as
-/// YAML and as tern TOML. `TERN_BENCH_RULES=most` drops 90% of the series
-/// with the first rule.
+/// YAML and as tern TOML. `TERN_BENCH_RULES=half` keeps the counters and
+/// nine gauge families with one keep rule: 54.5k of 100k series.
 fn rules() -> Option<(&'static str, &'static str)> {
     match std::env::var("TERN_BENCH_RULES").as_deref() {
         Ok("typical") => Some((
@@ -237,7 +237,7 @@ fn rules() -> Option<(&'static str, &'static str)> {
 ]
 "#,
         )),
-        Ok("most") => Some((
+        Ok("half") => Some((
             r#"    metric_relabel_configs:
       - {source_labels: [__name__], regex: "bench_http_requests_0.*_total|bench_http_inflight_requests_00[0-8].*", action: keep}
 "#,
