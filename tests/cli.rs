@@ -298,3 +298,44 @@ fn run_refuses_a_missing_ca_file_with_exit_78() {
     assert!(err.starts_with(&wanted), "got: {err}\nwanted: {wanted}");
     assert!(!dir.path().join("state").exists(), "nothing started");
 }
+
+#[test]
+fn convert_prints_toml_that_checks_and_refuses_yaml_it_cannot_read() {
+    let dir = TempDir::new("cli-convert");
+    let yml = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &yml,
+        "global:\n  scrape_interval: 15s\nscrape_configs:\n  - job_name: node\n    static_configs:\n      - targets: ['127.0.0.1:9100']\n    file_sd_configs: [{files: [a.json]}]\n    metric_relabel_configs:\n      - {source_labels: [__name__], regex: 'go_.*', action: drop}\n",
+    )
+    .unwrap();
+    let (code, out, err) = tern(&["convert", yml.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("# not carried over: scrape_configs[0].file_sd_configs (line 7): tern scrapes static targets only"),
+        "{out}"
+    );
+    // What it prints, with a state directory, is a config tern accepts.
+    let toml = dir.path().join("tern.toml");
+    let state = dir.path().join("state");
+    std::fs::write(
+        &toml,
+        format!("{out}\n[agent]\nstate_dir = \"{}\"\n", state.display()),
+    )
+    .unwrap();
+    let (code, checked, err) = tern(&["check", "--config", toml.to_str().unwrap()]);
+    assert_eq!(code, 0, "{checked}{err}\n{out}");
+    assert!(checked.contains("1 scrape jobs, 1 targets"), "{checked}");
+
+    std::fs::write(&yml, "scrape_configs:\n  - job_name: &a node\n").unwrap();
+    let (code, _, err) = tern(&["convert", yml.to_str().unwrap()]);
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "tern: {}:2:15: anchors, aliases and tags",
+            yml.display()
+        )),
+        "{err}"
+    );
+    let (code, _, err) = tern(&["convert", "/nonexistent/prometheus.yml"]);
+    assert_eq!(code, 78, "{err}");
+}

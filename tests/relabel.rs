@@ -426,14 +426,46 @@ fn show(set: &BTreeSet<Series>) -> String {
 
 #[test]
 fn relabeled_series_are_the_series_prometheus_stores() {
+    oracle(|jobs, _, gateway| tern_config(jobs, gateway));
+}
+
+/// The same, with tern's config made by `tern convert` from Prometheus's.
+#[test]
+fn a_converted_prometheus_config_stores_the_same_series() {
+    oracle(|_, prometheus_yml, gateway| {
+        let dir = TempDir::new("convert");
+        let file = dir.path().join("prometheus.yml");
+        std::fs::write(&file, prometheus_yml).unwrap();
+        let out = crate::harness::agent::tern_command()
+            .arg("convert")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let converted = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!converted.contains("not carried over"), "{converted}");
+        format!(
+            "{converted}\n[agent]\nstate_dir = \"{{state_dir}}\"\nlisten = \"127.0.0.1:0\"\n\n[export]\nendpoints = [\"{gateway}\"]\n"
+        )
+    });
+}
+
+/// Runs Prometheus and tern (with the config `tern_config` makes from the
+/// jobs, prometheus.yml and the gateway's URL) and compares their series.
+fn oracle(tern_config: impl Fn(&[Job], &str, &str) -> String) {
     let body = synthetic_body();
     let synthetic =
         ScriptedExporter::start(move |_| (200, "text/plain; version=0.0.4", body.clone()));
     let node = NodeExporter::start();
     let jobs = jobs(synthetic.addr, node.addr);
     let gateway = FakeGateway::start();
-    let prometheus = Prometheus::start(&prometheus_config(&jobs));
-    let agent = Agent::start(&tern_config(&jobs, &gateway.url()));
+    let prometheus_yml = prometheus_config(&jobs);
+    let prometheus = Prometheus::start(&prometheus_yml);
+    let agent = Agent::start(&tern_config(&jobs, &prometheus_yml, &gateway.url()));
 
     // Both have scraped every job a few times (the target tern and
     // Prometheus drop is never scraped: not in `up`).

@@ -27,6 +27,16 @@ enum Command {
     Run(RunArgs),
     Check(CheckArgs),
     Queue(QueueArgs),
+    Convert(ConvertArgs),
+}
+
+/// print the tern TOML for a Prometheus configuration's scrape_configs, with a line for each setting it cannot carry over
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "convert")]
+struct ConvertArgs {
+    /// the Prometheus configuration file (prometheus.yml)
+    #[argh(positional)]
+    file: PathBuf,
 }
 
 /// run the agent
@@ -70,13 +80,14 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let Some(command) = cli.command else {
-        eprintln!("tern: a command is needed: run, check or queue (see tern --help)");
+        eprintln!("tern: a command is needed: run, check, queue or convert (see tern --help)");
         return ExitCode::from(2);
     };
     let config_path = match &command {
         Command::Run(a) => &a.config,
         Command::Check(a) => &a.config,
         Command::Queue(a) => &a.config,
+        Command::Convert(a) => return convert(&a.file),
     };
     let config = match tern::Config::load(config_path) {
         Ok(c) => c,
@@ -92,6 +103,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Queue(_) => tern::print_queue(&config, &mut std::io::stdout()),
+        Command::Convert(_) => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -101,6 +113,28 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("tern: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `tern convert FILE`: the TOML on stdout; an unreadable file or YAML
+/// tern cannot read is a configuration error (78), with its line and column.
+fn convert(file: &std::path::Path) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("tern: {}: {e}", file.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match tern::config::convert(file, &text) {
+        Ok(toml) => {
+            print!("{toml}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tern: {e}");
+            ExitCode::from(EXIT_CONFIG)
         }
     }
 }

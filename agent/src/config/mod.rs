@@ -18,6 +18,7 @@
 //! the location of errors in `locate`.
 
 mod agent;
+mod convert;
 mod export;
 mod files;
 pub mod glob;
@@ -29,12 +30,14 @@ mod scrape;
 #[cfg(test)]
 mod tests;
 mod values;
+mod yaml;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use agent::AgentConfig;
+pub use convert::convert;
 pub use export::{
     Compression, DnsConfig, ExportConfig, FullPolicy, QueueConfig, QueueMode, RetryConfig, Routing,
     RoutingKey,

@@ -310,7 +310,9 @@ impl TargetSettings<'_> {
     /// The target `t` as written (`host:port` or a URL), after the job's
     /// `relabel_configs`; None when they drop it.
     fn target(&self, t: &str) -> Result<Option<ScrapeTarget>, String> {
-        let written = parse_target(t, self.scheme, self.metrics_path)?;
+        // A target without a port is fine when rules may give it one (a
+        // blackbox or SNMP exporter's targets); Prometheus adds the scheme's.
+        let written = parse_target(t, self.scheme, self.metrics_path, self.rules.is_empty())?;
         if self.rules.is_empty() && self.params.is_empty() {
             return Ok(Some(ScrapeTarget {
                 url: written.url,
@@ -427,7 +429,12 @@ struct WrittenTarget {
     query: Vec<(String, String)>,
 }
 
-fn parse_target(t: &str, scheme: &str, metrics_path: &str) -> Result<WrittenTarget, String> {
+fn parse_target(
+    t: &str,
+    scheme: &str,
+    metrics_path: &str,
+    needs_port: bool,
+) -> Result<WrittenTarget, String> {
     let (url, scheme, hostport, path) = if let Some((written_scheme, rest)) = t
         .strip_prefix("http://")
         .map(|r| ("http", r))
@@ -457,7 +464,7 @@ fn parse_target(t: &str, scheme: &str, metrics_path: &str) -> Result<WrittenTarg
     let port_ok = hostport
         .rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-    if !port_ok {
+    if needs_port && !port_ok {
         return Err(format!(
             "expected host:port, like \"127.0.0.1:9100\", not {t:?}"
         ));
