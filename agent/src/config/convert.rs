@@ -502,7 +502,8 @@ scrape_configs:
             "scrape_confi\0gs:\n  - a\n\"x\\ny\": 1\n",
         )
         .unwrap();
-        super::super::Config::parse(Path::new("t.toml"), &toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        super::super::Config::parse(Path::new("t.toml"), &toml)
+            .unwrap_or_else(|e| panic!("{e}\n{toml}"));
         assert!(toml.contains("scrape_confi\\u{0}gs"), "{toml}");
     }
 
