@@ -438,7 +438,8 @@ impl<'a> Labels<'a> {
     }
 
     /// The labels sorted by name, as Prometheus keeps them.
-    pub fn sorted(&self) -> Vec<(String, String)> {
+    #[cfg(test)]
+    pub(crate) fn sorted(&self) -> Vec<(String, String)> {
         let mut v: Vec<(String, String)> = self
             .iter()
             .map(|(n, v)| (n.to_string(), v.to_string()))
@@ -455,7 +456,8 @@ pub struct Scratch {
     joined: String,
     spans: Spans,
     locs: Option<regex_lite::CaptureLocations>,
-    names: Vec<String>,
+    /// Label indices in name order, for `labelmap`.
+    order: Vec<usize>,
     /// The serials of the rules `memos` belong to.
     rules: Vec<u64>,
     memos: Vec<Memo>,
@@ -609,7 +611,7 @@ fn apply<'l>(rule: &'l Rule, i: usize, labels: &mut Labels<'l>, scratch: &mut Sc
         joined,
         spans,
         locs,
-        names,
+        order,
         memos,
         ..
     } = scratch;
@@ -687,19 +689,22 @@ fn apply<'l>(rule: &'l Rule, i: usize, labels: &mut Labels<'l>, scratch: &mut Sc
             labels.set(rule.target_label.as_str(), value);
         }
         Action::LabelMap => {
-            // Over a sorted copy of the names, as Prometheus ranges over its
-            // sorted set: when two labels map to one name, the later wins.
-            names.clear();
-            names.extend(labels.iter().map(|(n, _)| n.to_string()));
-            names.sort_unstable();
-            for name in names.iter() {
-                let (matched, spans) = captures(rule, memo, name, spans, locs);
+            // In name order, as Prometheus ranges over its sorted set: when
+            // two labels map to one name, the later wins. By index: a label
+            // set here replaces a value in place or is pushed at the end
+            // (values are never empty), so the indices sorted stay valid.
+            order.clear();
+            order.extend(0..labels.items.len());
+            order.sort_unstable_by(|a, b| labels.items[*a].0.cmp(&labels.items[*b].0));
+            for &i in order.iter() {
+                // Borrowed names and values are copied without allocating.
+                let (name, value) = labels.items[i].clone();
+                let (matched, spans) = captures(rule, memo, &name, spans, locs);
                 if !matched {
                     continue;
                 }
                 let mut target = String::new();
-                rule.replacement.expand(name, spans, &mut target);
-                let value = labels.get(name).to_string();
+                rule.replacement.expand(&name, spans, &mut target);
                 labels.set(target, value);
             }
         }
