@@ -470,14 +470,21 @@ fn parse_target(
         ));
     }
     let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    // Decoded, as Go's url.ParseQuery does: `__param_` labels hold values,
+    // and the URL is encoded again from them.
     let query = query
         .split('&')
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (n, v) = p.split_once('=').unwrap_or((p, ""));
-            (n.to_string(), v.to_string())
+            match (query_unescape(n), query_unescape(v)) {
+                (Some(n), Some(v)) => Ok((n, v)),
+                _ => Err(format!(
+                    "{t:?}: the query part {p:?} is not valid percent-encoded UTF-8"
+                )),
+            }
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     Ok(WrittenTarget {
         url,
         scheme: scheme.to_string(),
@@ -485,6 +492,25 @@ fn parse_target(
         path: path.to_string(),
         query,
     })
+}
+
+/// Decodes a query name or value as Go's `url.QueryUnescape` does (`+` is
+/// a space); None for a bad `%` escape or bytes that are not UTF-8.
+fn query_unescape(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = [bytes.next()?, bytes.next()?];
+                let hex = std::str::from_utf8(&hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+            }
+            _ => out.push(b),
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Percent-encodes a query name or value as Go's `url.QueryEscape` does.

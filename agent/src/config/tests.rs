@@ -926,6 +926,37 @@ replacement = "/snmp"
     assert_eq!(c.scrape[0].targets[0].instance, "example.org:443");
     assert_eq!(c.scrape[0].targets[0].job, "renamed");
 
+    // A query written in the target is read decoded, as `__param_`
+    // labels, and encoded once again (Go's escaping: a space is `+`).
+    let c = parse(
+        r#"[[scrape]]
+job = "probe"
+targets = ["http://127.0.0.1:9115/probe?target=a%20b%2Fc&module=http+2xx"]
+params = { extra = ["x y"] }
+
+[[scrape.relabel_configs]]
+source_labels = ["__param_target"]
+target_label = "instance"
+"#,
+    )
+    .unwrap();
+    let t = &c.scrape[0].targets[0];
+    assert_eq!(
+        t.url,
+        "http://127.0.0.1:9115/probe?extra=x+y&module=http+2xx&target=a+b%2Fc"
+    );
+    assert_eq!(t.instance, "a b/c");
+    let e = parse(
+        "[[scrape]]\njob = \"p\"\ntargets = [\"http://h:1/p?target=%zz\"]\nparams = { a = [\"1\"] }\n",
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "scrape[0].targets[0]");
+    assert!(
+        e.reason
+            .contains("\"target=%zz\" is not valid percent-encoded UTF-8"),
+        "{e}"
+    );
+
     // Rules that leave a target no address are an error at that target.
     let e = parse(
         "[[scrape]]\njob = \"n\"\ntargets = [\"a:1\"]\n[[scrape.relabel_configs]]\ntarget_label = \"__address__\"\nreplacement = \"\"\n",
