@@ -527,8 +527,8 @@ impl Memo {
 /// FxHash's multiply-rotate over eight bytes at a time, then murmur3's
 /// finalizer: without it, values that differ only in their last bytes
 /// (`/api/v1/items/12`, `/api/v1/items/13`) share their low bits, and the
-/// memo's sets.
-fn hash(b: &[u8]) -> u64 {
+/// memo's sets. Also the outcome memory's string hash.
+pub(crate) fn hash(b: &[u8]) -> u64 {
     const K: u64 = 0x517c_c1b7_2722_0a95;
     let mut h = b.len() as u64;
     let mut chunks = b.chunks_exact(8);

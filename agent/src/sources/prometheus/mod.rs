@@ -2,6 +2,7 @@
 //! OTLP metrics.
 
 pub mod convert;
+mod outcomes;
 pub mod parse;
 mod relabel;
 pub mod schedule;

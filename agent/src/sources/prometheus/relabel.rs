@@ -15,6 +15,7 @@ use std::borrow::Cow;
 use crate::config::{ScrapeConfig, ScrapeLimits};
 use crate::relabel::{self, Labels};
 
+use super::outcomes::{Outcome, Outcomes, Strings};
 use super::parse::{Family, Label, MetricType, Sample};
 
 /// The target labels Prometheus merges into each sample, sorted by name.
@@ -30,15 +31,17 @@ pub(super) struct Refused {
 }
 
 /// What a scrape worker keeps from one family to the next: the rules'
-/// scratch and memos, and emptied vectors, so that relabeling a family
-/// allocates next to nothing (musl's allocator returns freed pages to the
-/// kernel eagerly, which made a vector a sample cost more than the rules).
+/// scratch, and emptied vectors, so that relabeling a family allocates
+/// next to nothing (musl's allocator returns freed pages to the kernel
+/// eagerly, which made a vector a sample cost more than the rules).
 #[derive(Debug, Default)]
 pub(crate) struct Buffers {
     rules: relabel::Scratch,
     labels: Vec<Vec<Label<'static>>>,
-    store: Vec<(Cow<'static, str>, Cow<'static, str>)>,
+    store: Vec<(&'static str, &'static str)>,
     samples: Vec<Vec<Sample<'static>>>,
+    outcomes: Vec<Outcome>,
+    pairs: Vec<u32>,
 }
 
 /// Most emptied label vectors kept.
@@ -55,10 +58,9 @@ fn emptied<T, U>(v: Vec<T>, mut make: impl FnMut() -> U) -> Vec<U> {
 }
 
 /// A sample after relabeling: its labels are a range of the family's
-/// flat label store, borrowing what no rule changed.
-struct Relabeled {
-    /// Whether the target's labels were merged in (to be left out again).
-    merged: bool,
+/// flat label store.
+struct Relabeled<'s> {
+    name: &'s str,
     labels: std::ops::Range<usize>,
     value: f64,
     timestamp_ms: Option<i64>,
@@ -104,58 +106,58 @@ pub(super) fn must_merge(config: &ScrapeConfig, target: &TargetLabels) -> bool {
 }
 
 /// Relabels `family` and calls `emit` with each family that comes out;
-/// `kept` counts the samples kept, for `sample_limit`; `merge` is
+/// `outcomes` are the target's (what the rules made of each series
+/// before); `kept` counts the samples kept, for `sample_limit`; `merge` is
 /// [`must_merge`].
+#[allow(clippy::too_many_arguments)]
 pub(super) fn family(
     config: &ScrapeConfig,
     target: &TargetLabels,
     family: &Family<'_>,
     buffers: &mut Buffers,
+    outcomes: &mut Outcomes,
     kept: &mut usize,
     merge: bool,
     mut emit: impl FnMut(&Family<'_>),
 ) -> Result<(), Refused> {
-    let scratch = &mut buffers.rules;
+    // What the rules make of each sample: remembered from the last
+    // scrape, or worked out now.
+    let mut results = std::mem::take(&mut buffers.outcomes);
+    results.clear();
+    let mut labels = Labels::new();
+    for sample in &family.samples {
+        let hash = super::scrape::series_hash(sample);
+        let outcome = outcomes.outcome(hash, sample.labels.len(), |strings| {
+            let input = Input {
+                config,
+                target,
+                sample,
+                merge,
+            };
+            input.relabel(
+                &mut labels,
+                &mut buffers.rules,
+                strings,
+                &mut buffers.pairs,
+                family.name,
+            )
+        })?;
+        results.push(outcome);
+    }
+    let strings = outcomes.strings();
     let mut groups: Vec<Group<'_>> = vec![Group {
         name: Cow::Borrowed(family.name),
         kind: family.kind,
         same_meta: true,
     }];
-    let mut out: Vec<Relabeled> = Vec::with_capacity(family.samples.len());
-    // One set worked on, and every kept sample's labels back to back: a
-    // few allocations a family, not a few a sample.
-    let mut labels = Labels::new();
-    let mut store = emptied(std::mem::take(&mut buffers.store), || {
-        (Cow::Borrowed(""), Cow::Borrowed(""))
-    });
-    for sample in &family.samples {
-        labels.clear();
-        labels.push("__name__", sample.name);
-        for l in &sample.labels {
-            labels.push(l.name, l.value.as_ref());
-        }
-        let merged = merge
-            || sample
-                .labels
-                .iter()
-                .any(|l| target.iter().any(|(n, _)| n == l.name));
-        if merged {
-            merge_target(&mut labels, target, config.honor_labels);
-        }
-        if !relabel::process(&config.metric_relabel_configs, &mut labels, scratch) {
+    let mut out: Vec<Relabeled<'_>> = Vec::with_capacity(family.samples.len());
+    // Every kept sample's labels back to back: a few allocations a family,
+    // not a few a sample.
+    let mut store = emptied(std::mem::take(&mut buffers.store), || ("", ""));
+    for (sample, outcome) in family.samples.iter().zip(&results) {
+        let Some(name) = outcome.name(sample, strings) else {
             continue;
-        }
-        check_limits(&labels, &config.limits)?;
-        let name = labels.get("__name__");
-        if name.is_empty() {
-            return Err(Refused {
-                reason: "relabel_error",
-                detail: format!(
-                    "metric_relabel_configs removed __name__ from a sample of {}",
-                    family.name
-                ),
-            });
-        }
+        };
         let group = group_of(&mut groups, family, sample.name, name);
         *kept += 1;
         if config.limits.sample_limit > 0 && *kept > config.limits.sample_limit {
@@ -168,9 +170,9 @@ pub(super) fn family(
             });
         }
         let start = store.len();
-        labels.drain_into(&mut store);
+        outcome.labels(sample, strings, &mut store);
         out.push(Relabeled {
-            merged,
+            name,
             labels: start..store.len(),
             value: sample.value,
             timestamp_ms: if config.honor_timestamps {
@@ -185,7 +187,7 @@ pub(super) fn family(
         let mut samples = emptied(buffers.samples.pop().unwrap_or_default(), empty_sample);
         for s in out.iter().filter(|s| s.group == g) {
             let labels = emptied(buffers.labels.pop().unwrap_or_default(), empty_label);
-            samples.push(to_sample(s, &store, target, labels));
+            samples.push(to_sample(s, &store, labels));
         }
         if samples.is_empty() {
             continue;
@@ -213,8 +215,68 @@ pub(super) fn family(
             .samples
             .push(emptied(std::mem::take(&mut output.samples), empty_sample));
     }
-    buffers.store = emptied(store, || (Cow::Borrowed(""), Cow::Borrowed("")));
+    buffers.store = emptied(store, || ("", ""));
+    buffers.outcomes = results;
     Ok(())
+}
+
+/// A sample to run the rules over, with what they depend on.
+struct Input<'a, 's> {
+    config: &'a ScrapeConfig,
+    target: &'a TargetLabels,
+    sample: &'a Sample<'s>,
+    merge: bool,
+}
+
+impl<'a> Input<'a, '_> {
+    /// Runs the rules and the limits over the sample: its outcome, with
+    /// the labels that go on its point (not those of the target, which are
+    /// on the resource) in `strings`.
+    fn relabel(
+        &self,
+        labels: &mut Labels<'a>,
+        rules: &mut relabel::Scratch,
+        strings: &mut Strings,
+        pairs: &mut Vec<u32>,
+        family: &str,
+    ) -> Result<Outcome, Refused> {
+        let Input {
+            config,
+            target,
+            sample,
+            merge,
+        } = *self;
+        labels.clear();
+        labels.push("__name__", sample.name);
+        for l in &sample.labels {
+            labels.push(l.name, l.value.as_ref());
+        }
+        let merged = merge
+            || sample
+                .labels
+                .iter()
+                .any(|l| target.iter().any(|(n, _)| n == l.name));
+        if merged {
+            merge_target(labels, target, config.honor_labels);
+        }
+        if !relabel::process(&config.metric_relabel_configs, labels, rules) {
+            return Ok(Outcome::dropped());
+        }
+        check_limits(labels, &config.limits)?;
+        let name = labels.get("__name__");
+        if name.is_empty() {
+            return Err(Refused {
+                reason: "relabel_error",
+                detail: format!(
+                    "metric_relabel_configs removed __name__ from a sample of {family}"
+                ),
+            });
+        }
+        let on_point = labels.iter().filter(|(n, v)| {
+            *n != "__name__" && !(merged && target.iter().any(|(tn, tv)| tn == n && tv == v))
+        });
+        Ok(Outcome::kept(sample, name, on_point, strings, pairs))
+    }
 }
 
 fn empty_label<'b>() -> Label<'b> {
@@ -342,28 +404,19 @@ fn group_of<'f>(groups: &mut Vec<Group<'f>>, family: &Family<'_>, old: &str, new
     groups.len() - 1
 }
 
-/// A relabeled sample as the converter takes it: its name, and the labels
-/// that are not the target's own (those are on the resource).
+/// A relabeled sample as the converter takes it.
 fn to_sample<'s>(
-    s: &Relabeled,
-    store: &'s [(Cow<'_, str>, Cow<'_, str>)],
-    target: &TargetLabels,
+    s: &Relabeled<'s>,
+    store: &[(&'s str, &'s str)],
     mut labels: Vec<Label<'s>>,
 ) -> Sample<'s> {
-    let mut name = "";
     let pairs = store.get(s.labels.clone()).unwrap_or(&[]);
-    for (n, v) in pairs {
-        if n == "__name__" {
-            name = v;
-        } else if !s.merged || !target.iter().any(|(tn, tv)| tn == n && tv == v) {
-            labels.push(Label {
-                name: n,
-                value: Cow::Borrowed(v),
-            });
-        }
-    }
-    Sample {
+    labels.extend(pairs.iter().map(|(name, value)| Label {
         name,
+        value: Cow::Borrowed(value),
+    }));
+    Sample {
+        name: s.name,
         labels,
         value: s.value,
         timestamp_ms: s.timestamp_ms,
@@ -394,6 +447,18 @@ mod tests {
 
     /// Each family of `body` relabeled: its name, type and samples as text.
     fn run(config: &ScrapeConfig, body: &str) -> Result<Vec<String>, Refused> {
+        let mut outcomes = Outcomes::new(true);
+        let out = scrape(config, body, &mut outcomes);
+        outcomes.finish(out.is_ok());
+        out
+    }
+
+    /// [`run`] as one scrape of a target that remembers `outcomes`.
+    fn scrape(
+        config: &ScrapeConfig,
+        body: &str,
+        outcomes: &mut Outcomes,
+    ) -> Result<Vec<String>, Refused> {
         let mut out = Vec::new();
         let mut scratch = Buffers::default();
         let mut kept = 0;
@@ -401,23 +466,33 @@ mod tests {
         for f in Parser::new(body.as_bytes(), Format::PrometheusText, &Limits::default()) {
             let f = f.unwrap();
             let merge = must_merge(config, &target);
-            family(config, &target, &f, &mut scratch, &mut kept, merge, |g| {
-                for s in &g.samples {
-                    let labels: Vec<String> = s
-                        .labels
-                        .iter()
-                        .map(|l| format!("{}={}", l.name, l.value))
-                        .collect();
-                    out.push(format!(
-                        "{}:{} {}{{{}}} {:?}",
-                        g.name,
-                        g.kind.as_str(),
-                        s.name,
-                        labels.join(","),
-                        s.timestamp_ms
-                    ));
-                }
-            })?;
+            let o = &mut *outcomes;
+            family(
+                config,
+                &target,
+                &f,
+                &mut scratch,
+                o,
+                &mut kept,
+                merge,
+                |g| {
+                    for s in &g.samples {
+                        let labels: Vec<String> = s
+                            .labels
+                            .iter()
+                            .map(|l| format!("{}={}", l.name, l.value))
+                            .collect();
+                        out.push(format!(
+                            "{}:{} {}{{{}}} {:?}",
+                            g.name,
+                            g.kind.as_str(),
+                            s.name,
+                            labels.join(","),
+                            s.timestamp_ms
+                        ));
+                    }
+                },
+            )?;
         }
         Ok(out)
     }
@@ -434,6 +509,153 @@ mod tests {
         let honor = job("honor_labels = true");
         let out = run(&honor, "m{job=\"x\",a=\"1\"} 1\n").unwrap();
         assert_eq!(out, ["m:unknown m{job=x,a=1} None"]);
+    }
+
+    /// Five typical rules, and one that renames a family.
+    const RULES: &str = r#"
+[[scrape.metric_relabel_configs]]
+source_labels = ["__name__"]
+regex = "go_.*|drop_me"
+action = "drop"
+[[scrape.metric_relabel_configs]]
+source_labels = ["__name__", "path"]
+modulus = 4
+target_label = "__tmp_shard"
+action = "hashmod"
+[[scrape.metric_relabel_configs]]
+source_labels = ["__tmp_shard"]
+regex = "0|1|2"
+action = "keep"
+[[scrape.metric_relabel_configs]]
+source_labels = ["path"]
+regex = "/api/v1/(\\w+)/\\d+"
+target_label = "resource"
+[[scrape.metric_relabel_configs]]
+regex = "instance_id|__tmp_shard"
+action = "labeldrop"
+[[scrape.metric_relabel_configs]]
+source_labels = ["__name__"]
+regex = "old_(.*)"
+target_label = "__name__"
+replacement = "new_${1}"
+"#;
+
+    /// A body of `n` series per family in an order given by `order`.
+    fn body(families: &[&str], paths: impl Iterator<Item = usize> + Clone) -> String {
+        let mut b = String::new();
+        for f in families {
+            b.push_str(&format!("# TYPE {f} gauge\n"));
+            for p in paths.clone() {
+                b.push_str(&format!(
+                    "{f}{{instance_id=\"i-{p}\",path=\"/api/v1/items/{p}\",method=\"GET\"}} {p}\n"
+                ));
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn remembered_outcomes_equal_the_rules_whatever_changes_between_scrapes() {
+        let c = job(RULES);
+        let families = ["m", "drop_me", "old_x", "go_gc"];
+        let bodies = [
+            body(&families, 0..40),
+            // The same again: nothing to work out.
+            body(&families, 0..40),
+            // One series more in the middle, one gone at the end.
+            body(&families, (0..20).chain(99..100).chain(20..39)),
+            // Reversed.
+            body(&families, (0..40).rev()),
+            // Fewer families, some series new.
+            body(&families[..2], 30..60),
+            body(&families, 0..40),
+        ];
+        let mut outcomes = Outcomes::new(true);
+        for (i, b) in bodies.iter().enumerate() {
+            outcomes.reset_computed();
+            let remembered = scrape(&c, b, &mut outcomes).unwrap();
+            outcomes.finish(true);
+            let fresh = run(&c, b).unwrap();
+            assert_eq!(remembered, fresh, "body {i}");
+            assert!(fresh.iter().any(|s| s.contains("resource=items")));
+            assert_eq!(
+                fresh.iter().any(|s| s.starts_with("new_x:gauge new_x{")),
+                b.contains("old_x")
+            );
+            assert!(!fresh
+                .iter()
+                .any(|s| s.contains("instance_id") || s.contains("go_gc")));
+            let series = b.lines().filter(|l| !l.starts_with('#')).count();
+            assert_eq!(outcomes.remembered(), series, "body {i}");
+            // A steady scrape runs no rule; a changed one only for the
+            // series the last one lacked.
+            let expected = match i {
+                0 => series,
+                1 => 0,
+                2 | 3 => 4,
+                4 => 2 * 20,
+                _ => 2 * 30 + 2 * 40,
+            };
+            assert_eq!(outcomes.computed(), expected, "body {i}");
+        }
+    }
+
+    #[test]
+    fn a_failed_scrape_leaves_the_last_good_outcomes() {
+        let c = job(&format!("sample_limit = 50\n{RULES}"));
+        let mut outcomes = Outcomes::new(true);
+        let good = body(&["m"], 0..40);
+        scrape(&c, &good, &mut outcomes).unwrap();
+        outcomes.finish(true);
+        let e = scrape(&c, &body(&["m"], 0..80), &mut outcomes).unwrap_err();
+        assert_eq!(e.reason, "sample_limit_exceeded");
+        outcomes.finish(false);
+        assert_eq!(outcomes.remembered(), 40);
+        outcomes.reset_computed();
+        assert_eq!(scrape(&c, &good, &mut outcomes), run(&c, &good));
+        assert_eq!(outcomes.computed(), 0);
+    }
+
+    #[test]
+    fn outcomes_of_many_labels_and_of_merged_target_labels_are_exact() {
+        // Forty labels: past the first 32, kept labels go through the list.
+        let labels: Vec<String> = (0..40).map(|i| format!("l{i:02}=\"v{i}\"")).collect();
+        let b = format!("m{{{},job=\"x\"}} 1\n", labels.join(","));
+        let c =
+            job("[[scrape.metric_relabel_configs]]\nregex = \"l0[0-4]\"\naction = \"labeldrop\"");
+        let mut outcomes = Outcomes::new(true);
+        let first = scrape(&c, &b, &mut outcomes).unwrap();
+        outcomes.finish(true);
+        let second = scrape(&c, &b, &mut outcomes).unwrap();
+        assert_eq!(first, second);
+        let s = &first[0];
+        assert!(
+            !s.contains("l04=") && s.contains("l05=v5") && s.contains("l39=v39"),
+            "{s}"
+        );
+        assert!(s.contains("exported_job=x") && !s.contains(",job="), "{s}");
+        assert_eq!(s.matches('=').count(), 35 + 1, "{s}");
+    }
+
+    #[test]
+    fn strings_of_vanished_series_are_let_go() {
+        // Each scrape's series carry new values, which a rule copies.
+        let c = job(
+            "[[scrape.metric_relabel_configs]]\nsource_labels = [\"id\"]\ntarget_label = \"copy\"",
+        );
+        let mut outcomes = Outcomes::new(true);
+        for round in 0..20 {
+            let b: String = (0..200)
+                .map(|i| format!("m{{id=\"{round}-{i}\"}} 1\n"))
+                .collect();
+            let out = scrape(&c, &b, &mut outcomes).unwrap();
+            outcomes.finish(true);
+            assert!(out[7].contains(&format!("copy={round}-7")), "{}", out[7]);
+            assert!(
+                outcomes.strings().len() <= 2 * 200 + 1024 + 400,
+                "round {round}"
+            );
+        }
     }
 
     #[test]
@@ -556,6 +778,7 @@ mod speed {
             ("job".into(), "j".into()),
         ];
         let mut scratch = Buffers::default();
+        let mut outcomes = Outcomes::new(true);
         let rounds = if cfg!(debug_assertions) { 1 } else { 3 };
         for round in 0..rounds {
             let start = std::time::Instant::now();
@@ -563,11 +786,20 @@ mod speed {
             let mut points = 0;
             for f in &families {
                 let merge = must_merge(&config, &target);
-                family(&config, &target, f, &mut scratch, &mut kept, merge, |g| {
-                    points += g.samples.len()
-                })
+                let o = &mut outcomes;
+                family(
+                    &config,
+                    &target,
+                    f,
+                    &mut scratch,
+                    o,
+                    &mut kept,
+                    merge,
+                    |g| points += g.samples.len(),
+                )
                 .unwrap();
             }
+            outcomes.finish(true);
             let ns = start.elapsed().as_nanos() as f64 / 100_000.0;
             eprintln!("round {round}: {ns:.0} ns a sample, {points} kept");
         }

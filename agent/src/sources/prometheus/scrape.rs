@@ -20,6 +20,7 @@ use crate::sources::Sink;
 use crate::telemetry::Metrics;
 
 use super::convert::{Builder, TargetInfo};
+use super::outcomes::Outcomes;
 use super::parse::{Family, Format, Limits, Stream, StreamError};
 use super::relabel::{self, TargetLabels};
 use super::stale::{Recording, SeriesMemory};
@@ -175,6 +176,8 @@ pub(crate) struct Target {
     errors: RateLimit,
     /// The series of the last good scrape, to mark vanished ones stale.
     memory: SeriesMemory,
+    /// What the job's `metric_relabel_configs` made of those series.
+    outcomes: Outcomes,
 }
 
 impl std::fmt::Debug for Target {
@@ -196,6 +199,7 @@ impl Target {
         target_labels.push(("instance".into(), target.instance.clone()));
         target_labels.sort_unstable();
         let merge_target = relabel::must_merge(&job.config, &target_labels);
+        let keep_outcomes = !job.config.metric_relabel_configs.is_empty();
         Target {
             merge_target,
             info: TargetInfo {
@@ -211,6 +215,7 @@ impl Target {
             target_info: Vec::new(),
             errors: RateLimit::new(Duration::from_secs(60)),
             memory: SeriesMemory::default(),
+            outcomes: Outcomes::new(keep_outcomes),
         }
     }
 
@@ -277,6 +282,7 @@ impl Target {
             &mut builder,
             &mut scraped,
         );
+        self.outcomes.finish(result.is_ok());
         let duration = started.elapsed().as_secs_f64();
         let (up, samples, kept) = match &result {
             Ok(()) => {
@@ -352,7 +358,7 @@ impl Target {
     /// `target_info` family to `target_info`. A scrape is all or nothing, so
     /// the caller discards what `builder` holds when this fails.
     fn fetch_and_convert(
-        &self,
+        &mut self,
         scratch: &mut Scratch,
         next: &mut Recording,
         target_info: &mut Vec<(String, String)>,
@@ -368,6 +374,7 @@ impl Target {
         let stream = &mut scratch.stream;
         let relabel_scratch = &mut scratch.relabel;
         let memory = &self.memory;
+        let outcomes = &mut self.outcomes;
         let limits = &self.job.limits;
         let target_labels = &self.target_labels;
         let merge_target = self.merge_target;
@@ -401,6 +408,7 @@ impl Target {
                 target_labels,
                 family,
                 relabel_scratch,
+                outcomes,
                 &mut kept,
                 merge_target,
                 &mut emit,

@@ -16,7 +16,7 @@ use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
 /// A hasher for keys that already are keyed hashes.
 #[derive(Debug, Default)]
-pub(super) struct PassThrough(u64);
+pub(crate) struct PassThrough(u64);
 
 impl Hasher for PassThrough {
     fn finish(&self) -> u64 {
