@@ -11,12 +11,11 @@
 //! last time (one comparison, memory read in order) and only then by its hash;
 //! nothing is copied until the scrape first differs (as `stale.rs` does).
 
-use std::hash::BuildHasherDefault;
+use super::parse::{HashKeyed, Sample};
+use super::stale::to_u32;
 
-use crate::sources::prometheus::parse::{PassThrough, Sample};
-
-/// A map keyed by hashes that are already well mixed.
-type ByHash = std::collections::HashMap<u64, u32, BuildHasherDefault<PassThrough>>;
+/// Ids or positions by hash.
+type ByHash = HashKeyed<u32>;
 
 /// What the rules did to one series.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,17 +249,19 @@ impl Outcomes {
         }
     }
 
-    /// The outcome of the series with `hash` and `labels` labels: the one
-    /// remembered, or `compute`'s, which is remembered.
+    /// The outcome of the series `sample`, hashed by `hash`: the one
+    /// remembered, or `compute`'s, which is remembered. Targets that keep
+    /// nothing do not hash.
     pub(super) fn outcome<E>(
         &mut self,
-        hash: u64,
-        labels: usize,
+        sample: &Sample<'_>,
+        hash: impl FnOnce(&Sample<'_>) -> u64,
         compute: impl FnOnce(&mut Strings) -> Result<Outcome, E>,
     ) -> Result<Outcome, E> {
-        let labels = u8::try_from(labels).unwrap_or(u8::MAX);
+        let labels = u8::try_from(sample.labels.len()).unwrap_or(u8::MAX);
         let at = self.seen;
         self.seen += 1;
+        let hash = if self.keep { hash(sample) } else { 0 };
         let found = if self.keep {
             self.find(hash, labels)
         } else {
@@ -360,8 +361,4 @@ impl Outcomes {
     pub(super) fn remembered(&self) -> usize {
         self.last.len()
     }
-}
-
-fn to_u32(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
 }

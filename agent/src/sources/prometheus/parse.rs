@@ -125,7 +125,7 @@ mod tests;
 use std::borrow::Cow;
 use std::fmt;
 
-pub(crate) use names::PassThrough;
+pub(crate) use names::HashKeyed;
 pub(crate) use scan::same_bytes;
 use scan::Cursor;
 pub use stream::{Stream, StreamError};

@@ -126,8 +126,8 @@ pub(super) fn family(
     results.clear();
     let mut labels = Labels::new();
     for sample in &family.samples {
-        let hash = super::scrape::series_hash(sample);
-        let outcome = outcomes.outcome(hash, sample.labels.len(), |strings| {
+        let hash = super::scrape::series_hash;
+        let outcome = outcomes.outcome(sample, hash, |strings| {
             let input = Input {
                 config,
                 target,

@@ -406,7 +406,7 @@ fn same_words(a: &[u64], b: &[u64]) -> bool {
 
 /// Offsets into one scrape's tables; a body is at most `body_size_limit`,
 /// far below 4 GiB, so this saturates only on a broken invariant.
-fn to_u32(n: usize) -> u32 {
+pub(super) fn to_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 

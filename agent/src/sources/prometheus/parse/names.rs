@@ -34,8 +34,8 @@ impl Hasher for PassThrough {
     }
 }
 
-/// A `HashMap` whose keys are already keyed hashes.
-pub(super) type HashKeyed<V> = HashMap<u64, V, BuildHasherDefault<PassThrough>>;
+/// A `HashMap` whose keys are already hashes (keyed, or well mixed).
+pub(crate) type HashKeyed<V> = HashMap<u64, V, BuildHasherDefault<PassThrough>>;
 
 /// No next entry in a chain.
 const END: usize = usize::MAX;
